@@ -1,0 +1,106 @@
+"""What every platform adapter shares: the contract, rating tokens, splitting, edit pacing."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from bot.types import Vote
+
+RATING_PREFIX = "rate"
+_RATING = re.compile(r"^rate:(\d{1,18}):(1|-1)$")
+
+
+class Adapter(Protocol):
+    """One platform. It holds the ChatService (composition); it is not the bot."""
+
+    platform: str
+
+    async def run(self) -> None:
+        """Serve until stopped (cancelled) or, for the console, until the input ends."""
+        ...
+
+    async def send(self, chat_key: str, text: str) -> None:
+        """Send a message the core wants to say on its own (training progress)."""
+        ...
+
+
+def encode_rating(exchange_id: int, vote: Vote) -> str:
+    """Button data for a 👍/👎 press: ``rate:<exchange_id>:<1|-1>`` (fits Telegram's 64 bytes
+    and Discord's 100-character custom_id)."""
+    return f"{RATING_PREFIX}:{exchange_id}:{int(vote)}"
+
+
+def parse_rating(data: str | None) -> tuple[int, Vote] | None:
+    """Inverse of encode_rating; None for anything malformed or forged."""
+    match = _RATING.match(data or "")
+    if match is None:
+        return None
+    return int(match.group(1)), Vote(int(match.group(2)))
+
+
+def utf16_len(text: str) -> int:
+    """Length as Telegram counts it (UTF-16 code units)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+_BREAKS = ("\n\n", "\n", ". ", "! ", "? ", "; ", ", ", " ")
+
+
+def split_text(text: str, limit: int, length: Callable[[str], int] = len) -> list[str]:
+    """Split ``text`` into pieces of at most ``limit`` (by ``length``), on the most natural
+    boundary available: paragraph, line, sentence, clause, word; a hard cut only for a single
+    over-long word. Nothing is dropped: joining the pieces gives back the text (up to the
+    whitespace at the cut points)."""
+    pieces: list[str] = []
+    rest = text
+    while length(rest) > limit:
+        cut = _fit(rest, limit, length)
+        window = rest[:cut]
+        best = -1
+        for sep in _BREAKS:
+            at = window.rfind(sep)
+            if at > 0 and at + len(sep) >= cut // 3:  # not a tiny first piece
+                best = at + len(sep)
+                break
+        cut = best if best > 0 else cut
+        piece = rest[:cut].rstrip()
+        pieces.append(piece if piece else rest[:cut])
+        rest = rest[cut:].lstrip("\n ")
+    if rest or not pieces:
+        pieces.append(rest)
+    return pieces
+
+
+def _fit(text: str, limit: int, length: Callable[[str], int]) -> int:
+    """The largest prefix length (in characters) whose ``length`` is at most ``limit``."""
+    if length is len:
+        return limit
+    low, high = 0, min(len(text), limit)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if length(text[:middle]) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return max(low, 1)
+
+
+class EditThrottle:
+    """Paces streaming edits of one message: at most one per ``interval_s``."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval_s
+        self._clock = clock
+        self._last = float("-inf")
+
+    def due(self) -> bool:
+        return self._clock() - self._last >= self._interval
+
+    def mark(self) -> None:
+        self._last = self._clock()
+
+    def delay(self) -> float:
+        return max(0.0, self._interval - (self._clock() - self._last))

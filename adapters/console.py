@@ -1,0 +1,130 @@
+"""The console chat: standard input line by line, replies streamed to standard output.
+
+It goes through the same ChatService path as Telegram and Discord. It works without a terminal
+(``printf 'Hello!\\n/good\\n' | selftune chat``) and ends at the end of the input, after waiting
+for a fine-tuning run it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import BinaryIO, TextIO
+
+from bot.chat import ChatService
+from bot.types import Draft, Incoming, Reply, ReplyKind
+
+PLATFORM = "console"
+MAX_LINE_BYTES = 1_000_000  # longer lines are read in pieces and answered as "too long"
+
+
+class ConsoleAdapter:
+    """Chat in the terminal as the local user ``console:local`` (an admin by default)."""
+
+    platform = PLATFORM
+
+    def __init__(
+        self,
+        service: ChatService,
+        *,
+        stdin: BinaryIO | None = None,
+        stdout: TextIO | None = None,
+        user_id: str = "local",
+        user_name: str = "you",
+    ) -> None:
+        self._service = service
+        self._in = stdin if stdin is not None else sys.stdin.buffer
+        self._out = stdout if stdout is not None else sys.stdout
+        self._user_id = user_id
+        self._user_name = user_name
+        self._interactive = self._out.isatty() and self._in.isatty()
+        self._write_lock = asyncio.Lock()
+        self._count = 0
+
+    @property
+    def chat_key(self) -> str:
+        return f"{PLATFORM}:{self._user_id}"
+
+    async def run(self) -> None:
+        self._say("selftune console — type a message, /help for commands, Ctrl-D to quit.")
+        loop = asyncio.get_running_loop()
+        while True:
+            self._prompt()
+            raw = await loop.run_in_executor(None, self._in.readline, MAX_LINE_BYTES)
+            if not raw:
+                break
+            await self.handle_line(raw)
+        await self._finish()
+
+    async def handle_line(self, raw: bytes) -> None:
+        """Answer one input line (bytes, as read): decode, then through the ChatService."""
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", "replace")
+            self._say("(note: that line was not valid UTF-8; unreadable bytes became �)")
+        if len(raw) >= MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            self._say(
+                f"(that line is over {MAX_LINE_BYTES} bytes; reading the rest as another message)"
+            )
+        self._count += 1
+        incoming = Incoming(
+            platform=PLATFORM,
+            chat_id=self._user_id,
+            user_id=self._user_id,
+            user_name=self._user_name,
+            text=text.rstrip("\r\n"),
+            message_id=str(self._count),
+        )
+        await self._show(incoming)
+
+    async def _show(self, incoming: Incoming) -> None:
+        shown = ""
+        async with self._write_lock:
+            async for item in self._service.respond(incoming):
+                if isinstance(item, Draft):
+                    if not shown:
+                        self._out.write("bot> ")
+                    self._out.write(item.text[len(shown) :] if item.text.startswith(shown) else "")
+                    self._out.flush()
+                    shown = item.text if item.text.startswith(shown) else shown
+                else:
+                    self._final(item, shown)
+
+    def _final(self, reply: Reply, shown: str) -> None:
+        if shown and reply.text.startswith(shown.strip()) and reply.kind is ReplyKind.ANSWER:
+            self._out.write("\n")
+        elif shown:
+            self._out.write("\n" + self._prefix(reply) + reply.text + "\n")
+        else:
+            self._out.write(self._prefix(reply) + reply.text + "\n")
+        if reply.image_png:
+            self._out.write(
+                f"(a {len(reply.image_png)}-byte chart image; see it on Telegram or Discord)\n"
+            )
+        if reply.rateable:
+            self._out.write(f"     [reply #{reply.exchange_id} — rate it: + or /good, - or /bad]\n")
+        self._out.flush()
+
+    @staticmethod
+    def _prefix(reply: Reply) -> str:
+        return {ReplyKind.ERROR: "bot! ", ReplyKind.NOTICE: "bot: "}.get(reply.kind, "bot> ")
+
+    async def send(self, chat_key: str, text: str) -> None:
+        async with self._write_lock:
+            self._say(f"[{text}]")
+
+    async def _finish(self) -> None:
+        finetuner = self._service.finetuner
+        if finetuner is not None and finetuner.running:
+            self._say("[waiting for fine-tuning to finish before exiting; Ctrl-C stops it]")
+            await finetuner.wait()
+
+    def _say(self, text: str) -> None:
+        self._out.write(text + "\n")
+        self._out.flush()
+
+    def _prompt(self) -> None:
+        if self._interactive:
+            self._out.write("you> ")
+            self._out.flush()

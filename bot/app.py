@@ -1,0 +1,257 @@
+"""Composition root: settings → data dir → database → model → services → adapters.
+
+Heavy modules (torch, the platform SDKs) are imported here lazily, only when needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+from adapters.base import Adapter
+from bot.chat import ChatService
+from bot.config import Settings
+from bot.finetune import Finetuner
+from bot.generation import Generator
+from bot.outbox import Outbox
+from bot.trainer_process import Trainer
+from bot.versions import AdapterVersions
+from migrations import upgrade_database
+from storage.db import create_engine
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The bot cannot start; the message says what to fix."""
+
+
+def prepare_data_dir(settings: Settings) -> Path:
+    """Create the data dir if needed and check that it is writable."""
+    data = settings.data_dir.expanduser()
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "adapters").mkdir(exist_ok=True)
+        probe = data / ".write-test"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            f"data dir {data} is not usable ({exc.strerror or exc}). Set data_dir in the config "
+            "or SELFTUNE_DATA_DIR to a writable directory."
+        ) from None
+    # A trainer killed mid-run leaves a *.partial folder; it was never registered: remove it.
+    for partial in (data / "adapters").glob("*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)
+    return data
+
+
+class InstanceLock:
+    """One serving process per data dir: a second one is told who holds it, not silently run."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "selftune.lock"
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        handle = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StartupError(
+                f"another selftune process (pid {holder}) is already serving from "
+                f"{self.path.parent}. Stop it first, or give this one its own data_dir."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def open_repository(settings: Settings) -> Repository:
+    """Connect and apply pending migrations."""
+    engine = create_engine(settings.database_url, echo=settings.database.echo)
+    try:
+        before = await upgrade_database(engine)
+    except Exception as exc:
+        await engine.dispose()
+        raise StartupError(f"cannot open the database ({type(exc).__name__}: {exc})") from None
+    if before is None:
+        log.info("database created")
+    repo = Repository(engine)
+    stale = await repo.interrupt_stale_runs(pid_alive)
+    if stale:
+        log.warning("%d training run(s) had been interrupted; marked as such", stale)
+    return repo
+
+
+async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[Generator, Path]:
+    """The transformers generator (imports torch) and the directory of its model."""
+    from bot.model import ModelLoadError, TransformersGenerator
+
+    try:
+        generator = await TransformersGenerator.load(
+            settings.model, settings.lora, progress=progress
+        )
+    except ModelLoadError as exc:
+        raise StartupError(str(exc)) from None
+    return generator, generator.model_dir
+
+
+async def resolve_model_dir(settings: Settings, *, progress: bool = True) -> Path:
+    """Only the model directory (conversion cached), for training without serving."""
+    from bot.model import ModelLoadError, resolve_model
+
+    try:
+        return await asyncio.to_thread(resolve_model, settings.model, progress=progress)
+    except ModelLoadError as exc:
+        raise StartupError(str(exc)) from None
+
+
+@dataclass
+class Core:
+    """Everything an adapter needs, built once per process."""
+
+    settings: Settings
+    repo: Repository
+    generator: Generator
+    versions: AdapterVersions
+    finetuner: Finetuner
+    service: ChatService
+    outbox: Outbox
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        await self.finetuner.cancel()
+        await self.generator.aclose()
+        await self.repo.aclose()
+        for close in self.closers:
+            close()
+
+
+async def build_core(
+    settings: Settings,
+    *,
+    generator: Generator | None = None,
+    model_dir: Path | None = None,
+    trainer: Trainer | None = None,
+    progress: bool = True,
+    lock: bool = True,
+) -> Core:
+    """Wire the services. Tests pass their own generator (and model dir) to skip the real model."""
+    data_dir = prepare_data_dir(settings)
+    instance = InstanceLock(data_dir)
+    if lock:
+        instance.acquire()
+    try:
+        repo = await open_repository(settings)
+        if generator is None:
+            generator, model_dir = await load_generator(settings, progress=progress)
+    except BaseException:
+        instance.release()
+        raise
+    versions = AdapterVersions(repo, generator)
+    await versions.sync()
+    directory = model_dir
+
+    async def model_path() -> Path:
+        if directory is None:
+            raise ValueError("this generator has no model directory to train from")
+        return directory
+
+    finetuner = Finetuner(settings, repo, versions, model_path, trainer)
+    outbox = Outbox()
+    service = ChatService(
+        settings=settings,
+        repo=repo,
+        generator=generator,
+        versions=versions,
+        finetuner=finetuner,
+        outbox=outbox,
+    )
+    return Core(settings, repo, generator, versions, finetuner, service, outbox, [instance.release])
+
+
+def make_adapters(core: Core, mode: Literal["run", "chat"]) -> list[Adapter]:
+    """The console for ``chat`` (or ``run`` with no platform token); else each configured one."""
+    settings = core.settings
+    adapters: list[Adapter] = []
+    if mode == "run" and settings.telegram.token is not None:
+        from adapters.telegram import TelegramAdapter
+
+        adapters.append(TelegramAdapter(core.service, settings.telegram))
+    if mode == "run" and settings.discord.token is not None:
+        from adapters.discord import DiscordAdapter
+
+        adapters.append(DiscordAdapter(core.service, settings.discord))
+    if not adapters:
+        from adapters.console import ConsoleAdapter
+
+        adapters.append(ConsoleAdapter(core.service))
+    for adapter in adapters:
+        core.outbox.register(adapter.platform, adapter.send)
+    return adapters
+
+
+async def serve(settings: Settings, mode: Literal["run", "chat"]) -> None:
+    """Run every adapter in one event loop until they end (console EOF) or a signal arrives."""
+    core = await build_core(settings)
+    adapters = make_adapters(core, mode)
+    names = ", ".join(a.platform for a in adapters)
+    log.info("serving on %s", names)
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        if main is not None:
+            main.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        async with asyncio.TaskGroup() as group:
+            for adapter in adapters:
+                group.create_task(adapter.run(), name=adapter.platform)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        log.info("stopped by SIGTERM")
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+        await core.aclose()

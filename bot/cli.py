@@ -1,0 +1,100 @@
+"""The ``selftune`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selftune",
+        description="A chat bot that answers with its own local model and learns from 👍/👎.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (default: ./selftune.toml, "
+        "$SELFTUNE_CONFIG or ~/.config/selftune/config.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="serve every configured platform (the console if none)")
+    sub.add_parser("chat", help="chat in the terminal")
+    train = sub.add_parser("train", help="fine-tune on the rated replies now")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    adapters = sub.add_parser("adapters", help="list, activate or roll back adapter versions")
+    adapters_sub = adapters.add_subparsers(dest="action", metavar="ACTION")
+    adapters_sub.add_parser("list", help="list the versions (default)")
+    activate = adapters_sub.add_parser("activate", help="serve version N (0 = base model)")
+    activate.add_argument("version", type=int)
+    rollback = adapters_sub.add_parser("rollback", help="back to the previous version")
+    rollback.add_argument("version", type=int, nargs="?")
+    export = sub.add_parser("export", help="rated exchanges as JSONL (TRL's KTO format)")
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    db_sub.add_parser("upgrade", help="apply pending migrations")
+    db_sub.add_parser("current", help="show the schema revision")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings, _path = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"selftune: {exc}", file=sys.stderr)
+        return 2
+    secrets = [
+        s.get_secret_value()
+        for s in (settings.telegram.token, settings.discord.token, settings.telegram.secret_token)
+        if s
+    ]
+    setup_logging(settings.log_level, secrets)
+    try:
+        return asyncio.run(_dispatch(args, settings))
+    except KeyboardInterrupt:
+        print("\nselftune: stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from bot.app import StartupError
+
+        # Adapters run in one TaskGroup: their start-up errors arrive in an ExceptionGroup.
+        if isinstance(exc, ExceptionGroup):
+            exc = next((e for e in exc.exceptions if isinstance(e, StartupError)), exc)
+        if isinstance(exc, StartupError):
+            print(f"selftune: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from bot import maintenance
+    from bot.app import serve
+
+    command = args.command or "run"
+    if command == "run":
+        await serve(settings, "run")
+        return 0
+    if command == "chat":
+        await serve(settings, "chat")
+        return 0
+    handlers: dict[str, Any] = {
+        "train": maintenance.train,
+        "adapters": maintenance.adapters,
+        "export": maintenance.export,
+        "db": maintenance.db,
+    }
+    result: int = await handlers[command](settings, args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

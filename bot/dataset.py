@@ -1,0 +1,49 @@
+"""Rated exchanges as training rows: TRL's conversational KTO format, one row per rating."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from bot.types import RatedExchange
+
+
+def kto_row(rated: RatedExchange, *, with_meta: bool = False) -> dict[str, Any]:
+    """``{"prompt": [messages], "completion": [assistant message], "label": bool}``.
+
+    The prompt is the exact context the model saw when it wrote the reply (system prompt and
+    history included), so the row trains the model on the situation it was actually in.
+    """
+    row: dict[str, Any] = {
+        "prompt": [{"role": t.role, "content": t.content} for t in rated.prompt],
+        "completion": [{"role": "assistant", "content": rated.completion}],
+        "label": rated.label,
+    }
+    if with_meta:
+        row["exchange_id"] = rated.exchange_id
+        row["user_key"] = rated.user_key
+        row["adapter_version"] = rated.adapter_version
+    return row
+
+
+def kto_rows(
+    rated: Iterable[RatedExchange], *, with_meta: bool = False
+) -> Iterator[dict[str, Any]]:
+    for item in rated:
+        yield kto_row(item, with_meta=with_meta)
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
+    count = 0
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def write_jsonl_file(rows: Iterable[dict[str, Any]], path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        return write_jsonl(rows, out)

@@ -1,0 +1,120 @@
+"""The Generator contract the core talks to, and a scripted double for tests. No torch here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from bot.types import GenerationParams, Turn
+
+
+class GenerationError(RuntimeError):
+    """Generation failed; the message is safe to show to the user."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A chat model: turns in, a stream of text pieces out.
+
+    Implementations never block the event loop, may serve many concurrent streams, and swap
+    LoRA adapters between decoding steps (never in the middle of a sequence).
+    """
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the model can attend to: prompt plus reply."""
+        ...
+
+    @property
+    def active_adapter(self) -> Path | None:
+        """Directory of the LoRA adapter in use; None is the zero adapter (the base model)."""
+        ...
+
+    async def count_tokens(self, turns: Sequence[Turn]) -> int:
+        """Length in tokens of the prompt the chat template renders for ``turns``."""
+        ...
+
+    def stream(self, turns: Sequence[Turn], params: GenerationParams) -> AsyncIterator[str]:
+        """Generate a reply to ``turns``, yielding new text as it is decoded."""
+        ...
+
+    async def swap_adapter(self, path: Path | None) -> None:
+        """Serve with the adapter at ``path`` (None: the zero adapter) from the next request on."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+ReplyFn = Callable[[Sequence[Turn], Path | None], str]
+
+
+def _echo(turns: Sequence[Turn], adapter: Path | None) -> str:
+    last = turns[-1].content if turns else ""
+    tag = f" [{adapter.name}]" if adapter else ""
+    return f"You said: {last}{tag}"
+
+
+class ScriptedGenerator:
+    """A deterministic Generator for tests: words are tokens, replies come from a function.
+
+    It honours the contract (streaming in pieces, token counting, adapter swaps, failures on
+    demand), so the core is tested against the same interface as the real model.
+    """
+
+    def __init__(
+        self,
+        reply: ReplyFn = _echo,
+        *,
+        context_window: int = 512,
+        delay_s: float = 0.0,
+        model_name: str = "scripted",
+    ) -> None:
+        self._reply = reply
+        self._context_window = context_window
+        self._delay_s = delay_s
+        self._model_name = model_name
+        self._adapter: Path | None = None
+        self.fail_next: str | None = None
+        self.requests: list[tuple[tuple[Turn, ...], GenerationParams]] = []
+        self.swaps: list[Path | None] = []
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window
+
+    @property
+    def active_adapter(self) -> Path | None:
+        return self._adapter
+
+    async def count_tokens(self, turns: Sequence[Turn]) -> int:
+        # Four tokens of template per turn plus one per word, like a chat template would add.
+        return sum(4 + len(t.content.split()) for t in turns) + 2
+
+    async def stream(self, turns: Sequence[Turn], params: GenerationParams) -> AsyncIterator[str]:
+        self.requests.append((tuple(turns), params))
+        if self.fail_next is not None:
+            message, self.fail_next = self.fail_next, None
+            raise GenerationError(message)
+        words = self._reply(turns, self._adapter).split(" ")
+        for i, word in enumerate(words[: params.max_new_tokens]):
+            if self._delay_s:
+                await asyncio.sleep(self._delay_s)
+            else:
+                await asyncio.sleep(0)
+            yield word if i == 0 else " " + word
+
+    async def swap_adapter(self, path: Path | None) -> None:
+        self._adapter = path
+        self.swaps.append(path)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,268 @@
+"""Batch state of the decode engine: per-sequence sampling and text, and the shared KV cache.
+
+A sequence decoded in a batch computes what it computes alone: the prompt is prefilled alone,
+padded cache positions are masked out and position ids count only real tokens, attention runs
+per sequence over its own keys (:mod:`bot.model_attention`), and filler rows keep the matrix
+kernels on one code path (:class:`Batch`). The cache layout assumes full-attention layers
+(Llama, SmolLM2, Qwen2 and the like), not sliding windows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    DynamicCache,
+    DynamicLayer,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from bot.types import GenerationParams
+
+Decode = Callable[[Sequence[int]], str]
+Sink = Callable[[str | BaseException | None], None]
+"""Gets text pieces, then None at the end (or an exception instead); runs on the engine thread."""
+
+
+@dataclass
+class EngineRequest:
+    """One sequence to generate: a prompt in, text pieces out through ``sink``.
+
+    ``prompt`` returns the prompt's token ids; the engine calls it on its own thread when it
+    admits the request, so tokenizing never blocks the event loop and requests keep the order
+    in which they were submitted.
+    """
+
+    prompt: Callable[[], list[int]]
+    params: GenerationParams
+    sink: Sink
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Stop generating; safe from any thread. Takes effect before the next step."""
+        self.cancelled.set()
+
+
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text pieces without splitting a character.
+
+    Decodes a small window (the last emitted piece plus new tokens) and holds text back while
+    it ends in U+FFFD, i.e. while a multi-byte character is still incomplete. Decoding with the
+    previous piece as context keeps word-initial spaces right for SentencePiece tokenizers.
+    The pieces concatenate to the decode of all ids.
+    """
+
+    def __init__(self, decode: Decode) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = 0  # window start: the last emitted piece begins here
+        self._read = 0  # everything before this has been emitted
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text it completes (possibly empty)."""
+        self._ids.append(token)
+        return self._emit(final=False)
+
+    def flush(self) -> str:
+        """Return whatever is still held back (an incomplete character decodes as U+FFFD)."""
+        return self._emit(final=True)
+
+    def _emit(self, *, final: bool) -> str:
+        if self._read == len(self._ids):
+            return ""
+        before = self._decode(self._ids[self._prefix : self._read])
+        text = self._decode(self._ids[self._prefix :])
+        if not final and (len(text) <= len(before) or text.endswith("\ufffd")):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return text[len(before) :]
+
+
+def _processors(params: GenerationParams) -> LogitsProcessorList:
+    # transformers' own processors, in generate()'s order; greedy still honours the penalty.
+    procs = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if not params.greedy:
+        if params.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k > 0:
+            procs.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            procs.append(TopPLogitsWarper(params.top_p))
+    return procs
+
+
+class SequenceState:
+    """Sampling and text state of one request."""
+
+    def __init__(
+        self, request: EngineRequest, prompt_ids: list[int], limit: int, decode: Decode
+    ) -> None:
+        self.request = request
+        self.tokens = list(prompt_ids)  # prompt + reply: the repetition penalty sees both
+        self.limit = limit  # most tokens (prompt + reply) this sequence may reach
+        self.pending = -1  # the last sampled token, fed to the model in the next step
+        self.processors = _processors(request.params)
+        self.rng: torch.Generator | None = None
+        if not request.params.greedy:
+            self.rng = torch.Generator()  # sampling runs on the CPU, whatever the model's device
+            if request.params.seed is None:
+                self.rng.seed()
+            else:
+                self.rng.manual_seed(request.params.seed)
+        self.text = IncrementalDecoder(decode)
+
+    def advance(self, logits: torch.Tensor, stop_ids: frozenset[int]) -> bool:
+        """Sample the next token from float CPU ``logits`` (1 × vocab); return whether done."""
+        scores = logits
+        if self.processors:
+            ids = cast(torch.LongTensor, torch.tensor([self.tokens], device=logits.device))
+            scores = self.processors(ids, logits)
+        if self.rng is None:
+            token = int(scores.argmax(dim=-1))
+        else:
+            probs = torch.softmax(scores, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=self.rng))
+        if token in stop_ids:
+            return True
+        self.tokens.append(token)
+        self.pending = token
+        piece = self.text.push(token)
+        if piece:
+            deliver(self.request, piece)
+        return len(self.tokens) >= self.limit
+
+    def finish(self) -> None:
+        rest = self.text.flush()
+        if rest:
+            deliver(self.request, rest)
+        deliver(self.request, None)
+
+
+def deliver(request: EngineRequest, item: str | BaseException | None) -> None:
+    try:
+        request.sink(item)
+    except Exception:  # the consumer is gone (e.g. its event loop closed): stop working for it
+        request.cancel()
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Zero-pad ``tensor`` on the left of dimension ``dim`` (-1 or -2) up to ``width``."""
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    return F.pad(tensor, (missing, 0) if dim == -1 else (0, 0, missing, 0))
+
+
+class Batch:
+    """The running sequences and their shared KV cache, left-padded to a common length.
+
+    With fewer than ``min_rows`` sequences, filler rows (their output discarded) make up the
+    difference in every forward pass: some BLAS kernels compute a matrix row differently when
+    there are fewer rows (oneDNN bfloat16: only a single row; MKL float32: 1, 2-3 and 4+ rows
+    each differently), and a sequence must decode the same whether it runs alone or not.
+    """
+
+    def __init__(self, min_rows: int = 1) -> None:
+        self.min_rows = min_rows
+        self.rows: list[SequenceState] = []
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros(0, 0, dtype=torch.long)  # 1 = a real token in the cache
+        self._fillers = 0  # filler rows, after the real ones in cache and mask
+
+    def reset(self) -> None:
+        self.rows, self.cache, self._fillers = [], None, 0
+        self.mask = torch.zeros(0, 0, dtype=torch.long)
+
+    def join(self, seq: SequenceState, cache: DynamicCache, length: int) -> None:
+        """Add a prefilled sequence whose cache holds ``length`` tokens."""
+        if self.cache is None:
+            self.rows, self.cache = [seq], cache
+            self.mask = torch.ones(1, length, dtype=torch.long, device=_kv(cache)[0][0].device)
+            return
+        self._set_fillers(0)
+        width = max(self.mask.shape[1], length)
+        data = [
+            (
+                torch.cat([_pad_left(old_k, width, -2), _pad_left(new_k, width, -2)]),
+                torch.cat([_pad_left(old_v, width, -2), _pad_left(new_v, width, -2)]),
+            )
+            for (old_k, old_v), (new_k, new_v) in zip(_kv(self.cache), _kv(cache), strict=True)
+        ]
+        self.cache = DynamicCache(ddp_cache_data=data)
+        mask = torch.ones(1, length, dtype=torch.long, device=self.mask.device)
+        self.mask = torch.cat([_pad_left(self.mask, width, -1), _pad_left(mask, width, -1)])
+        self.rows.append(seq)
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only the rows at ``indices``, and drop cache columns none of them uses."""
+        if len(indices) == len(self.rows):
+            return
+        if not indices or self.cache is None:
+            self.reset()
+            return
+        self._set_fillers(0)
+        index = torch.tensor(indices, device=self.mask.device)
+        self.rows = [self.rows[i] for i in indices]
+        self.mask = self.mask[index]
+        start = int(self.mask.any(dim=0).to(torch.int8).argmax())  # first column still in use
+        self.mask = self.mask[:, start:]
+        self.cache = DynamicCache(
+            ddp_cache_data=[(k[index, :, start:], v[index, :, start:]) for k, v in _kv(self.cache)]
+        )
+
+    def step(self, model: Any) -> torch.Tensor:
+        """Feed every row's pending token; return next-token logits (rows × vocab)."""
+        self._set_fillers(max(0, self.min_rows - len(self.rows)))
+        pending = [seq.pending for seq in self.rows] + [0] * self._fillers
+        tokens = torch.tensor(pending, device=self.mask.device).unsqueeze(1)
+        positions = self.mask.sum(dim=1, keepdim=True)  # real tokens so far, padding excluded
+        self.mask = F.pad(self.mask, (0, 1), value=1)
+        out = model(
+            input_ids=tokens,
+            attention_mask=self.mask,
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.cache
+        logits: torch.Tensor = out.logits[: len(self.rows), -1, :]
+        return logits
+
+    def _set_fillers(self, count: int) -> None:
+        """Resize the filler rows; a new filler has an empty history and attends to itself."""
+        if count == self._fillers or self.cache is None:
+            return
+        real = len(self.rows)
+        pairs = []
+        for keys, values in _kv(self.cache):
+            pairs.append(
+                (
+                    torch.cat([keys[:real], keys.new_zeros((count, *keys.shape[1:]))]),
+                    torch.cat([values[:real], values.new_zeros((count, *values.shape[1:]))]),
+                )
+            )
+        self.cache = DynamicCache(ddp_cache_data=pairs)
+        self.mask = torch.cat([self.mask[:real], self.mask.new_zeros(count, self.mask.shape[1])])
+        self._fillers = count
+
+
+def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (keys, values), batch × heads × tokens × dim."""
+    pairs = []
+    for layer in cache.layers:
+        # Joining and trimming rows is only right for plain full-attention layers.
+        if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
+            raise TypeError(f"unsupported KV cache layer {type(layer).__name__}")
+        pairs.append((layer.keys, layer.values))
+    return pairs

@@ -1,0 +1,246 @@
+"""The decode engine: one thread owns the model and decodes all running sequences together.
+
+Requests from many chats arrive on a queue. Between decoding steps the engine admits new
+requests (each prompt is prefilled alone, then its KV cache joins the running batch), drops
+finished and cancelled sequences, and runs engine calls (adapter swaps) once the batch has
+drained, so no sequence ever sees two adapters. Every step feeds one token per sequence
+through the model in a single forward pass (continuous batching).
+
+The model should use :data:`bot.model_attention.ROWWISE_ATTENTION`, so a sequence decodes
+to exactly the same tokens whether it runs alone or in a batch.
+
+Commands are handled in arrival order: a request submitted after a swap waits for it, one
+submitted before it finishes with the old adapter.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from bot.generation import GenerationError
+from bot.model_batch import Batch, Decode, EngineRequest, SequenceState, deliver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """Counters for tests, benchmarks and status output (written by the engine thread only)."""
+
+    steps: int = 0  # batched decoding steps
+    tokens: int = 0  # tokens sampled, stop tokens included
+    active: int = 0  # sequences in the running batch now
+    max_batch: int = 0  # the largest batch so far
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], None]
+    future: concurrent.futures.Future[None]
+
+
+_STOP = object()
+_Command = EngineRequest | _Call | object
+
+
+class DecodeEngine:
+    """Runs ``model`` on a dedicated thread; see the module docstring for the schedule."""
+
+    def __init__(
+        self,
+        model: Any,
+        decode: Decode,
+        *,
+        stop_ids: frozenset[int],
+        context_window: int,
+        max_batch_size: int,
+        device: torch.device,
+        min_rows: int = 1,
+    ) -> None:
+        """``min_rows``: rows every decoding step computes, fillers included (see Batch)."""
+        self._model = model
+        self._decode = decode
+        self._stop_ids = stop_ids
+        self._context_window = context_window
+        self._max_batch = max_batch_size
+        self._device = device
+        self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._pending: collections.deque[EngineRequest | _Call] = collections.deque()
+        self._batch = Batch(min_rows)
+        self.stats = EngineStats()
+        self._thread = threading.Thread(target=self._run, name="selftune-decode", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: EngineRequest) -> None:
+        """Queue a request; its sink gets pieces, then None (or an exception)."""
+        self._inbox.put(request)
+
+    def call(self, fn: Callable[[], None]) -> concurrent.futures.Future[None]:
+        """Run ``fn`` on the engine thread once every earlier request has finished."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._inbox.put(_Call(fn, future))
+        return future
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Fail what is running or queued and end the thread (blocking up to ``timeout``)."""
+        self._inbox.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            while self._receive(block=not self._batch.rows and not self._pending):
+                try:
+                    self._admit()
+                    if self._batch.rows:
+                        self._step()
+                except Exception as exc:  # the engine outlives any one failure
+                    log.exception("decoding failed; failing %d sequences", len(self._batch.rows))
+                    for seq in self._batch.rows:
+                        deliver(seq.request, _as_generation_error(exc))
+                    self._batch.reset()
+                    self._note_batch()
+        finally:
+            self._shutdown()
+
+    def _receive(self, *, block: bool) -> bool:
+        """Move commands from the inbox to the pending queue; False once stop was requested."""
+        try:
+            command = self._inbox.get(block=block)
+            while True:
+                if command is _STOP:
+                    return False
+                assert isinstance(command, EngineRequest | _Call)
+                self._pending.append(command)
+                command = self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _admit(self) -> None:
+        while self._pending:
+            head = self._pending[0]
+            if isinstance(head, _Call):
+                if self._batch.rows:  # a swap waits until no sequence is mid-way
+                    return
+                self._pending.popleft()
+                self._run_call(head)
+                continue
+            if len(self._batch.rows) >= self._max_batch:
+                return
+            self._pending.popleft()
+            if not head.cancelled.is_set():
+                self._start(head)
+
+    def _run_call(self, call: _Call) -> None:
+        try:
+            call.fn()
+        except BaseException as exc:  # handed to the caller, who decides what it means
+            call.future.set_exception(exc)
+        else:
+            call.future.set_result(None)
+
+    def _start(self, request: EngineRequest) -> None:
+        """Prefill one prompt alone, sample its first token, and join it to the batch."""
+        try:
+            prompt_ids = request.prompt()
+            seq = self._sequence(request, prompt_ids)
+            ids = torch.tensor([prompt_ids], device=self._device)
+            with torch.inference_mode():
+                out = self._model(
+                    input_ids=ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1
+                )
+                done = seq.advance(_cpu_float(out.logits[:, -1, :]), self._stop_ids)
+        except Exception as exc:
+            if not isinstance(exc, GenerationError):
+                log.exception("prefill failed")
+            deliver(request, _as_generation_error(exc))
+            return
+        self.stats.tokens += 1
+        if done:
+            seq.finish()
+        else:
+            self._batch.join(seq, out.cache, ids.shape[1])
+            self._note_batch()
+
+    def _sequence(self, request: EngineRequest, prompt_ids: list[int]) -> SequenceState:
+        if request.params.max_new_tokens < 1:
+            raise GenerationError("max_new_tokens must be at least 1")
+        room = self._context_window - len(prompt_ids)
+        if room <= 0 or not prompt_ids:
+            raise GenerationError(
+                f"the conversation is too long for the model: {len(prompt_ids)} tokens, "
+                f"and the context window holds {self._context_window}"
+            )
+        limit = len(prompt_ids) + min(request.params.max_new_tokens, room)
+        return SequenceState(request, prompt_ids, limit, self._decode)
+
+    def _step(self) -> None:
+        """One decoding step for every running sequence."""
+        rows = self._batch.rows
+        self._batch.keep([i for i, seq in enumerate(rows) if not seq.request.cancelled.is_set()])
+        rows = self._batch.rows
+        if not rows:
+            self._note_batch()
+            return
+        with torch.inference_mode():
+            logits = _cpu_float(self._batch.step(self._model))
+            done = [seq.advance(logits[i : i + 1], self._stop_ids) for i, seq in enumerate(rows)]
+        for seq, finished in zip(rows, done, strict=True):
+            if finished:
+                seq.finish()
+        self._batch.keep([i for i, finished in enumerate(done) if not finished])
+        self.stats.steps += 1
+        self.stats.tokens += len(rows)
+        self._note_batch()
+
+    def _note_batch(self) -> None:
+        self.stats.active = len(self._batch.rows)
+        self.stats.max_batch = max(self.stats.max_batch, self.stats.active)
+
+    def _shutdown(self) -> None:
+        error = GenerationError("the model is shutting down")
+        for seq in self._batch.rows:
+            deliver(seq.request, error)
+        self._batch.reset()
+        self._note_batch()
+        while True:  # requests that raced with stop() must not wait forever either
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, EngineRequest | _Call):
+                self._pending.append(command)
+        while self._pending:
+            pending = self._pending.popleft()
+            if isinstance(pending, _Call):
+                pending.future.set_exception(error)
+            else:
+                deliver(pending, error)
+
+
+def _cpu_float(logits: torch.Tensor) -> torch.Tensor:
+    # Sampling is a few vector ops per row: on the CPU, in float32, it costs microseconds, and
+    # seeded draws come out the same whatever device and precision run the model.
+    return logits.float().cpu()
+
+
+def _as_generation_error(exc: Exception) -> GenerationError:
+    if isinstance(exc, GenerationError):
+        return exc
+    return GenerationError(f"the model failed to generate ({type(exc).__name__}: {exc})")

@@ -1,0 +1,211 @@
+"""Plain values the core speaks; standard library only. Adapters, storage, the model share them."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message from a user, normalised by an adapter.
+
+    ``chat_id`` names the conversation on its platform; ``thread_id`` (a forum topic, a Discord
+    thread) splits it further, so each thread is its own conversation.
+    """
+
+    platform: str
+    chat_id: str
+    user_id: str
+    user_name: str
+    text: str
+    message_id: str | None = None
+    is_private: bool = True
+    mentions_bot: bool = False
+    reply_to_bot: bool = False
+    thread_id: str | None = None
+    is_admin: bool = False  # the platform vouches for it (e.g. a Discord admin role)
+
+    @property
+    def chat_key(self) -> str:
+        """Key of the conversation, e.g. ``telegram:-100123``, or ``discord:5:77`` in a thread."""
+        base = f"{self.platform}:{self.chat_id}"
+        return f"{base}:{self.thread_id}" if self.thread_id else base
+
+    @property
+    def user_key(self) -> str:
+        """Stable key of the user, e.g. ``discord:42``; admins are configured as user keys."""
+        return f"{self.platform}:{self.user_id}"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a prompt, as the chat template sees it."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters of one request; ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.1
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class Draft:
+    """The reply so far, while it is being generated (adapters show it by editing a message)."""
+
+    text: str
+
+
+class ReplyKind(enum.StrEnum):
+    ANSWER = "answer"  # a model reply: rateable
+    COMMAND = "command"  # the answer to a /command
+    ERROR = "error"  # something went wrong; the text says what
+    NOTICE = "notice"  # a short note (empty input, rate limit, ...)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The final reply. ``exchange_id`` is set for model answers, which carry 👍/👎."""
+
+    text: str
+    kind: ReplyKind = ReplyKind.ANSWER
+    exchange_id: int | None = None
+    adapter_version: int | None = None
+    image_png: bytes | None = None
+    private: bool = False  # admin output: ephemeral where the platform can do it
+
+    @property
+    def rateable(self) -> bool:
+        return self.kind is ReplyKind.ANSWER and self.exchange_id is not None
+
+
+class Vote(enum.IntEnum):
+    DOWN = -1
+    UP = 1
+
+
+class RateAction(enum.StrEnum):
+    STORED = "stored"
+    CHANGED = "changed"
+    RETRACTED = "retracted"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class RateOutcome:
+    """What a 👍/👎 press did; ``current`` is the user's vote now (None: retracted or refused)."""
+
+    action: RateAction
+    exchange_id: int
+    current: Vote | None
+    message: str
+    ups: int = 0
+    downs: int = 0
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One answered user message: the exact prompt that produced the reply, and who answered."""
+
+    id: int
+    chat_key: str
+    user_key: str
+    prompt: tuple[Turn, ...]
+    completion: str
+    adapter_version: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RatedExchange:
+    """One rated exchange as a training row (TRL's KTO shape: prompt, completion, label)."""
+
+    exchange_id: int
+    user_key: str
+    prompt: tuple[Turn, ...]
+    completion: str
+    label: bool
+    adapter_version: int | None
+    rated_at: datetime
+
+
+class AdapterStatus(enum.StrEnum):
+    READY = "ready"  # trained and usable; not serving
+    ACTIVE = "active"  # serving now
+    REJECTED = "rejected"  # failed the evaluation gate
+    RETIRED = "retired"  # taken out of use by an admin
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """A trained LoRA adapter. Version ``None`` everywhere means the base model (zero adapter)."""
+
+    version: int
+    path: str
+    parent: int | None
+    created_at: datetime
+    status: AdapterStatus
+    exchange_ids: tuple[int, ...] = ()
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    hyperparams: Mapping[str, object] = field(default_factory=dict)
+    duration_s: float | None = None
+    tainted: bool = False  # trained on data a user later asked to /forget
+
+    @property
+    def active(self) -> bool:
+        return self.status is AdapterStatus.ACTIVE
+
+
+class RunStatus(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    id: int
+    status: RunStatus
+    trigger: str
+    requested_by: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    adapter_version: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class ChatInfo:
+    key: str
+    persona: str | None
+    conversation: int  # increases with /new; history is the messages of the current one
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    """A stored message of the current conversation, oldest first."""
+
+    role: Role
+    content: str
+    user_name: str | None
+    created_at: datetime

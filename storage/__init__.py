@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy 2.0 async ORM and a repository that speaks bot.types."""

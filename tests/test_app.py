@@ -1,0 +1,167 @@
+"""Start-up and the `selftune` command: data dir, one process per data dir, restart, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bot.app import StartupError, build_core
+from bot.cli import main
+from bot.config import Settings
+from bot.generation import ScriptedGenerator
+from bot.types import Incoming, Reply, Vote
+
+ME = Incoming("console", "local", "local", "Ann", "")
+
+
+async def _say(core: object, text: str) -> Reply:
+    items = [i async for i in core.service.respond(replace(ME, text=text))]  # type: ignore[attr-defined]
+    assert isinstance(items[-1], Reply)
+    return items[-1]
+
+
+async def test_restart_keeps_history_ratings_and_the_active_adapter(settings: Settings) -> None:
+    first = await build_core(settings, generator=ScriptedGenerator(), progress=False)
+    reply = await _say(first, "remember this")
+    assert reply.exchange_id is not None
+    await first.service.rate(reply.exchange_id, ME.user_key, Vote.UP)
+    adapter_dir = settings.adapters_dir / "v0001"
+    adapter_dir.mkdir(parents=True)
+    await first.repo.add_adapter_version(
+        path=str(adapter_dir),
+        parent=None,
+        base_model="m",
+        exchange_ids=[reply.exchange_id],
+        metrics={},
+        hyperparams={},
+        duration_s=1.0,
+        training_run_id=None,
+    )
+    await first.versions.activate(1)
+    await first.aclose()
+
+    generator = ScriptedGenerator()
+    second = await build_core(settings, generator=generator, progress=False)
+    try:
+        assert generator.active_adapter == adapter_dir  # swapped in at start
+        assert second.versions.current == 1
+        history = await second.repo.history("console:local", 10)
+        assert [m.content for m in history] == ["remember this", "You said: remember this"]
+        assert [r.label for r in await second.repo.rated_exchanges()] == [True]
+        again = await _say(second, "and now?")
+        assert again.adapter_version == 1 and "[v0001]" in again.text
+    finally:
+        await second.aclose()
+
+
+async def test_a_second_process_on_the_same_data_dir_is_refused(settings: Settings) -> None:
+    first = await build_core(settings, generator=ScriptedGenerator(), progress=False)
+    try:
+        with pytest.raises(StartupError, match=f"pid {os.getpid()}.*already serving"):
+            await build_core(settings, generator=ScriptedGenerator(), progress=False)
+        # Still serving after the refusal.
+        assert (await _say(first, "ok?")).rateable
+    finally:
+        await first.aclose()
+    again = await build_core(settings, generator=ScriptedGenerator(), progress=False)
+    await again.aclose()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+async def test_unwritable_data_dir_is_explained(tmp_path: Path) -> None:  # pragma: no cover
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    settings = Settings(data_dir=locked / "data")
+    with pytest.raises(StartupError, match="not usable"):
+        await build_core(settings, generator=ScriptedGenerator(), progress=False)
+
+
+async def test_data_dir_that_is_a_file_is_explained(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir", encoding="utf-8")
+    with pytest.raises(StartupError, match=r"data dir .*file.* is not usable"):
+        await build_core(Settings(data_dir=blocker), generator=ScriptedGenerator(), progress=False)
+
+
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    monkeypatch.setenv("SELFTUNE_DATA_DIR", str(data))
+    monkeypatch.delenv("SELFTUNE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return data
+
+
+def test_cli_db_adapters_export(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _env(monkeypatch, tmp_path)
+    assert main(["db", "upgrade"]) == 0
+    assert "database at revision 0001 (was empty)" in capsys.readouterr().out
+    assert main(["db", "current"]) == 0
+    assert "database revision 0001; latest 0001" in capsys.readouterr().out
+    assert main(["adapters"]) == 0
+    assert "* base model (version 0)" in capsys.readouterr().out
+    assert main(["adapters", "rollback"]) == 1
+    assert "Nothing to roll back" in capsys.readouterr().err
+    assert main(["adapters", "activate", "3"]) == 1
+    assert "There is no adapter v3" in capsys.readouterr().err
+    assert main(["export", "-o", str(tmp_path / "out.jsonl")]) == 0
+    assert "exported 0 rated exchange(s)" in capsys.readouterr().err
+    assert (data / "selftune.db").exists()
+
+
+async def _seed(settings: Settings) -> None:
+    core = await build_core(settings, generator=ScriptedGenerator(), progress=False)
+    reply = await _say(core, "export me")
+    assert reply.exchange_id is not None
+    await core.service.rate(reply.exchange_id, ME.user_key, Vote.DOWN)
+    await core.aclose()
+
+
+def test_cli_export_is_kto_jsonl(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    data = _env(monkeypatch, tmp_path)
+    asyncio.run(_seed(Settings(data_dir=data)))
+    assert main(["export"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows == [
+        {
+            "prompt": [
+                {"role": "system", "content": Settings().chat.system_prompt},
+                {"role": "user", "content": "export me"},
+            ],
+            "completion": [{"role": "assistant", "content": "You said: export me"}],
+            "label": False,
+        }
+    ]
+
+
+def test_cli_train_with_nothing_rated(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env(monkeypatch, tmp_path)
+    monkeypatch.setenv("SELFTUNE_MODEL__NAME", str(tmp_path / "no-model"))
+    assert main(["train", "--quiet"]) == 1
+    assert "Nothing to fine-tune on yet: 0 liked replies" in capsys.readouterr().err
+
+
+def test_cli_config_errors_exit_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env(monkeypatch, tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n", encoding="utf-8")
+    assert main(["--config", str(bad), "db", "current"]) == 2
+    assert "is not valid TOML" in capsys.readouterr().err
+    monkeypatch.setenv("SELFTUNE_GENERATION__TEMPERATURE", "hot")
+    assert main(["db", "current"]) == 2
+    assert "SELFTUNE_GENERATION__TEMPERATURE" in capsys.readouterr().err

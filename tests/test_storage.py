@@ -1,0 +1,231 @@
+"""The repository on SQLite and on PostgreSQL (each test runs on both backends)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.types import AdapterStatus, RateAction, RunStatus, Turn, Vote
+from storage.repository import Repository, TrainingAlreadyRunning
+
+PROMPT = (Turn("system", "Be brief."), Turn("user", "Hi there"))
+
+
+async def _exchange(
+    repo: Repository, chat: str = "t:1", user: str = "t:7", text: str = "Hi"
+) -> int:
+    message = await repo.add_user_message(chat, user, "Ann", text, "m1")
+    exchange = await repo.start_exchange(chat, user, message, PROMPT, None, "tiny", {"t": 0})
+    await repo.finish_exchange(exchange, f"reply to {text}")
+    return exchange
+
+
+async def test_history_is_the_current_conversation_oldest_first(repo: Repository) -> None:
+    await _exchange(repo, text="first")
+    await _exchange(repo, text="second")
+    history = await repo.history("t:1", limit=10)
+    assert [(m.role, m.content) for m in history] == [
+        ("user", "first"),
+        ("assistant", "reply to first"),
+        ("user", "second"),
+        ("assistant", "reply to second"),
+    ]
+    assert [m.content for m in await repo.history("t:1", limit=2)] == ["second", "reply to second"]
+    assert await repo.new_conversation("t:1") == 2
+    assert await repo.history("t:1", limit=10) == []
+    assert await repo.last_exchange_id("t:1") is None
+
+
+async def test_exchange_keeps_exact_prompt_and_adapter_version(repo: Repository) -> None:
+    await repo.add_adapter_version(
+        path="/a/v1",
+        parent=None,
+        base_model="m",
+        exchange_ids=[],
+        metrics={},
+        hyperparams={},
+        duration_s=None,
+        training_run_id=None,
+    )
+    message = await repo.add_user_message("t:1", "t:7", "Ann", "Hi there", None)
+    exchange_id = await repo.start_exchange("t:1", "t:7", message, PROMPT, 1, "tiny", {})
+    assert await repo.exchange(exchange_id) is None  # not answered yet
+    await repo.finish_exchange(exchange_id, "Hello!")
+    exchange = await repo.exchange(exchange_id)
+    assert exchange is not None
+    assert exchange.prompt == PROMPT
+    assert (exchange.completion, exchange.adapter_version) == ("Hello!", 1)
+    assert (exchange.chat_key, exchange.user_key) == ("t:1", "t:7")
+    assert exchange.created_at.tzinfo is not None
+
+
+async def test_failed_exchange_keeps_the_message_and_cannot_be_rated(repo: Repository) -> None:
+    message = await repo.add_user_message("t:1", "t:7", "Ann", "Hi", None)
+    exchange_id = await repo.start_exchange("t:1", "t:7", message, PROMPT, None, "tiny", {})
+    await repo.fail_exchange(exchange_id, "boom", partial="Hel")
+    assert [m.content for m in await repo.history("t:1", 10)] == ["Hi"]
+    outcome = await repo.rate(exchange_id, "t:7", Vote.UP)
+    assert outcome.action is RateAction.REFUSED
+    counts = await repo.counts()
+    assert (counts.exchanges, counts.failed_exchanges) == (0, 1)
+
+
+async def test_one_vote_per_user_changed_and_retracted(repo: Repository) -> None:
+    exchange_id = await _exchange(repo)
+    stored = await repo.rate(exchange_id, "t:7", Vote.UP)
+    assert (stored.action, stored.current, stored.ups, stored.downs) == (
+        RateAction.STORED,
+        Vote.UP,
+        1,
+        0,
+    )
+    other = await repo.rate(exchange_id, "t:8", Vote.UP)
+    assert (other.ups, other.downs) == (2, 0)
+    changed = await repo.rate(exchange_id, "t:7", Vote.DOWN)
+    assert (changed.action, changed.current, changed.ups, changed.downs) == (
+        RateAction.CHANGED,
+        Vote.DOWN,
+        1,
+        1,
+    )
+    assert await repo.user_vote(exchange_id, "t:7") is Vote.DOWN
+    retracted = await repo.rate(exchange_id, "t:7", Vote.DOWN)
+    assert (retracted.action, retracted.current, retracted.ups, retracted.downs) == (
+        RateAction.RETRACTED,
+        None,
+        1,
+        0,
+    )
+    assert await repo.user_vote(exchange_id, "t:7") is None
+
+
+async def test_concurrent_first_messages_create_one_user_and_chat(repo: Repository) -> None:
+    ids = await asyncio.gather(
+        *(repo.add_user_message("t:new", "t:99", "Bo", f"m{i}", None) for i in range(8))
+    )
+    assert len(set(ids)) == 8
+    counts = await repo.counts()
+    assert (counts.users, counts.chats) == (1, 1)
+
+
+async def test_rated_exchanges_skip_opted_out_users(repo: Repository) -> None:
+    liked = await _exchange(repo, text="a")
+    disliked = await _exchange(repo, text="b")
+    await repo.rate(liked, "t:7", Vote.UP)
+    await repo.rate(disliked, "t:7", Vote.DOWN)
+    await repo.rate(liked, "t:8", Vote.UP)
+    rows = await repo.rated_exchanges()
+    assert sorted((r.exchange_id, r.label, r.user_key) for r in rows) == [
+        (liked, True, "t:7"),
+        (liked, True, "t:8"),
+        (disliked, False, "t:7"),
+    ]
+    assert rows[0].prompt == PROMPT
+    await repo.set_training_opt_out("t:8", True)
+    assert {r.user_key for r in await repo.rated_exchanges()} == {"t:7"}
+    assert len(await repo.rated_exchanges(limit=1)) == 1
+
+
+async def test_forget_deletes_everything_of_the_user_and_taints_versions(repo: Repository) -> None:
+    mine = await _exchange(repo, chat="t:1", user="t:7", text="mine")
+    theirs = await _exchange(repo, chat="t:2", user="t:8", text="theirs")
+    await repo.rate(mine, "t:7", Vote.UP)
+    await repo.rate(theirs, "t:7", Vote.DOWN)
+    await repo.rate(theirs, "t:8", Vote.UP)
+    version = await repo.add_adapter_version(
+        path="/a/v1",
+        parent=None,
+        base_model="m",
+        exchange_ids=[mine, theirs],
+        metrics={},
+        hyperparams={},
+        duration_s=1.0,
+        training_run_id=None,
+    )
+    clean = await repo.add_adapter_version(
+        path="/a/v2",
+        parent=None,
+        base_model="m",
+        exchange_ids=[theirs],
+        metrics={},
+        hyperparams={},
+        duration_s=1.0,
+        training_run_id=None,
+    )
+    report = await repo.forget_user("t:7")
+    assert (report.messages, report.exchanges, report.ratings) == (2, 1, 2)
+    # v2 used an exchange that t:7 rated: their vote shaped it, so it is tainted too.
+    assert report.tainted_versions == (version.version, clean.version)
+    assert await repo.history("t:1", 10) == []
+    assert [r.user_key for r in await repo.rated_exchanges()] == ["t:8"]
+    assert len(await repo.history("t:2", 10)) == 2
+    assert (await repo.forget_user("t:nobody")).messages == 0
+
+
+async def test_adapter_versions_have_one_active(repo: Repository) -> None:
+    v1 = await repo.add_adapter_version(
+        path="/a/v1",
+        parent=None,
+        base_model="m",
+        exchange_ids=[3, 1, 3],
+        metrics={"loss": 1.5},
+        hyperparams={"r": 8},
+        duration_s=2.0,
+        training_run_id=None,
+    )
+    v2 = await repo.add_adapter_version(
+        path="/a/v2",
+        parent=1,
+        base_model="m",
+        exchange_ids=[],
+        metrics={},
+        hyperparams={},
+        duration_s=None,
+        training_run_id=None,
+    )
+    assert (v1.version, v2.version, v1.exchange_ids) == (1, 2, (1, 3))
+    assert await repo.next_adapter_version() == 3
+    assert await repo.active_adapter() is None
+    await repo.set_active_adapter(1)
+    await repo.set_active_adapter(2)
+    active = await repo.active_adapter()
+    assert active is not None and active.version == 2 and active.parent == 1
+    statuses = [v.status for v in await repo.adapter_versions()]
+    assert statuses == [AdapterStatus.READY, AdapterStatus.ACTIVE]
+    await repo.set_active_adapter(None)
+    assert await repo.active_adapter() is None
+    await repo.set_adapter_status(1, AdapterStatus.REJECTED)
+    found = await repo.adapter_version(1)
+    assert found is not None and found.status is AdapterStatus.REJECTED
+    assert found.metrics == {"loss": 1.5}
+
+
+async def test_training_runs_never_overlap(repo: Repository) -> None:
+    run = await repo.start_training_run("command", "t:1", pid=123)
+    with pytest.raises(TrainingAlreadyRunning):
+        await repo.start_training_run("schedule", None, pid=124)
+    running = await repo.running_training()
+    assert running is not None and running.id == run
+    assert await repo.interrupt_stale_runs(lambda pid: pid == 123) == 0
+    assert await repo.interrupt_stale_runs(lambda pid: False) == 1
+    assert await repo.running_training() is None
+    second = await repo.start_training_run("cli", None, pid=125)
+    await repo.finish_training_run(
+        second, RunStatus.SUCCEEDED, "ok", adapter_version=1, report={"loss": 1.0}
+    )
+    runs = await repo.training_runs()
+    assert [(r.id, r.status) for r in runs] == [
+        (second, RunStatus.SUCCEEDED),
+        (run, RunStatus.INTERRUPTED),
+    ]
+
+
+async def test_daily_ratings_per_adapter_version(repo: Repository) -> None:
+    first = await _exchange(repo, text="a")
+    second = await _exchange(repo, text="b")
+    await repo.rate(first, "t:7", Vote.UP)
+    await repo.rate(second, "t:7", Vote.DOWN)
+    await repo.rate(second, "t:8", Vote.DOWN)
+    daily = await repo.daily_ratings()
+    assert [(d.adapter_version, d.ups, d.downs) for d in daily] == [(None, 1, 2)]
