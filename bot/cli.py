@@ -64,15 +64,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nselftune: stopped", file=sys.stderr)
         return 130
     except Exception as exc:
-        from bot.app import StartupError
-
-        # Adapters run in one TaskGroup: their start-up errors arrive in an ExceptionGroup.
-        if isinstance(exc, ExceptionGroup):
-            exc = next((e for e in exc.exceptions if isinstance(e, StartupError)), exc)
-        if isinstance(exc, StartupError):
-            print(f"selftune: {exc}", file=sys.stderr)
+        problem = _startup_error(exc)
+        if problem is not None:
+            print(f"selftune: {problem}", file=sys.stderr)
             return 1
         raise
+
+
+def _startup_error(exc: BaseException) -> BaseException | None:
+    """The StartupError in ``exc``, also inside the ExceptionGroup that serve()'s TaskGroup
+    wraps an adapter's error in (a token refused, an intent not enabled)."""
+    from bot.app import StartupError
+
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _startup_error(inner)) is not None:
+                return found
+    return None
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:

@@ -165,3 +165,12 @@ def test_cli_config_errors_exit_2(
     monkeypatch.setenv("SELFTUNE_GENERATION__TEMPERATURE", "hot")
     assert main(["db", "current"]) == 2
     assert "SELFTUNE_GENERATION__TEMPERATURE" in capsys.readouterr().err
+
+
+def test_adapter_startup_errors_are_found_inside_task_groups() -> None:
+    from bot.cli import _startup_error
+
+    inner = StartupError("enable the Message Content Intent")
+    nested = ExceptionGroup("outer", [ValueError("x"), ExceptionGroup("inner", [inner])])
+    assert _startup_error(nested) is inner
+    assert _startup_error(ValueError("x")) is None

@@ -1,0 +1,723 @@
+"""A fake Discord for the real discord.py client: REST + gateway on 127.0.0.1 (aiohttp).
+
+It plays one world: a guild with a text channel, a second channel and a thread; users Alice,
+Bob and Root (who holds the admin role); DM channels made on demand. Tests push gateway events
+(a user's message, a button press, a slash command) and read what the bot did over REST.
+
+Facts it honours (see /work/shared/TESTING.md): REST answers carry ``Content-Type:
+application/json`` exactly; interaction callbacks answer JSON; never a 5xx (discord.py would
+retry for ~25 s); the bot's own messages come back through the gateway; a privileged intent the
+application lacks closes the gateway with 4014; more than 5 edits in 5 s in one channel get a 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import WSMsgType, web
+
+from bot.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from adapters.discord import DiscordAdapter
+    from bot.chat import ChatService
+
+TOKEN = "fake-discord-token.abc.xyz"
+API = "/api/v10"
+DISCORD_EPOCH_MS = 1420070400000
+MESSAGE_CONTENT_INTENT = 1 << 15
+EPHEMERAL = 1 << 6
+
+Json = dict[str, Any]
+T = TypeVar("T")
+Handler = Callable[[web.Request, list[str], Any, list[tuple[str, bytes]]], Awaitable[web.Response]]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    # Exactly "application/json": discord.py compares the header, and aiohttp's json_response
+    # would add "; charset=utf-8".
+    return web.Response(
+        body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
+
+
+@dataclass(frozen=True)
+class FakeUser:
+    id: int
+    name: str
+    bot: bool = False
+
+    def payload(self) -> Json:
+        return {
+            "id": str(self.id),
+            "username": self.name,
+            "global_name": self.name.title(),
+            "discriminator": "0",
+            "avatar": None,
+            "bot": self.bot,
+        }
+
+
+@dataclass
+class Call:
+    """One REST request the bot made."""
+
+    method: str
+    path: str
+    body: Json
+    at: float
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class FakeInteraction:
+    """An interaction the test pushed, and everything the bot answered to it."""
+
+    id: int
+    token: str
+    channel_id: int
+    created: float
+    message_id: int | None = None  # the message a pressed button is on
+    callbacks: list[Json] = field(default_factory=list)
+    acked_at: float | None = None
+    original_id: int | None = None  # the deferred "thinking" message
+    loading: bool = False
+    followups: list[int] = field(default_factory=list)
+
+
+class FakeDiscord:
+    """The fake server. ``async with FakeDiscord() as fake:`` starts it on a free port."""
+
+    def __init__(self, *, allow_message_content: bool = True, token: str = TOKEN) -> None:
+        self.allow_message_content = allow_message_content
+        self.token = token
+        self._ids = itertools.count(1)
+        self.application_id = self.new_id()
+        self.bot = FakeUser(self.application_id, "selftune", bot=True)
+        self.alice = FakeUser(self.new_id(), "alice")
+        self.bob = FakeUser(self.new_id(), "bob")
+        self.root = FakeUser(self.new_id(), "root")  # holds the admin role
+        self.ada = FakeUser(self.new_id(), "ada")  # an admin by user key (see discord_settings)
+        self.other_bot = FakeUser(self.new_id(), "otherbot", bot=True)
+        self.guild_id = self.new_id()
+        self.admin_role_id = self.new_id()
+        self.bot_role_id = self.new_id()
+        self.channel_id = self.new_id()
+        self.other_channel_id = self.new_id()
+        self.thread_id = self.new_id()
+        self._guild_channels = {self.channel_id, self.other_channel_id, self.thread_id}
+        self._dms: dict[int, int] = {}  # user id -> DM channel id
+        self.messages: dict[int, Json] = {}
+        self.calls: list[Call] = []
+        self.interactions: dict[int, FakeInteraction] = {}
+        self.commands: list[Json] = []
+        self.identify_intents: list[int] = []
+        self.rate_limited = 0
+        self._edits: dict[int, list[float]] = {}
+        self._sockets: list[tuple[web.WebSocketResponse, itertools.count[int]]] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeDiscord:
+        app = web.Application()
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", API + "/{path:.*}", self._rest)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for ws, _seq in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}{API}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    def new_id(self) -> int:
+        """A snowflake: milliseconds since Discord's epoch, shifted, plus a counter."""
+        return ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) | next(self._ids)
+
+    # -- the world ----------------------------------------------------------------------------
+
+    def dm_channel(self, user: FakeUser) -> int:
+        if user.id not in self._dms:
+            self._dms[user.id] = self.new_id()
+        return self._dms[user.id]
+
+    def _member(self, user: FakeUser) -> Json:
+        roles = [str(self.admin_role_id)] if user is self.root else []
+        if user is self.bot:
+            roles = [str(self.bot_role_id)]
+        return {"user": user.payload(), "roles": roles, "joined_at": _now(), "flags": 0}
+
+    def _text_channel(self, channel_id: int, name: str) -> Json:
+        return {
+            "id": str(channel_id),
+            "type": 0,
+            "guild_id": str(self.guild_id),
+            "name": name,
+            "position": 0,
+            "permission_overwrites": [],
+            "nsfw": False,
+            "last_message_id": None,
+        }
+
+    def _thread(self) -> Json:
+        return {
+            "id": str(self.thread_id),
+            "type": 11,
+            "guild_id": str(self.guild_id),
+            "parent_id": str(self.channel_id),
+            "owner_id": str(self.alice.id),
+            "name": "a thread",
+            "message_count": 0,
+            "member_count": 2,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": _now(),
+                "locked": False,
+            },
+        }
+
+    def _role(self, role_id: int, name: str, **extra: Any) -> Json:
+        return {"id": str(role_id), "name": name, "permissions": "0", "position": 0, **extra}
+
+    def _guild(self) -> Json:
+        users = (self.bot, self.alice, self.bob, self.root, self.ada, self.other_bot)
+        roles = [
+            self._role(self.guild_id, "@everyone"),
+            self._role(self.admin_role_id, "bot admins"),
+            self._role(
+                self.bot_role_id, "selftune", managed=True, tags={"bot_id": str(self.bot.id)}
+            ),
+        ]
+        return {
+            "id": str(self.guild_id),
+            "name": "Test Server",
+            "owner_id": str(self.root.id),
+            "member_count": len(users),
+            "large": False,
+            "unavailable": False,
+            "joined_at": _now(),
+            "roles": roles,
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "channels": [
+                self._text_channel(self.channel_id, "general"),
+                self._text_channel(self.other_channel_id, "random"),
+            ],
+            "threads": [self._thread()],
+            "members": [self._member(u) for u in users],
+            "voice_states": [],
+            "presences": [],
+        }
+
+    def _channel_payload(self, channel_id: int, user: FakeUser) -> Json:
+        if channel_id == self.thread_id:
+            return self._thread()
+        if channel_id in self._guild_channels:
+            return self._text_channel(channel_id, "general")
+        return {"id": str(channel_id), "type": 1, "recipients": [user.payload()]}
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def _message(self, channel_id: int, author: FakeUser, content: str, **extra: Any) -> Json:
+        message: Json = {
+            "id": str(self.new_id()),
+            "channel_id": str(channel_id),
+            "author": author.payload(),
+            "content": content,
+            "timestamp": _now(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "components": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+        }
+        if channel_id in self._guild_channels:
+            message["guild_id"] = str(self.guild_id)
+            message["member"] = {k: v for k, v in self._member(author).items() if k != "user"}
+        message.update(extra)
+        self.messages[int(message["id"])] = message
+        return message
+
+    async def user_says(
+        self,
+        user: FakeUser,
+        content: str,
+        *,
+        channel_id: int | None = None,
+        mention_bot: bool = False,
+        reply_to: Json | None = None,
+        **extra: Any,
+    ) -> Json:
+        """A user posts a message (in their DM with the bot unless ``channel_id`` is given)."""
+        channel = channel_id if channel_id is not None else self.dm_channel(user)
+        if mention_bot:
+            content = f"<@{self.bot.id}> {content}"
+            extra["mentions"] = [self.bot.payload()]
+        if reply_to is not None:
+            extra["type"] = 19
+            extra["message_reference"] = {
+                "type": 0,
+                "message_id": reply_to["id"],
+                "channel_id": reply_to["channel_id"],
+            }
+            extra["referenced_message"] = reply_to
+        message = self._message(channel, user, content, **extra)
+        await self.dispatch("MESSAGE_CREATE", message)
+        return message
+
+    def bot_messages(self, channel_id: int, *, ephemeral: bool = False) -> list[Json]:
+        """The bot's messages in a channel, oldest first (ephemeral ones only when asked)."""
+        return [
+            m
+            for m in self.messages.values()
+            if int(m["channel_id"]) == channel_id
+            and m["author"]["id"] == str(self.bot.id)
+            and bool(m["flags"] & EPHEMERAL) == ephemeral
+        ]
+
+    @staticmethod
+    def buttons(message: Json) -> list[tuple[str, str]]:
+        """(label, custom_id) of every button on a message."""
+        return [
+            (button.get("label", ""), button.get("custom_id", ""))
+            for row in message.get("components", [])
+            for button in row.get("components", [])
+        ]
+
+    # -- interactions -------------------------------------------------------------------------
+
+    def _interaction(
+        self, kind: int, user: FakeUser, channel_id: int
+    ) -> tuple[Json, FakeInteraction]:
+        record = FakeInteraction(
+            self.new_id(), f"tok-{self.new_id()}", channel_id, time.monotonic()
+        )
+        self.interactions[record.id] = record
+        payload: Json = {
+            "id": str(record.id),
+            "application_id": str(self.application_id),
+            "type": kind,
+            "token": record.token,
+            "version": 1,
+            "channel_id": str(channel_id),
+            "channel": self._channel_payload(channel_id, user),
+            "locale": "en-US",
+            "app_permissions": "0",
+            "attachment_size_limit": 10 * 1024 * 1024,
+            "entitlements": [],
+            "authorizing_integration_owners": {},
+        }
+        if channel_id in self._guild_channels:
+            payload["guild_id"] = str(self.guild_id)
+            payload["member"] = {**self._member(user), "permissions": "0"}
+            payload["context"] = 0
+        else:
+            payload["user"] = user.payload()
+            payload["context"] = 1
+        return payload, record
+
+    async def click(
+        self, message: Json, custom_id: str, user: FakeUser, *, channel_id: int | None = None
+    ) -> FakeInteraction:
+        """A user presses a button with ``custom_id`` on ``message`` (as the fake stores it)."""
+        channel = channel_id if channel_id is not None else int(message["channel_id"])
+        payload, record = self._interaction(3, user, channel)
+        record.message_id = int(message["id"])
+        payload["message"] = self.messages.get(int(message["id"]), message)
+        payload["data"] = {"custom_id": custom_id, "component_type": 2}
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return record
+
+    async def slash(
+        self, name: str, user: FakeUser, channel_id: int, **options: str
+    ) -> FakeInteraction:
+        """A user runs ``/name option:value`` in a channel."""
+        payload, record = self._interaction(2, user, channel_id)
+        command = next((c for c in self.commands if c["name"] == name), {"id": "0"})
+        payload["data"] = {
+            "id": command["id"],
+            "name": name,
+            "type": 1,
+            "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
+        }
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return record
+
+    def answers(self, record: FakeInteraction) -> list[Json]:
+        """What the user sees from an interaction: the original response, then follow-ups."""
+        ids = ([record.original_id] if record.original_id else []) + record.followups
+        return [self.messages[i] for i in ids if i in self.messages]
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    async def wait_for(self, check: Callable[[], T], within_s: float = 5.0) -> T:
+        """Poll ``check`` until it returns something truthy; fail after ``within_s`` seconds."""
+        deadline = time.monotonic() + within_s
+        while True:
+            result = check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {within_s} s waiting for {check}")
+            await asyncio.sleep(0.01)
+
+    async def wait_answered(self, record: FakeInteraction, count: int = 1) -> list[Json]:
+        """Wait until an interaction has ``count`` visible answers with content or files."""
+
+        def done() -> list[Json]:
+            shown = [m for m in self.answers(record) if not m.get("loading")]
+            return shown if len(shown) >= count else []
+
+        return await self.wait_for(done)
+
+    # -- gateway ------------------------------------------------------------------------------
+
+    async def dispatch(self, event: str, data: Json) -> None:
+        """Send a DISPATCH to every identified gateway connection."""
+        for ws, seq in list(self._sockets):
+            if not ws.closed:
+                await ws.send_str(json.dumps({"op": 0, "t": event, "s": next(seq), "d": data}))
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}))
+        seq = itertools.count(1)
+        try:
+            async for frame in ws:
+                if frame.type is not WSMsgType.TEXT:
+                    continue
+                await self._on_op(ws, seq, json.loads(frame.data))
+        finally:
+            self._sockets = [(s, q) for s, q in self._sockets if s is not ws]
+        return ws
+
+    async def _on_op(self, ws: web.WebSocketResponse, seq: itertools.count[int], msg: Json) -> None:
+        op = msg.get("op")
+        if op == 1:
+            # ACK a moment later, as a distant server would: discord.py notes the heartbeat's
+            # send time only after handing it to the loop, and an instant ACK from 127.0.0.1
+            # can beat that note ("Can't keep up ... 41 s behind", a false alarm).
+            await asyncio.sleep(0.05)
+            await ws.send_str(json.dumps({"op": 11}))
+        elif op == 2:
+            intents = int(msg["d"].get("intents", 0))
+            self.identify_intents.append(intents)
+            if intents & MESSAGE_CONTENT_INTENT and not self.allow_message_content:
+                await ws.close(code=4014, message=b"Disallowed intent(s).")
+                return
+            await self._ready(ws, seq)
+
+    async def _ready(self, ws: web.WebSocketResponse, seq: itertools.count[int]) -> None:
+        ready = {
+            "v": 10,
+            "user": self.bot.payload(),
+            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "session_id": f"session-{self.new_id()}",
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": str(self.application_id), "flags": 1 << 19},
+            "private_channels": [],
+        }
+        for event, data in (("READY", ready), ("GUILD_CREATE", self._guild())):
+            await ws.send_str(json.dumps({"op": 0, "t": event, "s": next(seq), "d": data}))
+        self._sockets.append((ws, seq))
+
+    # -- REST ---------------------------------------------------------------------------------
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        body, files = await _read_body(request)
+        path = request.match_info["path"]
+        self.calls.append(Call(request.method, path, body, time.monotonic(), files))
+        parts = path.split("/")
+        if parts[0] not in ("webhooks", "interactions") and (
+            request.headers.get("Authorization") != f"Bot {self.token}"
+        ):
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
+        for route, handler in self._routes():
+            if _matches(route, request.method, parts):
+                return await handler(request, parts, body, files)
+        return _json({"message": f"404: no fake for {request.method} {path}", "code": 0}, 404)
+
+    def _routes(self) -> list[tuple[str, Handler]]:
+        return [
+            ("GET users @me", self._me),
+            ("GET oauth2 applications @me", self._app_info),
+            ("PUT applications * commands", self._sync_commands),
+            ("POST users @me channels", self._create_dm),
+            ("POST channels * typing", self._typing),
+            ("POST channels * messages", self._post_message),
+            ("GET channels * messages *", self._get_message),
+            ("PATCH channels * messages *", self._edit_message),
+            ("DELETE channels * messages *", self._delete_message),
+            ("POST interactions * * callback", self._callback),
+            ("POST webhooks * *", self._followup),
+            ("PATCH webhooks * * messages *", self._edit_webhook_message),
+            ("DELETE webhooks * * messages *", self._delete_webhook_message),
+        ]
+
+    async def _me(self, *_: Any) -> web.Response:
+        return _json(self.bot.payload())
+
+    async def _app_info(self, *_: Any) -> web.Response:
+        return _json(
+            {
+                "id": str(self.application_id),
+                "name": "selftune",
+                "description": "",
+                "icon": None,
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "owner": self.root.payload(),
+                "verify_key": "0" * 64,
+                "flags": 1 << 19,  # GATEWAY_MESSAGE_CONTENT_LIMITED
+            }
+        )
+
+    async def _sync_commands(
+        self, _r: web.Request, _p: list[str], body: Any, _f: Any
+    ) -> web.Response:
+        commands = body if isinstance(body, list) else []
+        self.commands = [
+            {
+                **c,
+                "id": str(self.new_id()),
+                "application_id": str(self.application_id),
+                "version": "1",
+            }
+            for c in commands
+        ]
+        return _json(self.commands)
+
+    async def _create_dm(self, _r: web.Request, _p: list[str], body: Json, _f: Any) -> web.Response:
+        user_id = int(body["recipient_id"])
+        user = next(u for u in (self.alice, self.bob, self.root, self.ada) if u.id == user_id)
+        return _json(self._channel_payload(self.dm_channel(user), user))
+
+    async def _typing(self, *_: Any) -> web.Response:
+        return web.Response(status=204)
+
+    async def _post_message(
+        self, _r: web.Request, parts: list[str], body: Json, files: Any
+    ) -> web.Response:
+        extra: Json = {"components": body.get("components", [])}
+        if body.get("message_reference"):
+            extra["type"] = 19
+            extra["message_reference"] = body["message_reference"]
+        extra["attachments"] = _attachments(files)
+        message = self._message(int(parts[1]), self.bot, body.get("content") or "", **extra)
+        await self.dispatch("MESSAGE_CREATE", message)  # as Discord does: the bot sees its own
+        return _json(message)
+
+    async def _get_message(self, _r: web.Request, parts: list[str], *_: Any) -> web.Response:
+        found = self.messages.get(int(parts[3]))
+        if found is None:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        return _json(found)
+
+    async def _edit_message(
+        self, _r: web.Request, parts: list[str], body: Json, _f: Any
+    ) -> web.Response:
+        channel_id = int(parts[1])
+        recent = [t for t in self._edits.get(channel_id, []) if time.monotonic() - t < 5.0]
+        if len(recent) >= 5:
+            self.rate_limited += 1
+            retry = 5.0 - (time.monotonic() - recent[0])
+            return _json(
+                {"message": "You are being rate limited.", "retry_after": retry, "global": False},
+                429,
+            )
+        self._edits[channel_id] = [*recent, time.monotonic()]
+        return _json(self._apply_edit(int(parts[3]), body))
+
+    def _apply_edit(self, message_id: int, body: Json) -> Json:
+        message = self.messages[message_id]
+        for key in ("content", "components", "flags"):
+            if key in body and body[key] is not None:
+                message[key] = body[key]
+        message["edited_timestamp"] = _now()
+        return message
+
+    async def _delete_message(self, _r: web.Request, parts: list[str], *_: Any) -> web.Response:
+        self.messages.pop(int(parts[3]), None)
+        return web.Response(status=204)
+
+    async def _callback(
+        self, _r: web.Request, parts: list[str], body: Json, _f: Any
+    ) -> web.Response:
+        record = self.interactions[int(parts[1])]
+        record.callbacks.append(body)
+        record.acked_at = time.monotonic()
+        kind, data = body["type"], body.get("data") or {}
+        flags = int(data.get("flags") or 0)
+        if kind in (4, 5):  # a message now, or a "thinking…" placeholder to fill later
+            message = self._message(
+                record.channel_id, self.bot, data.get("content") or "", flags=flags
+            )
+            message["loading"] = kind == 5
+            record.original_id, record.loading = int(message["id"]), kind == 5
+        elif kind == 7 and record.message_id is not None:
+            self._apply_edit(record.message_id, data)
+        interaction = {
+            "id": str(record.id),
+            "type": 2,
+            "response_message_loading": kind == 5,
+            "response_message_ephemeral": bool(flags & EPHEMERAL),
+        }
+        return _json({"interaction": interaction})
+
+    def _record(self, token: str) -> FakeInteraction:
+        return next(r for r in self.interactions.values() if r.token == token)
+
+    async def _followup(
+        self, _r: web.Request, parts: list[str], body: Json, files: Any
+    ) -> web.Response:
+        record = self._record(parts[2])
+        content, attachments = body.get("content") or "", _attachments(files)
+        if record.loading and record.original_id in self.messages:
+            # The first follow-up after a "thinking" defer replaces the placeholder.
+            record.loading = False
+            message = self.messages[record.original_id]
+            message.update(content=content, attachments=attachments, loading=False)
+            return _json(message)
+        flags = int(body.get("flags") or 0)
+        message = self._message(
+            record.channel_id, self.bot, content, flags=flags, attachments=attachments
+        )
+        record.followups.append(int(message["id"]))
+        return _json(message)
+
+    def _target(self, record: FakeInteraction, which: str) -> int | None:
+        if which != "@original":
+            return int(which)
+        return record.message_id if record.message_id is not None else record.original_id
+
+    async def _edit_webhook_message(
+        self, _r: web.Request, parts: list[str], body: Json, _f: Any
+    ) -> web.Response:
+        record = self._record(parts[2])
+        target = self._target(record, parts[4])
+        if target is None or target not in self.messages:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        return _json(self._apply_edit(target, body))
+
+    async def _delete_webhook_message(
+        self, _r: web.Request, parts: list[str], *_: Any
+    ) -> web.Response:
+        record = self._record(parts[2])
+        target = self._target(record, parts[4])
+        if target is not None:
+            self.messages.pop(target, None)
+        if target == record.original_id:
+            record.original_id, record.loading = None, False
+        return web.Response(status=204)
+
+
+def _matches(route: str, method: str, parts: list[str]) -> bool:
+    want_method, *want = route.split()
+    return (
+        want_method == method
+        and len(want) == len(parts)
+        and all(w in ("*", p) for w, p in zip(want, parts, strict=True))
+    )
+
+
+def _attachments(files: list[tuple[str, bytes]]) -> list[Json]:
+    return [
+        {
+            "id": str(i + 1),
+            "filename": name,
+            "size": len(data),
+            "url": f"https://cdn.invalid/{name}",
+            "proxy_url": f"https://cdn.invalid/{name}",
+        }
+        for i, (name, data) in enumerate(files)
+    ]
+
+
+async def _read_body(request: web.Request) -> tuple[Any, list[tuple[str, bytes]]]:
+    """JSON, or multipart (``payload_json`` plus ``files[n]``) when the bot uploads a file."""
+    if request.content_type == "application/json":
+        return await request.json(), []
+    if request.content_type.startswith("multipart/"):
+        form = await request.post()
+        files = [
+            (part.filename, part.file.read())
+            for key, part in form.items()
+            if key.startswith("files[") and isinstance(part, web.FileField)
+        ]
+        raw = form.get("payload_json")
+        return (json.loads(raw) if isinstance(raw, str) else {}), files
+    return {}, []
+
+
+def discord_settings(data_dir: Path, fake: FakeDiscord, **env: str) -> Settings:
+    """Settings for a bot on ``fake``, through the real config path (environment variables):
+    Ada is an admin by user key, Root by the admin role; start-up waits only briefly."""
+    environ = {
+        "SELFTUNE_DATA_DIR": str(data_dir),
+        "DISCORD_BOT_TOKEN": fake.token,
+        "SELFTUNE_DISCORD__API_BASE": fake.api_base,
+        "SELFTUNE_DISCORD__GATEWAY_URL": fake.gateway_url,
+        "SELFTUNE_DISCORD__GUILD_READY_TIMEOUT_S": "0.05",
+        "SELFTUNE_DISCORD__ADMIN_ROLE_ID": str(fake.admin_role_id),
+        "SELFTUNE_ADMINS": json.dumps([f"discord:{fake.ada.id}"]),
+        **env,
+    }
+    settings, _ = load_settings(None, environ)
+    return settings
+
+
+@asynccontextmanager
+async def run_bot(
+    service: ChatService, settings: Settings, fake: FakeDiscord
+) -> AsyncIterator[DiscordAdapter]:
+    """Run the real Discord adapter against ``fake`` until the block ends; ready on entry."""
+    from adapters.discord import DiscordAdapter
+
+    adapter = DiscordAdapter(service, settings.discord)
+    task = asyncio.create_task(adapter.run(), name="discord-under-test")
+    try:
+        await fake.wait_for(lambda: adapter.ready.is_set() or task.done())
+        if task.done():
+            task.result()  # raises the adapter's start-up error
+        yield adapter
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
