@@ -73,15 +73,18 @@ async def main(args: argparse.Namespace) -> None:
     settings = ModelSettings(dtype=args.dtype, threads=args.threads)
     resolve_model(settings, progress=True)
     mark("resolve model (cached conversion)")
-    gen = await TransformersGenerator.load(settings, LoraSettings())
+    gen = await TransformersGenerator.load(
+        settings, LoraSettings(), exact_batching=not args.fast_batching
+    )
     mark("load model, wrap LoRA, start engine")
     await gen.count_tokens([Turn("user", PROMPT)])
     mark("first count_tokens")
     ready = _since_process_start()
 
+    mode = "fast (batched SDPA)" if args.fast_batching else "exact"
     print(
         f"\nselftune startup: {gen.model_name} on {gen.device}, {_dtype(gen)}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, {mode} batching"
     )
     rows = [(label, f"{seconds:.2f} s") for label, seconds in marks]
     _table([*rows, ("ready for the first prompt, from process start", f"{ready:.2f} s")])
@@ -147,6 +150,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=128, help="new tokens of the single reply")
     parser.add_argument("--batch", type=int, nargs="*", default=[4, 8], help="batch sizes")
     parser.add_argument("--batch-tokens", type=int, default=64, help="new tokens per reply")
+    parser.add_argument(
+        "--fast-batching", action="store_true", help="exact_batching=False (batched SDPA)"
+    )
     return parser.parse_args()
 
 

@@ -105,7 +105,7 @@ class ChatService:
             yield item
 
     async def _generate(self, incoming: Incoming, message_id: int) -> AsyncIterator[Draft | Reply]:
-        version = await self.versions.sync()
+        await self.versions.sync()
         params = self.default_params()
         try:
             prompt = await self._prompt(incoming, params)
@@ -121,13 +121,17 @@ class ChatService:
             incoming.user_key,
             message_id,
             prompt,
-            version,
+            self.versions.serving(),
             self.generator.model_name,
             asdict(params),
         )
+        # The generator orders requests against adapter swaps when the stream starts, and there
+        # is no await between here and then: the reply records exactly the adapter that wrote it.
+        version = self.versions.serving()
+        stream = self.generator.stream(prompt, params)
         text = ""
         try:
-            async for piece in self.generator.stream(prompt, params):
+            async for piece in stream:
                 text += piece
                 yield Draft(text)
         except (GenerationError, RuntimeError, ValueError) as exc:
@@ -143,7 +147,7 @@ class ChatService:
             await asyncio.shield(self.repo.fail_exchange(exchange_id, "cancelled", text))
             raise
         text = text.strip()
-        await self.repo.finish_exchange(exchange_id, text)
+        await self.repo.finish_exchange(exchange_id, text, adapter_version=version)
         yield Reply(text or "…", ReplyKind.ANSWER, exchange_id=exchange_id, adapter_version=version)
 
     async def _prompt(self, incoming: Incoming, params: GenerationParams) -> list:  # type: ignore[type-arg]

@@ -1,8 +1,9 @@
 """The transformers Generator: a causal LM with one LoRA adapter slot, served by a decode engine.
 
 The base model is wrapped once in a peft LoRA adapter built by :func:`lora_config`. Serving
-starts from peft's default init (B = 0), which equals the base model exactly; trained adapters
-are copied into the same slot in place (never reloading the base), between sequences.
+starts from peft's default init (B = 0), which equals the base model exactly (its layers are
+switched off while it serves, which skips their matmuls); trained adapters are copied into the
+same slot in place (never reloading the base), between sequences.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,25 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.config import LoraSettings, ModelSettings
 from bot.generation import GenerationError
-from bot.model_adapter import adapter_state, load_weights, lora_config, read_adapter, wrap_lora
+from bot.model_adapter import (
+    adapter_state,
+    load_weights,
+    lora_config,
+    read_adapter,
+    set_adapter_enabled,
+    wrap_lora,
+)
 from bot.model_attention import ROWWISE_ATTENTION
 from bot.model_batch import EngineRequest
 from bot.model_engine import DecodeEngine, EngineStats
+from bot.model_runtime import (
+    chat_ids,
+    cpu_bf16_supported,
+    invariant_rows,
+    pick_device,
+    pick_dtype,
+    stop_token_ids,
+)
 from bot.model_source import (
     AdapterError,
     ModelLoadError,
@@ -46,58 +62,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX).
-
-    Only then is bf16 faster than float32 (measured: 24 vs 17 tokens/s decoding SmolLM2 on
-    AVX512-BF16); elsewhere oneDNN emulates it and it is slower.
-    """
-    if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
-        return False
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` → the first CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"model.device {name!r} is not a device torch knows: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"model.device is {name!r} but torch sees no CUDA device")
-    return device
-
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` → bf16 on CUDA (fp16 on GPUs without bf16) and on bf16-capable CPUs, else fp32."""
-    if name != "auto":
-        return _DTYPES[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_bf16_supported() else torch.float32
-
-
-def chat_ids(
-    tokenizer: Any, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
-) -> list[int]:
-    """Token ids of ``messages`` rendered by the tokenizer's own chat template."""
-    ids = tokenizer.apply_chat_template(
-        [dict(m) for m in messages],
-        add_generation_prompt=add_generation_prompt,
-        tokenize=True,
-        return_dict=False,
-    )
-    if isinstance(ids, Mapping):  # some tokenizers return a BatchEncoding regardless
-        ids = ids["input_ids"]
-    return [int(i) for i in ids]
 
 
 class _Channel:
@@ -131,6 +95,7 @@ class TransformersGenerator:
         lora: LoraSettings,
         model_dir: Path,
         device: torch.device,
+        exact_batching: bool = True,
     ) -> None:
         self.model_dir = model_dir  # the resolved weights: training loads the base from here
         self.device = device
@@ -146,30 +111,49 @@ class TransformersGenerator:
         self._tokenizer_lock = threading.Lock()
         self._zero = {k: v.detach().clone() for k, v in adapter_state(model).items()}
         self._shapes = {k: v.shape for k, v in self._zero.items()}
+        set_adapter_enabled(model, False)  # serving the zero adapter: skip its matmuls
         self._active: Path | None = None
         self._swap_lock = asyncio.Lock()
         self._closed = False
         self._engine = DecodeEngine(
             model,
             self._decode,
-            stop_ids=_stop_ids(tokenizer, model),
+            stop_ids=stop_token_ids(tokenizer, model),
             context_window=self._context_window,
             max_batch_size=settings.max_batch_size,
             device=device,
-            min_rows=_min_rows(model, device),
+            min_rows=invariant_rows(model, device) if exact_batching else 1,
         )
         self._engine.start()
 
     @classmethod
     async def load(
-        cls, settings: ModelSettings, lora: LoraSettings, *, progress: bool = False
+        cls,
+        settings: ModelSettings,
+        lora: LoraSettings,
+        *,
+        progress: bool = False,
+        exact_batching: bool = True,
     ) -> TransformersGenerator:
-        """Resolve, load and wrap the model in a worker thread; the event loop keeps running."""
-        return await asyncio.to_thread(cls.load_sync, settings, lora, progress=progress)
+        """Resolve, load and wrap the model in a worker thread; the event loop keeps running.
+
+        ``exact_batching``: a sequence decodes to the same tokens whether it runs alone or in a
+        batch (per-sequence attention, a filler row for a lone bf16 sequence). Off, decoding
+        uses batched SDPA: faster (SmolLM2, bf16, 2 cores: 27 vs 23 tokens/s alone, 113 vs 84
+        in total for 8 replies) but greedy replies change with their company (5 of 8 did).
+        """
+        return await asyncio.to_thread(
+            cls.load_sync, settings, lora, progress=progress, exact_batching=exact_batching
+        )
 
     @classmethod
     def load_sync(
-        cls, settings: ModelSettings, lora: LoraSettings, *, progress: bool = False
+        cls,
+        settings: ModelSettings,
+        lora: LoraSettings,
+        *,
+        progress: bool = False,
+        exact_batching: bool = True,
     ) -> TransformersGenerator:
         """Blocking form of :meth:`load` (scripts, benchmarks). Raises ModelLoadError."""
         model_dir = resolve_model(settings, progress=progress)
@@ -181,7 +165,9 @@ class TransformersGenerator:
             with transformers_progress(progress):
                 tokenizer = AutoTokenizer.from_pretrained(model_dir)
                 base: Any = AutoModelForCausalLM.from_pretrained(
-                    model_dir, dtype=dtype, attn_implementation=ROWWISE_ATTENTION
+                    model_dir,
+                    dtype=dtype,
+                    attn_implementation=ROWWISE_ATTENTION if exact_batching else None,
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot load the model from {model_dir}: {exc}") from exc
@@ -194,7 +180,13 @@ class TransformersGenerator:
         model.eval()
         log.info("loaded %s from %s on %s as %s", settings.name, model_dir, device, dtype)
         return cls(
-            model, tokenizer, settings=settings, lora=lora, model_dir=model_dir, device=device
+            model,
+            tokenizer,
+            settings=settings,
+            lora=lora,
+            model_dir=model_dir,
+            device=device,
+            exact_batching=exact_batching,
         )
 
     @property
@@ -263,7 +255,8 @@ class TransformersGenerator:
                     read_adapter, Path(path), self._lora, self._shapes
                 )
             previous, self._active = self._active, path
-            future = self._engine.call(lambda: load_weights(model, weights))
+            enabled = path is not None
+            future = self._engine.call(lambda: load_weights(model, weights, enabled=enabled))
             try:
                 # Shielded: once submitted the swap completes, so active_adapter stays true.
                 await asyncio.shield(asyncio.wrap_future(future))
@@ -283,27 +276,3 @@ class TransformersGenerator:
                 list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
             )
         return text
-
-
-def _min_rows(model: Any, device: torch.device) -> int:
-    """Rows per decoding step that make a sequence's result independent of the batch.
-
-    Measured on this project's reference CPU: oneDNN's bfloat16 matmul computes a row the same
-    for any number of rows but one, so a lone sequence gets one filler row (+17% step time,
-    only while it is alone). MKL's float32 kernels differ for 1, 2-3 and 4+ rows; four rows
-    for every lone sequence cost too much, and float32 logits rarely tie, so none there.
-    """
-    return 2 if device.type == "cpu" and model.dtype in (torch.bfloat16, torch.float16) else 1
-
-
-def _stop_ids(tokenizer: Any, model: Any) -> frozenset[int]:
-    """End-of-sequence ids: the generation config's, the tokenizer's, and ChatML's end of turn."""
-    ids: set[int] = set()
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    ids.update([eos] if isinstance(eos, int) else (eos or []))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    return frozenset(ids)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.config import TrainingSettings
-from bot.model import cpu_bf16_supported, pick_device
 from bot.model_adapter import wrap_lora
+from bot.model_runtime import cpu_bf16_supported, pick_device
 from bot.training_data import (
     IGNORE,
     NO_LIKED,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from bot.config import LoraSettings, TrainingSettings
-from bot.model import chat_ids
+from bot.model_runtime import chat_ids
 
 IGNORE = -100  # label of tokens that carry no loss (the prompt, padding)
 NO_LIKED = "no liked exchanges to learn from"

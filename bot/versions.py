@@ -34,6 +34,7 @@ class AdapterVersions:
         self._generator = generator
         self._lock = asyncio.Lock()
         self.current: int | None = None  # the version the generator serves
+        self._by_path: dict[Path, int] = {}
 
     async def sync(self) -> int | None:
         """Swap in the database's active version if the generator serves another one."""
@@ -47,10 +48,20 @@ class AdapterVersions:
         return self.current
 
     async def _swap(self, version: AdapterVersion | None) -> None:
+        if version is not None:
+            self._by_path[Path(version.path)] = version.version
         if self._generator is not None:
             await self._generator.swap_adapter(Path(version.path) if version else None)
         self.current = version.version if version else None
         log.info("serving %s", describe(self.current))
+
+    def serving(self) -> int | None:
+        """The version new requests are served with now: read from the generator, which orders
+        requests against swaps, so a reply records exactly the adapter that wrote it."""
+        if self._generator is None:
+            return self.current
+        path = self._generator.active_adapter
+        return None if path is None else self._by_path.get(Path(path), self.current)
 
     async def activate(self, version: int | None) -> AdapterVersion | None:
         """Serve ``version`` (None: the base model) from the next reply on."""

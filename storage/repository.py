@@ -38,6 +38,13 @@ from storage.models import (
 from storage.models import Exchange as ExchangeRow
 
 
+class _Unset:
+    """Marks an argument not given (None is a meaningful value: the base model)."""
+
+
+UNSET = _Unset()
+
+
 class TrainingAlreadyRunning(RuntimeError):
     """Another training run holds the lock (in this process or another one)."""
 
@@ -250,8 +257,11 @@ class Repository:
             await session.flush()
             return row.id
 
-    async def finish_exchange(self, exchange_id: int, completion: str) -> None:
-        """Store the reply text, as an assistant message of the conversation too."""
+    async def finish_exchange(
+        self, exchange_id: int, completion: str, *, adapter_version: int | None | _Unset = UNSET
+    ) -> None:
+        """Store the reply text, as an assistant message of the conversation too, and the
+        adapter version that wrote it (when given; else the one recorded at the start)."""
         async with self._sessions.begin() as session:
             row = await session.get_one(ExchangeRow, exchange_id)
             request = await session.get_one(Message, row.request_message_id)
@@ -265,6 +275,8 @@ class Repository:
             session.add(reply)
             await session.flush()
             row.completion, row.status = completion, "done"
+            if not isinstance(adapter_version, _Unset):
+                row.adapter_version = adapter_version
             row.reply_message_id, row.finished_at = reply.id, utcnow()
 
     async def fail_exchange(self, exchange_id: int, error: str, partial: str = "") -> None:

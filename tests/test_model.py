@@ -191,6 +191,19 @@ async def test_concurrent_streams_are_batched_and_match_solo(
     assert generator.stats.max_batch > 1
 
 
+async def test_fast_batching_mode_serves_concurrent_streams(tiny_model_dir: Path) -> None:
+    """Batched SDPA instead of per-sequence attention: float32 results still agree here."""
+    settings = tiny_settings(tiny_model_dir)
+    gen = await TransformersGenerator.load(settings, LoraSettings(), exact_batching=False)
+    try:
+        solo = [await reply(gen, turns) for turns in PROMPTS]
+        together = await asyncio.gather(*(reply(gen, turns) for turns in PROMPTS))
+    finally:
+        await gen.aclose()
+    assert list(together) == solo
+    assert gen.stats.max_batch > 1
+
+
 async def test_request_joining_mid_generation_matches_solo(
     generator: TransformersGenerator,
 ) -> None:
@@ -537,12 +550,23 @@ async def test_default_model_batched_replies_match_solo(default_model_dir: Path)
         [Turn("user", "Hello!")],
         [Turn("user", "Tell me about the sea.")],
         [Turn("user", "What is the capital of France? Answer in one word.")],
+        [Turn("system", "You answer in rhymes."), Turn("user", "Describe a rainy morning.")],
     ]
-    params = GenerationParams(max_new_tokens=24, temperature=0.0)
+    params = GenerationParams(max_new_tokens=32, temperature=0.0)
+
+    async def staggered(gen: TransformersGenerator) -> list[str]:
+        tasks = []
+        for turns in prompts:  # each joins a batch that is already decoding
+            tasks.append(asyncio.create_task(reply(gen, turns, params)))
+            await asyncio.sleep(0.2)
+        return list(await asyncio.gather(*tasks))
+
     gen = await TransformersGenerator.load(ModelSettings(), LoraSettings())
     try:
         solo = [await reply(gen, turns, params) for turns in prompts]
         together = await asyncio.gather(*(reply(gen, turns, params) for turns in prompts))
+        joined = await staggered(gen)
     finally:
         await gen.aclose()
     assert list(together) == solo
+    assert joined == solo
