@@ -14,6 +14,11 @@ class GenerationError(RuntimeError):
     """Generation failed; the message is safe to show to the user."""
 
 
+DEFAULT_SLOT = "default"
+"""The adapter slot that serves every chat. A second slot (e.g. "candidate") lets an A/B test
+serve another adapter to some chats at the same time, in the same batches."""
+
+
 @runtime_checkable
 class Generator(Protocol):
     """A chat model: turns in, a stream of text pieces out.
@@ -39,12 +44,20 @@ class Generator(Protocol):
         """Length in tokens of the prompt the chat template renders for ``turns``."""
         ...
 
-    def stream(self, turns: Sequence[Turn], params: GenerationParams) -> AsyncIterator[str]:
-        """Generate a reply to ``turns``, yielding new text as it is decoded."""
+    def slot_adapter(self, slot: str) -> Path | None:
+        """Directory of the adapter in ``slot`` (None: the zero adapter, or an empty slot)."""
         ...
 
-    async def swap_adapter(self, path: Path | None) -> None:
-        """Serve with the adapter at ``path`` (None: the zero adapter) from the next request on."""
+    def stream(
+        self, turns: Sequence[Turn], params: GenerationParams, *, slot: str = DEFAULT_SLOT
+    ) -> AsyncIterator[str]:
+        """Generate a reply to ``turns`` with the adapter in ``slot``, yielding new text as it
+        is decoded. The request is ordered against swaps when the stream starts."""
+        ...
+
+    async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
+        """Serve ``slot`` with the adapter at ``path`` (None: the zero adapter) from the next
+        request on; sequences already running finish with the adapter they started with."""
         ...
 
     async def aclose(self) -> None: ...
@@ -78,10 +91,11 @@ class ScriptedGenerator:
         self._context_window = context_window
         self._delay_s = delay_s
         self._model_name = model_name
-        self._adapter: Path | None = None
+        self._slots: dict[str, Path | None] = {DEFAULT_SLOT: None}
         self.fail_next: str | None = None
         self.requests: list[tuple[tuple[Turn, ...], GenerationParams]] = []
         self.swaps: list[Path | None] = []
+        self.slots_used: list[str] = []
 
     @property
     def model_name(self) -> str:
@@ -93,18 +107,25 @@ class ScriptedGenerator:
 
     @property
     def active_adapter(self) -> Path | None:
-        return self._adapter
+        return self._slots[DEFAULT_SLOT]
+
+    def slot_adapter(self, slot: str) -> Path | None:
+        return self._slots.get(slot)
 
     async def count_tokens(self, turns: Sequence[Turn]) -> int:
         # Four tokens of template per turn plus one per word, like a chat template would add.
         return sum(4 + len(t.content.split()) for t in turns) + 2
 
-    async def stream(self, turns: Sequence[Turn], params: GenerationParams) -> AsyncIterator[str]:
+    async def stream(
+        self, turns: Sequence[Turn], params: GenerationParams, *, slot: str = DEFAULT_SLOT
+    ) -> AsyncIterator[str]:
         self.requests.append((tuple(turns), params))
+        self.slots_used.append(slot)
+        adapter = self._slots.get(slot)
         if self.fail_next is not None:
             message, self.fail_next = self.fail_next, None
             raise GenerationError(message)
-        words = self._reply(turns, self._adapter).split(" ")
+        words = self._reply(turns, adapter).split(" ")
         for i, word in enumerate(words[: params.max_new_tokens]):
             if self._delay_s:
                 await asyncio.sleep(self._delay_s)
@@ -112,8 +133,8 @@ class ScriptedGenerator:
                 await asyncio.sleep(0)
             yield word if i == 0 else " " + word
 
-    async def swap_adapter(self, path: Path | None) -> None:
-        self._adapter = path
+    async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
+        self._slots[slot] = path
         self.swaps.append(path)
 
     async def aclose(self) -> None:

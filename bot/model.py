@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.config import LoraSettings, ModelSettings
-from bot.generation import GenerationError
+from bot.generation import DEFAULT_SLOT, GenerationError
 from bot.model_adapter import (
     adapter_state,
     load_weights,
@@ -222,10 +222,16 @@ class TransformersGenerator:
     async def count_tokens(self, turns: Sequence[Turn]) -> int:
         return len(await asyncio.to_thread(self.encode, tuple(turns)))
 
+    def slot_adapter(self, slot: str) -> Path | None:
+        return self._active if slot == DEFAULT_SLOT else None
+
     async def stream(
-        self, turns: Sequence[Turn], params: GenerationParams
+        self, turns: Sequence[Turn], params: GenerationParams, *, slot: str = DEFAULT_SLOT
     ) -> AsyncGenerator[str, None]:
         """Yield reply text as it is decoded; closing the generator stops generation."""
+        if slot != DEFAULT_SLOT:
+            # TODO(issue 6): a second adapter slot served in the same batches.
+            raise GenerationError(f"adapter slot {slot!r} is not available in this engine yet")
         if self._closed or not self._engine.alive:
             raise GenerationError("the model has been shut down")
         channel = _Channel(asyncio.get_running_loop())
@@ -240,12 +246,14 @@ class TransformersGenerator:
         finally:
             request.cancel()  # a no-op when finished; stops the engine's work when abandoned
 
-    async def swap_adapter(self, path: Path | None) -> None:
+    async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
         """Serve with the adapter at ``path`` (None: the zero adapter) from the next request on.
 
         The adapter is validated first (an :class:`AdapterError` leaves the old one in place);
         the copy happens on the engine thread once the sequences submitted before have finished.
         """
+        if slot != DEFAULT_SLOT:
+            raise GenerationError(f"adapter slot {slot!r} is not available in this engine yet")
         model = self._model
         async with self._swap_lock:
             if path is None:

@@ -258,7 +258,7 @@ class Repository:
             return row.id
 
     async def finish_exchange(
-        self, exchange_id: int, completion: str, *, adapter_version: int | None | _Unset = UNSET
+        self, exchange_id: int, completion: str, *, adapter_version: int | _Unset | None = UNSET
     ) -> None:
         """Store the reply text, as an assistant message of the conversation too, and the
         adapter version that wrote it (when given; else the one recorded at the start)."""
