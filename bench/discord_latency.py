@@ -19,28 +19,17 @@ import asyncio
 import contextlib
 import logging
 import os
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import PROMPTS, percentiles
 from bot.app import Core, build_core
 from bot.config import Settings
 from bot.model import TransformersGenerator
 from bot.types import Draft, Incoming
 from tests.fakes.discord_server import FakeDiscord, FakeUser, discord_settings, run_bot
-
-PROMPTS = (
-    "Hello! How are you today?",
-    "What is a good name for a black cat?",
-    "Give me one tip for sleeping better.",
-    "Why is the sky blue? Keep it short.",
-    "Suggest a quick vegetarian dinner.",
-    "What is the capital of France?",
-    "Write a two-line poem about rain.",
-    "How do I boil an egg?",
-)
 
 
 @dataclass(frozen=True)
@@ -76,14 +65,6 @@ async def ask(fake: FakeDiscord, user: FakeUser, prompt: str, within_s: float) -
     with contextlib.suppress(AssertionError):  # timed out: reported as unanswered
         await fake.wait_for(lambda: timing(fake, channel, sent_at).final_s, within_s)
     return timing(fake, channel, sent_at)
-
-
-def percentiles(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return f"p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s"
 
 
 def report(label: str, timings: list[Timing]) -> None:

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -33,23 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from adapters.telegram import TelegramAdapter
+from bench.common import PROMPTS, percentiles
 from bot.app import Core, build_core
 from bot.config import Settings, TelegramSettings, load_settings
-from bot.generation import Generator
+from bot.generation import DEFAULT_SLOT, Generator
 from bot.model import TransformersGenerator
 from bot.types import GenerationParams, Turn
 from tests.fakes.telegram_server import FakeTelegram, bot_settings, running
-
-PROMPTS = (
-    "Hello! How are you today?",
-    "What is a good name for a black cat?",
-    "Give me one tip for sleeping better.",
-    "Why is the sky blue? Keep it short.",
-    "Suggest a quick vegetarian dinner.",
-    "What is the capital of France?",
-    "Write a two-line poem about rain.",
-    "How do I boil an egg?",
-)
 
 
 class TimedGenerator:
@@ -74,15 +63,20 @@ class TimedGenerator:
     async def count_tokens(self, turns: Sequence[Turn]) -> int:
         return await self.inner.count_tokens(turns)
 
-    async def stream(self, turns: Sequence[Turn], params: GenerationParams) -> AsyncIterator[str]:
+    def slot_adapter(self, slot: str) -> Path | None:
+        return self.inner.slot_adapter(slot)
+
+    async def stream(
+        self, turns: Sequence[Turn], params: GenerationParams, *, slot: str = DEFAULT_SLOT
+    ) -> AsyncIterator[str]:
         key = turns[-1].content
-        async for piece in self.inner.stream(turns, params):
+        async for piece in self.inner.stream(turns, params, slot=slot):
             now = time.monotonic()
             self.pieces[key] = (self.pieces.get(key, (now, now))[0], now)
             yield piece
 
-    async def swap_adapter(self, path: Path | None) -> None:
-        await self.inner.swap_adapter(path)
+    async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
+        await self.inner.swap_adapter(path, slot=slot)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -131,14 +125,6 @@ async def ask(
             lambda: timing(fake, user["id"], sent_at).final_s is not None, within=within_s
         )
     return timing(fake, user["id"], sent_at, model.pieces.get(prompt))
-
-
-def percentiles(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return f"p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s"
 
 
 def report(label: str, timings: list[Timing]) -> None:

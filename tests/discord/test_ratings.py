@@ -3,11 +3,6 @@ forged ids change nothing, and buttons keep working after the bot restarts."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from bot.app import Core, build_core
 from bot.config import Settings
 from bot.generation import ScriptedGenerator
@@ -18,26 +13,8 @@ from tests.fakes.discord_server import (
     FakeInteraction,
     FakeUser,
     Json,
-    discord_settings,
     run_bot,
 )
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as server:
-        yield server
-
-
-@pytest.fixture
-def settings(tmp_path: Path, fake: FakeDiscord) -> Settings:
-    return discord_settings(tmp_path / "data", fake)
-
-
-@pytest.fixture
-async def bot(core: Core, fake: FakeDiscord) -> AsyncIterator[Core]:
-    async with run_bot(core.service, core.settings, fake):
-        yield core
 
 
 async def answered(fake: FakeDiscord, user: FakeUser, channel_id: int | None = None) -> Json:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import ClientSession
@@ -21,12 +20,6 @@ from tests.fakes.telegram_server import FakeTelegram, bot_settings, running
 @pytest.fixture
 def scripted() -> ScriptedGenerator:
     return ScriptedGenerator(delay_s=0.01)  # every reply streams over a few drafts
-
-
-@pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
 
 
 def free_port() -> int:

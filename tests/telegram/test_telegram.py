@@ -58,12 +58,6 @@ def scripted(request: pytest.FixtureRequest, script: Script) -> ScriptedGenerato
 
 
 @pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def bot(core: Core, tg: FakeTelegram) -> AsyncIterator[TelegramAdapter]:
     adapter = TelegramAdapter(core.service, bot_settings(tg, edit_interval_s=0.05))
     async with running(adapter):

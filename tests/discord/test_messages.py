@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from adapters.discord_replies import ChannelEdits
 from bot.app import Core
-from bot.config import Settings
 from bot.generation import ScriptedGenerator
 from bot.types import Turn
-from tests.fakes.discord_server import FakeDiscord, FakeUser, Json, discord_settings, run_bot
+from tests.fakes.discord_server import FakeDiscord, FakeUser, Json
 
 
 class Script:
@@ -38,23 +37,6 @@ def script() -> Script:
 @pytest.fixture
 def scripted(script: Script, request: pytest.FixtureRequest) -> ScriptedGenerator:
     return ScriptedGenerator(script.reply, delay_s=getattr(request, "param", 0.0))
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as server:
-        yield server
-
-
-@pytest.fixture
-def settings(tmp_path: Path, fake: FakeDiscord, request: pytest.FixtureRequest) -> Settings:
-    return discord_settings(tmp_path / "data", fake, **getattr(request, "param", {}))
-
-
-@pytest.fixture
-async def bot(core: Core, fake: FakeDiscord) -> AsyncIterator[Core]:
-    async with run_bot(core.service, core.settings, fake):
-        yield core
 
 
 async def final_reply(fake: FakeDiscord, channel_id: int, count: int = 1) -> list[Json]:

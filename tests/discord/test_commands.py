@@ -3,13 +3,7 @@ admin output only for admins (by user key or by role) and only to them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from bot.app import Core
-from bot.config import Settings
 from bot.types import Vote
 from tests.fakes.discord_server import (
     EPHEMERAL,
@@ -17,29 +11,10 @@ from tests.fakes.discord_server import (
     FakeInteraction,
     FakeUser,
     Json,
-    discord_settings,
-    run_bot,
 )
 
 USER_COMMANDS = {"help", "new", "persona", "forget"}
 ADMIN_COMMANDS = {"finetune", "status", "adapters", "rollback", "activate", "stats"}
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as server:
-        yield server
-
-
-@pytest.fixture
-def settings(tmp_path: Path, fake: FakeDiscord) -> Settings:
-    return discord_settings(tmp_path / "data", fake)
-
-
-@pytest.fixture
-async def bot(core: Core, fake: FakeDiscord) -> AsyncIterator[Core]:
-    async with run_bot(core.service, core.settings, fake):
-        yield core
 
 
 async def run(

@@ -17,12 +17,6 @@ from tests.fakes.telegram_server import FakeTelegram, bot_settings, running
 
 
 @pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def bot(core: Core, tg: FakeTelegram) -> AsyncIterator[TelegramAdapter]:
     adapter = TelegramAdapter(core.service, bot_settings(tg))
     async with running(adapter):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -12,19 +10,8 @@ from adapters.discord import DiscordAdapter, DiscordStartupError
 from adapters.discord_incoming import target_channel_id
 from adapters.discord_sdk import discord
 from bot.app import Core, StartupError, make_adapters
-from bot.config import DiscordSettings, Settings
+from bot.config import DiscordSettings
 from tests.fakes.discord_server import FakeDiscord, discord_settings, run_bot
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as server:
-        yield server
-
-
-@pytest.fixture
-def settings(tmp_path: Path, fake: FakeDiscord) -> Settings:
-    return discord_settings(tmp_path / "data", fake)
 
 
 def test_defaults_are_discords_own_endpoints() -> None:
