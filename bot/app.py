@@ -118,10 +118,28 @@ async def open_repository(settings: Settings) -> Repository:
 
 
 async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[Generator, Path]:
-    """The transformers generator (imports torch) and the directory of its model."""
-    from bot.model import ModelLoadError, TransformersGenerator
+    """The configured generator and the directory of its model (training loads it from there).
+
+    ``backend.kind = "local"``: the transformers generator (imports torch). ``"openai"``: an
+    OpenAI-compatible server generates; the local model directory is still resolved, for
+    training and for counting tokens with the same tokenizer.
+    """
+    from bot.model_source import ModelLoadError
 
     try:
+        if settings.backend.kind == "openai":
+            from bot.openai_backend import OpenAIGenerator
+
+            model_dir = await resolve_model_dir(settings, progress=progress)
+            remote = await OpenAIGenerator.connect(
+                settings.backend,
+                settings.model,
+                model_dir=model_dir,
+                adapters_dir=settings.adapters_dir,
+            )
+            return remote, model_dir
+        from bot.model import TransformersGenerator
+
         generator = await TransformersGenerator.load(
             settings.model, settings.lora, progress=progress
         )
@@ -132,7 +150,7 @@ async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[
 
 async def resolve_model_dir(settings: Settings, *, progress: bool = True) -> Path:
     """Only the model directory (conversion cached), for training without serving."""
-    from bot.model import ModelLoadError, resolve_model
+    from bot.model_source import ModelLoadError, resolve_model
 
     try:
         return await asyncio.to_thread(resolve_model, settings.model, progress=progress)

@@ -72,6 +72,48 @@ class ModelSettings(_Section):
         return value.expanduser()
 
     max_batch_size: int = Field(16, ge=1, description="Most sequences decoded together.")
+    exact_batching: bool = Field(
+        True,
+        description="A greedy reply is the same alone or batched (per-sequence attention); "
+        "off: batched attention, faster with many chats at once, but replies vary with the batch.",
+    )
+
+
+class BackendSettings(_Section):
+    """Where replies are generated: in this process, or on an OpenAI-compatible server."""
+
+    kind: Literal["local", "openai"] = Field(
+        "local",
+        description="'local': the model runs in this process; 'openai': an OpenAI-compatible "
+        "server (vLLM, llama.cpp) generates, with the active LoRA adapter loaded there.",
+    )
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="OpenAI backend: the API base, ending in /v1."
+    )
+    api_key: SecretStr | None = Field(None, description="OpenAI backend: bearer token, if any.")
+    model: str | None = Field(
+        None,
+        description="OpenAI backend: the base model's name on the server (as in `vllm serve "
+        "NAME`); default: the server's first model.",
+    )
+    timeout_s: float = Field(
+        60.0, gt=0.0, description="OpenAI backend: seconds to wait for the server to answer."
+    )
+    token_count: Literal["local", "server"] = Field(
+        "local",
+        description="OpenAI backend: count prompt tokens with the local model's tokenizer "
+        "('local', model.name must be the same model) or the server's /tokenize (vLLM).",
+    )
+    adapter_dir_on_server: str | None = Field(
+        None,
+        description="OpenAI backend: the adapters dir (<data_dir>/adapters) as the server sees "
+        "it; default: the same path (a server on this machine).",
+    )
+    sampling_extras: bool = Field(
+        True,
+        description="OpenAI backend: also send top_k and repetition_penalty (vLLM and "
+        "llama.cpp accept them; a strict OpenAI API may not).",
+    )
 
 
 class GenerationSettings(_Section):
@@ -215,6 +257,7 @@ class Settings(_Section):
     # Sections are frozen, so one default instance can be shared safely.
     database: DatabaseSettings = DatabaseSettings()
     model: ModelSettings = ModelSettings()
+    backend: BackendSettings = BackendSettings()
     generation: GenerationSettings = GenerationSettings()
     chat: ChatSettings = ChatSettings()
     lora: LoraSettings = LoraSettings()

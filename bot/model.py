@@ -1,9 +1,10 @@
-"""The transformers Generator: a causal LM with one LoRA adapter slot, served by a decode engine.
+"""The transformers Generator: a causal LM with LoRA adapter slots, served by a decode engine.
 
-The base model is wrapped once in a peft LoRA adapter built by :func:`lora_config`. Serving
-starts from peft's default init (B = 0), which equals the base model exactly (its layers are
-switched off while it serves, which skips their matmuls); trained adapters are copied into the
-same slot in place (never reloading the base), between sequences.
+The base model is wrapped once in a peft LoRA adapter built by :func:`lora_config`. Every slot
+starts empty, serving the zero adapter, which equals the base model exactly (and costs no
+matmuls). Trained adapters are copied into pooled peft adapters of the same shape (never
+reloading the base) and served per batch row (:mod:`bot.model_slots`): the default slot to
+every chat, a second one (e.g. "candidate" for an A/B test) to the requests that ask for it.
 """
 
 from __future__ import annotations
@@ -20,14 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.config import LoraSettings, ModelSettings
 from bot.generation import DEFAULT_SLOT, GenerationError
-from bot.model_adapter import (
-    adapter_state,
-    load_weights,
-    lora_config,
-    read_adapter,
-    set_adapter_enabled,
-    wrap_lora,
-)
+from bot.model_adapter import adapter_state, lora_config, read_adapter, wrap_lora
 from bot.model_attention import ROWWISE_ATTENTION
 from bot.model_batch import EngineRequest
 from bot.model_engine import DecodeEngine, EngineStats
@@ -39,6 +33,7 @@ from bot.model_runtime import (
     pick_dtype,
     stop_token_ids,
 )
+from bot.model_slots import SlotTable
 from bot.model_source import (
     AdapterError,
     ModelLoadError,
@@ -80,7 +75,7 @@ class _Channel:
 
 
 class TransformersGenerator:
-    """A :class:`bot.generation.Generator` backed by a transformers causal LM and one LoRA slot.
+    """A :class:`bot.generation.Generator` backed by a transformers causal LM and LoRA slots.
 
     Build it with :meth:`load`. One engine thread owns the model; ``stream`` calls from any
     number of chats are batched by it (see :mod:`bot.model_engine`).
@@ -109,15 +104,16 @@ class TransformersGenerator:
         self._context_window = min(int(limit), settings.max_context_tokens)
         # Rust tokenizers refuse concurrent use ("Already borrowed"): one lock for every call.
         self._tokenizer_lock = threading.Lock()
-        self._zero = {k: v.detach().clone() for k, v in adapter_state(model).items()}
-        self._shapes = {k: v.shape for k, v in self._zero.items()}
-        set_adapter_enabled(model, False)  # serving the zero adapter: skip its matmuls
-        self._active: Path | None = None
+        self._shapes = {k: v.shape for k, v in adapter_state(model).items()}
+        model.base_model.disable_adapter_layers()  # slots add adapters per row (model_slots)
+        self._paths: dict[str, Path | None] = {DEFAULT_SLOT: None}
+        self._slots = SlotTable(model, lora)  # owned by the engine thread once it starts
         self._swap_lock = asyncio.Lock()
         self._closed = False
         self._engine = DecodeEngine(
             model,
             self._decode,
+            slots=self._slots,
             stop_ids=stop_token_ids(tokenizer, model),
             context_window=self._context_window,
             max_batch_size=settings.max_batch_size,
@@ -133,11 +129,11 @@ class TransformersGenerator:
         lora: LoraSettings,
         *,
         progress: bool = False,
-        exact_batching: bool = True,
+        exact_batching: bool | None = None,
     ) -> TransformersGenerator:
         """Resolve, load and wrap the model in a worker thread; the event loop keeps running.
 
-        ``exact_batching``: a sequence decodes to the same tokens whether it runs alone or in a
+        ``exact_batching`` (default: ``settings.exact_batching``): a sequence decodes to the same tokens whether it runs alone or in a
         batch (per-sequence attention, a filler row for a lone bf16 sequence). Off, decoding
         uses batched SDPA: faster (SmolLM2, bf16, 2 cores: 27 vs 23 tokens/s alone, 113 vs 84
         in total for 8 replies) but greedy replies change with their company (5 of 8 did).
@@ -153,9 +149,11 @@ class TransformersGenerator:
         lora: LoraSettings,
         *,
         progress: bool = False,
-        exact_batching: bool = True,
+        exact_batching: bool | None = None,
     ) -> TransformersGenerator:
         """Blocking form of :meth:`load` (scripts, benchmarks). Raises ModelLoadError."""
+        if exact_batching is None:
+            exact_batching = settings.exact_batching
         model_dir = resolve_model(settings, progress=progress)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
@@ -175,19 +173,19 @@ class TransformersGenerator:
             raise ModelLoadError(f"{model_dir} has no chat template; selftune needs a chat model")
         try:
             model = wrap_lora(base.to(device), lora)
+            model.eval()
+            log.info("loaded %s from %s on %s as %s", settings.name, model_dir, device, dtype)
+            return cls(
+                model,
+                tokenizer,
+                settings=settings,
+                lora=lora,
+                model_dir=model_dir,
+                device=device,
+                exact_batching=exact_batching,
+            )
         except ValueError as exc:
             raise ModelLoadError(f"cannot attach LoRA to {model_dir}: {exc}") from exc
-        model.eval()
-        log.info("loaded %s from %s on %s as %s", settings.name, model_dir, device, dtype)
-        return cls(
-            model,
-            tokenizer,
-            settings=settings,
-            lora=lora,
-            model_dir=model_dir,
-            device=device,
-            exact_batching=exact_batching,
-        )
 
     @property
     def model_name(self) -> str:
@@ -199,14 +197,19 @@ class TransformersGenerator:
 
     @property
     def active_adapter(self) -> Path | None:
-        """The adapter that requests submitted from now on are served with (None: zero adapter)."""
-        return self._active
+        """The default slot's adapter: requests submitted from now on get it (None: zero)."""
+        return self._paths[DEFAULT_SLOT]
 
     @property
     def dtype(self) -> torch.dtype:
         """Precision the weights run in."""
         dtype: torch.dtype = self._model.dtype
         return dtype
+
+    @property
+    def adapter_pool_size(self) -> int:
+        """peft adapters allocated for the slots (and for sequences still using older ones)."""
+        return self._slots.pool_size
 
     @property
     def stats(self) -> EngineStats:
@@ -223,20 +226,19 @@ class TransformersGenerator:
         return len(await asyncio.to_thread(self.encode, tuple(turns)))
 
     def slot_adapter(self, slot: str) -> Path | None:
-        return self._active if slot == DEFAULT_SLOT else None
+        """The adapter ``slot`` serves from now on (None: zero adapter, or a slot never filled)."""
+        return self._paths.get(slot)
 
     async def stream(
         self, turns: Sequence[Turn], params: GenerationParams, *, slot: str = DEFAULT_SLOT
     ) -> AsyncGenerator[str, None]:
-        """Yield reply text as it is decoded; closing the generator stops generation."""
-        if slot != DEFAULT_SLOT:
-            # TODO(issue 6): a second adapter slot served in the same batches.
-            raise GenerationError(f"adapter slot {slot!r} is not available in this engine yet")
+        """Yield reply text as it is decoded, with the adapter in ``slot`` (an empty slot: the
+        zero adapter); closing the generator stops generation."""
         if self._closed or not self._engine.alive:
             raise GenerationError("the model has been shut down")
         channel = _Channel(asyncio.get_running_loop())
         frozen = tuple(turns)
-        request = EngineRequest(lambda: self.encode(frozen), params, channel.put)
+        request = EngineRequest(lambda: self.encode(frozen), params, channel.put, slot)
         self._engine.submit(request)  # synchronously: orders it against adapter swaps
         try:
             while (item := await channel.get()) is not None:
@@ -247,31 +249,23 @@ class TransformersGenerator:
             request.cancel()  # a no-op when finished; stops the engine's work when abandoned
 
     async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
-        """Serve with the adapter at ``path`` (None: the zero adapter) from the next request on.
+        """Serve ``slot`` with the adapter at ``path`` (None: the zero adapter, i.e. an empty
+        slot) from the next request on; running sequences finish with the one they started with.
 
-        The adapter is validated first (an :class:`AdapterError` leaves the old one in place);
-        the copy happens on the engine thread once the sequences submitted before have finished.
+        The adapter is validated first (an :class:`AdapterError` leaves the slot as it was); the
+        copy happens on the engine thread between two decoding steps.
         """
-        if slot != DEFAULT_SLOT:
-            raise GenerationError(f"adapter slot {slot!r} is not available in this engine yet")
-        model = self._model
         async with self._swap_lock:
-            if path is None:
-                weights = self._zero
-            else:
+            weights = None
+            if path is not None:
                 weights = await asyncio.to_thread(
                     read_adapter, Path(path), self._lora, self._shapes
                 )
-            previous, self._active = self._active, path
-            enabled = path is not None
-            future = self._engine.call(lambda: load_weights(model, weights, enabled=enabled))
-            try:
-                # Shielded: once submitted the swap completes, so active_adapter stays true.
-                await asyncio.shield(asyncio.wrap_future(future))
-            except Exception:
-                self._active = previous
-                raise
-        log.info("serving adapter %s", path or "none (base model)")
+            future = self._engine.swap(slot, weights)
+            # Shielded: once submitted the swap completes, so slot_adapter stays true.
+            await asyncio.shield(asyncio.wrap_future(future))
+            self._paths[slot] = path
+        log.info("slot %s serves adapter %s", slot, path or "none (base model)")
 
     async def aclose(self) -> None:
         """Stop the engine thread; running and queued streams end with a GenerationError."""

@@ -26,6 +26,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from bot.generation import DEFAULT_SLOT
+from bot.model_slots import LoraRouter
 from bot.types import GenerationParams
 
 Decode = Callable[[Sequence[int]], str]
@@ -45,6 +47,7 @@ class EngineRequest:
     prompt: Callable[[], list[int]]
     params: GenerationParams
     sink: Sink
+    slot: str = DEFAULT_SLOT  # the adapter slot it is served with (resolved when admitted)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -109,6 +112,7 @@ class SequenceState:
         self, request: EngineRequest, prompt_ids: list[int], limit: int, decode: Decode
     ) -> None:
         self.request = request
+        self.adapter: str | None = None  # the pooled peft adapter it decodes with (None: none)
         self.tokens = list(prompt_ids)  # prompt + reply: the repetition penalty sees both
         self.limit = limit  # most tokens (prompt + reply) this sequence may reach
         self.pending = -1  # the last sampled token, fed to the model in the next step
@@ -173,8 +177,9 @@ class Batch:
     each differently), and a sequence must decode the same whether it runs alone or not.
     """
 
-    def __init__(self, min_rows: int = 1) -> None:
+    def __init__(self, min_rows: int = 1, router: LoraRouter | None = None) -> None:
         self.min_rows = min_rows
+        self.router = router
         self.rows: list[SequenceState] = []
         self.cache: DynamicCache | None = None
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # 1 = a real token in the cache
@@ -228,6 +233,8 @@ class Batch:
         tokens = torch.tensor(pending, device=self.mask.device).unsqueeze(1)
         positions = self.mask.sum(dim=1, keepdim=True)  # real tokens so far, padding excluded
         self.mask = F.pad(self.mask, (0, 1), value=1)
+        if self.router is not None:
+            self.router.route([seq.adapter for seq in self.rows], len(pending))
         out = model(
             input_ids=tokens,
             attention_mask=self.mask,

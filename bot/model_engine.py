@@ -2,15 +2,16 @@
 
 Requests from many chats arrive on a queue. Between decoding steps the engine admits new
 requests (each prompt is prefilled alone, then its KV cache joins the running batch), drops
-finished and cancelled sequences, and runs engine calls (adapter swaps) once the batch has
-drained, so no sequence ever sees two adapters. Every step feeds one token per sequence
-through the model in a single forward pass (continuous batching).
+finished and cancelled sequences, and applies adapter swaps. A swap fills a pooled adapter no
+running sequence uses (:mod:`bot.model_slots`), so no sequence ever sees two adapters and no
+swap waits for the batch to drain. Every step feeds one token per sequence through the model
+in a single forward pass (continuous batching); each row adds its own slot's adapter.
 
 The model should use :data:`bot.model_attention.ROWWISE_ATTENTION`, so a sequence decodes
 to exactly the same tokens whether it runs alone or in a batch.
 
-Commands are handled in arrival order: a request submitted after a swap waits for it, one
-submitted before it finishes with the old adapter.
+Commands are handled in arrival order: a request submitted after a swap is served with the new
+adapter, one submitted before it with the old one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,9 @@ import torch
 from transformers import DynamicCache
 
 from bot.generation import GenerationError
+from bot.model_adapter import Weights
 from bot.model_batch import Batch, Decode, EngineRequest, SequenceState, deliver
+from bot.model_slots import SlotTable
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +46,14 @@ class EngineStats:
 
 
 @dataclass
-class _Call:
-    fn: Callable[[], None]
+class _Swap:
+    slot: str
+    weights: Weights | None  # None: empty the slot (the zero adapter)
     future: concurrent.futures.Future[None]
 
 
 _STOP = object()
-_Command = EngineRequest | _Call | object
+_Command = EngineRequest | _Swap | object
 
 
 class DecodeEngine:
@@ -61,6 +64,7 @@ class DecodeEngine:
         model: Any,
         decode: Decode,
         *,
+        slots: SlotTable,
         stop_ids: frozenset[int],
         context_window: int,
         max_batch_size: int,
@@ -70,13 +74,14 @@ class DecodeEngine:
         """``min_rows``: rows every decoding step computes, fillers included (see Batch)."""
         self._model = model
         self._decode = decode
+        self._slots = slots
         self._stop_ids = stop_ids
         self._context_window = context_window
         self._max_batch = max_batch_size
         self._device = device
         self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
-        self._pending: collections.deque[EngineRequest | _Call] = collections.deque()
-        self._batch = Batch(min_rows)
+        self._pending: collections.deque[EngineRequest | _Swap] = collections.deque()
+        self._batch = Batch(min_rows, slots.router)
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="selftune-decode", daemon=True)
 
@@ -87,10 +92,13 @@ class DecodeEngine:
         """Queue a request; its sink gets pieces, then None (or an exception)."""
         self._inbox.put(request)
 
-    def call(self, fn: Callable[[], None]) -> concurrent.futures.Future[None]:
-        """Run ``fn`` on the engine thread once every earlier request has finished."""
+    def swap(self, slot: str, weights: Weights | None) -> concurrent.futures.Future[None]:
+        """Serve ``slot`` with ``weights`` (None: the zero adapter) from the next request on.
+
+        The future fails (the slot unchanged) if the weights do not fit the model.
+        """
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._inbox.put(_Call(fn, future))
+        self._inbox.put(_Swap(slot, weights, future))
         return future
 
     def stop(self, timeout: float | None = None) -> None:
@@ -126,7 +134,7 @@ class DecodeEngine:
             while True:
                 if command is _STOP:
                     return False
-                assert isinstance(command, EngineRequest | _Call)
+                assert isinstance(command, EngineRequest | _Swap)
                 self._pending.append(command)
                 command = self._inbox.get_nowait()
         except queue.Empty:
@@ -135,11 +143,9 @@ class DecodeEngine:
     def _admit(self) -> None:
         while self._pending:
             head = self._pending[0]
-            if isinstance(head, _Call):
-                if self._batch.rows:  # a swap waits until no sequence is mid-way
-                    return
+            if isinstance(head, _Swap):
                 self._pending.popleft()
-                self._run_call(head)
+                self._run_swap(head)
                 continue
             if len(self._batch.rows) >= self._max_batch:
                 return
@@ -147,20 +153,23 @@ class DecodeEngine:
             if not head.cancelled.is_set():
                 self._start(head)
 
-    def _run_call(self, call: _Call) -> None:
+    def _run_swap(self, swap: _Swap) -> None:
+        in_use = [seq.adapter for seq in self._batch.rows]
         try:
-            call.fn()
+            self._slots.load(swap.slot, swap.weights, in_use)
         except BaseException as exc:  # handed to the caller, who decides what it means
-            call.future.set_exception(exc)
+            swap.future.set_exception(exc)
         else:
-            call.future.set_result(None)
+            swap.future.set_result(None)
 
     def _start(self, request: EngineRequest) -> None:
         """Prefill one prompt alone, sample its first token, and join it to the batch."""
         try:
             prompt_ids = request.prompt()
             seq = self._sequence(request, prompt_ids)
+            seq.adapter = self._slots.resolve(request.slot)
             ids = torch.tensor([prompt_ids], device=self._device)
+            self._slots.router.route_all(seq.adapter)
             with torch.inference_mode():
                 out = self._model(
                     input_ids=ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1
@@ -224,11 +233,11 @@ class DecodeEngine:
                 command = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(command, EngineRequest | _Call):
+            if isinstance(command, EngineRequest | _Swap):
                 self._pending.append(command)
         while self._pending:
             pending = self._pending.popleft()
-            if isinstance(pending, _Call):
+            if isinstance(pending, _Swap):
                 pending.future.set_exception(error)
             else:
                 deliver(pending, error)

@@ -51,16 +51,16 @@ async def core(settings: Settings, scripted: ScriptedGenerator) -> AsyncIterator
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
-    """URL of a PostgreSQL server: ``SELFTUNE_TEST_POSTGRES_URL`` or a throwaway one."""
-    given = os.environ.get("SELFTUNE_TEST_POSTGRES_URL")
+    """URL of a PostgreSQL server: ``PYTEST_POSTGRES_URL`` or a throwaway one."""
+    given = os.environ.get("PYTEST_POSTGRES_URL")
     if given:
         yield given
         return
     try:
         server = start_temp_postgres()
     except PostgresUnavailable as exc:
-        if os.environ.get("SELFTUNE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL is required here (SELFTUNE_REQUIRE_POSTGRES=1): {exc}")
+        if os.environ.get("PYTEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required here (PYTEST_REQUIRE_POSTGRES=1): {exc}")
         pytest.skip(f"no PostgreSQL: {exc}")
     yield server.url
     server.stop()

@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server for the storage tests, started from Debian's binaries.
 
-``SELFTUNE_TEST_POSTGRES_URL`` points the tests at an existing server instead. Without either,
-the PostgreSQL tests skip with the reason; with ``SELFTUNE_REQUIRE_POSTGRES=1`` (CI) they fail.
+``PYTEST_POSTGRES_URL`` points the tests at an existing server instead. Without either,
+the PostgreSQL tests skip with the reason; with ``PYTEST_REQUIRE_POSTGRES=1`` (CI) they fail.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _bindir() -> Path:
         return Path(initdb).parent
     raise PostgresUnavailable(
         "PostgreSQL server binaries not found (apt-get install postgresql), "
-        "and SELFTUNE_TEST_POSTGRES_URL is not set"
+        "and PYTEST_POSTGRES_URL is not set"
     )
 
 

@@ -91,8 +91,10 @@ async def test_data_dir_that_is_a_file_is_explained(tmp_path: Path) -> None:
 
 def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     data = tmp_path / "data"
+    for name in os.environ:  # the machine's own settings must not leak into these runs
+        if name.startswith(("SELFTUNE_", "TELEGRAM_BOT", "DISCORD_BOT")):
+            monkeypatch.delenv(name)
     monkeypatch.setenv("SELFTUNE_DATA_DIR", str(data))
-    monkeypatch.delenv("SELFTUNE_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     return data
 
