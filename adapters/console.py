@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from bot.chat import ChatService
@@ -79,32 +81,37 @@ class ConsoleAdapter:
         await self._show(incoming)
 
     async def _show(self, incoming: Incoming) -> None:
-        shown = ""
+        shown = ""  # what of the growing reply is already on the screen
         async with self._write_lock:
             async for item in self._service.respond(incoming):
                 if isinstance(item, Draft):
-                    if not shown:
-                        self._out.write("bot> ")
-                    self._out.write(item.text[len(shown) :] if item.text.startswith(shown) else "")
+                    # Drafts only grow; print what is new since the last one.
+                    self._out.write(("" if shown else "bot> ") + item.text[len(shown) :])
                     self._out.flush()
-                    shown = item.text if item.text.startswith(shown) else shown
+                    shown = item.text
                 else:
                     self._final(item, shown)
 
     def _final(self, reply: Reply, shown: str) -> None:
-        if shown and reply.text.startswith(shown.strip()) and reply.kind is ReplyKind.ANSWER:
-            self._out.write("\n")
-        elif shown:
-            self._out.write("\n" + self._prefix(reply) + reply.text + "\n")
-        else:
+        if not shown:
             self._out.write(self._prefix(reply) + reply.text + "\n")
+        elif reply.kind is ReplyKind.ANSWER:
+            self._out.write("\n")  # the streamed text was the reply
+        else:  # the stream broke off: say what happened on a line of its own
+            self._out.write("\n" + self._prefix(reply) + reply.text + "\n")
         if reply.image_png:
-            self._out.write(
-                f"(a {len(reply.image_png)}-byte chart image; see it on Telegram or Discord)\n"
-            )
+            self._out.write(f"     [chart saved to {self._save_image(reply.image_png)}]\n")
         if reply.rateable:
             self._out.write(f"     [reply #{reply.exchange_id} — rate it: + or /good, - or /bad]\n")
         self._out.flush()
+
+    def _save_image(self, png: bytes) -> Path:
+        """A terminal cannot show the picture: keep it in the data dir and say where."""
+        folder = self._service.settings.data_dir / "charts"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"stats-{datetime.now(UTC):%Y%m%d-%H%M%S}.png"
+        path.write_bytes(png)
+        return path
 
     @staticmethod
     def _prefix(reply: Reply) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from adapters.console import ConsoleAdapter
 from bot.app import Core
@@ -55,3 +56,11 @@ async def test_notices_from_the_core_are_printed(core: Core) -> None:
     adapter = ConsoleAdapter(core.service, stdin=io.BytesIO(b""), stdout=out)
     await adapter.send("console:local", "Training: step 1/4 (25%)")
     assert "[Training: step 1/4 (25%)]" in out.getvalue()
+
+
+async def test_stats_chart_is_saved_as_a_file(core: Core) -> None:
+    output = await chat(core, b"hi\n+\n/stats\n")
+    line = next(line for line in output.splitlines() if "chart saved to" in line)
+    path = Path(line.split("chart saved to ", 1)[1].rstrip("]"))
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert "base:    1 /    0" in output
