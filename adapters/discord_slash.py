@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # /good and /bad are the buttons on Discord; /help says everything /start would.
 NOT_SLASH = frozenset({"start", "good", "bad"})
 # Non-admin commands whose answer is only for the asker (the core marks them private too).
-PRIVATE_ANSWERS = frozenset({"forget"})
+PRIVATE_ANSWERS = frozenset({"forget", "optout", "optin"})
 
 Interaction = discord.Interaction[discord.Client]
 Runner = Callable[[Interaction, CommandSpec, str], Awaitable[None]]

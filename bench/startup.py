@@ -70,12 +70,15 @@ async def main(args: argparse.Namespace) -> None:
     from bot.model import TransformersGenerator, resolve_model
 
     mark("import torch, transformers, peft, bot.model")
-    settings = ModelSettings(dtype=args.dtype, threads=args.threads)
+    settings = ModelSettings(
+        dtype=args.dtype,
+        threads=args.threads,
+        pack_weights=not args.no_pack,
+        exact_batching=not args.fast_batching,
+    )
     resolve_model(settings, progress=True)
     mark("resolve model (cached conversion)")
-    gen = await TransformersGenerator.load(
-        settings, LoraSettings(), exact_batching=not args.fast_batching
-    )
+    gen = await TransformersGenerator.load(settings, LoraSettings())
     mark("load model, wrap LoRA, start engine")
     await gen.count_tokens([Turn("user", PROMPT)])
     mark("first count_tokens")
@@ -153,6 +156,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument(
         "--fast-batching", action="store_true", help="exact_batching=False (batched SDPA)"
     )
+    parser.add_argument("--no-pack", action="store_true", help="pack_weights=False")
     return parser.parse_args()
 
 

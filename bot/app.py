@@ -23,6 +23,7 @@ from bot.config import Settings
 from bot.finetune import Finetuner
 from bot.generation import Generator
 from bot.outbox import Outbox
+from bot.schedule import Scheduler
 from bot.trainer_process import Trainer
 from bot.versions import AdapterVersions
 from migrations import upgrade_database
@@ -170,8 +171,11 @@ class Core:
     service: ChatService
     outbox: Outbox
     closers: list[Callable[[], None]] = field(default_factory=list)
+    scheduler: Scheduler | None = None  # training by schedule; started by serve()
 
     async def aclose(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         await self.finetuner.cancel()
         await self.generator.aclose()
         await self.repo.aclose()
@@ -219,7 +223,18 @@ async def build_core(
         finetuner=finetuner,
         outbox=outbox,
     )
-    return Core(settings, repo, generator, versions, finetuner, service, outbox, [instance.release])
+    scheduler = Scheduler(settings.schedule, repo, finetuner, outbox)
+    return Core(
+        settings,
+        repo,
+        generator,
+        versions,
+        finetuner,
+        service,
+        outbox,
+        [instance.release],
+        scheduler,
+    )
 
 
 def make_adapters(core: Core, mode: Literal["run", "chat"]) -> list[Adapter]:
@@ -249,6 +264,8 @@ async def serve(settings: Settings, mode: Literal["run", "chat"]) -> None:
     adapters = make_adapters(core, mode)
     names = ", ".join(a.platform for a in adapters)
     log.info("serving on %s", names)
+    if core.scheduler is not None:
+        core.scheduler.start()
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
     terminated = False

@@ -116,19 +116,20 @@ class ChatService:
                 ReplyKind.ERROR,
             )
             return
+        slot = self.versions.slot_for(incoming.chat_key)  # an A/B test's candidate, or default
         exchange_id = await self.repo.start_exchange(
             incoming.chat_key,
             incoming.user_key,
             message_id,
             prompt,
-            self.versions.serving(),
+            self.versions.serving(slot),
             self.generator.model_name,
             asdict(params),
         )
         # The generator orders requests against adapter swaps when the stream starts, and there
         # is no await between here and then: the reply records exactly the adapter that wrote it.
-        version = self.versions.serving()
-        stream = self.generator.stream(prompt, params)
+        version = self.versions.serving(slot)
+        stream = self.generator.stream(prompt, params, slot=slot)
         text = ""
         try:
             async for piece in stream:

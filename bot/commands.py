@@ -34,6 +34,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("good", "Rate my last reply 👍"),
     CommandSpec("bad", "Rate my last reply 👎"),
     CommandSpec("forget", "Delete your messages and ratings; they are never trained on again"),
+    CommandSpec("optout", "Keep your messages and ratings out of training from now on"),
+    CommandSpec("optin", "Allow your messages and ratings in training again"),
     CommandSpec("finetune", "Fine-tune on the rated replies now", admin=True),
     CommandSpec("status", "Model, adapter, training and counts", admin=True),
     CommandSpec("adapters", "List the adapter versions", admin=True),
@@ -50,6 +52,13 @@ COMMANDS: tuple[CommandSpec, ...] = (
         admin=True,
         args="N",
         arg_help="Adapter version; 0 is the base model",
+    ),
+    CommandSpec(
+        "ab",
+        "A/B test: show it, start one, promote or retire the candidate",
+        admin=True,
+        args="[start N [share] | promote | retire]",
+        arg_help="'start 3 0.2' serves v3 to 20% of chats; 'promote' or 'retire' ends the test",
     ),
     CommandSpec("stats", "Ratings over time per adapter version, as a chart", admin=True),
 )

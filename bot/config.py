@@ -64,7 +64,12 @@ class ModelSettings(_Section):
         default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "selftune" / "models",
         description="Where converted models are cached.",
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all).")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for torch (default: all cores but one, which runs the event "
+        "loop).",
+    )
 
     @field_validator("cache_dir")
     @classmethod
@@ -72,10 +77,22 @@ class ModelSettings(_Section):
         return value.expanduser()
 
     max_batch_size: int = Field(16, ge=1, description="Most sequences decoded together.")
+    pack_weights: bool = Field(
+        True,
+        description="bfloat16 on a CPU: pack the weights for oneDNN once at load (faster "
+        "decoding, bit-identical results).",
+    )
+    prefix_cache_tokens: int = Field(
+        4096,
+        ge=0,
+        description="Prompt-prefix tokens (system prompts, personas) whose KV cache is kept "
+        "for reuse across chats (0 = none).",
+    )
     exact_batching: bool = Field(
         True,
-        description="A greedy reply is the same alone or batched (per-sequence attention); "
-        "off: batched attention, faster with many chats at once, but replies vary with the batch.",
+        description="A greedy reply is bit-identical alone or in any batch (a filler row for "
+        "a lone reply; per-row attention in float32 and on CUDA); off: faster alone and in "
+        "float32 batches, but replies may vary with their company.",
     )
 
 
@@ -164,6 +181,88 @@ class TrainingSettings(_Section):
     nice: int = Field(10, ge=0, le=19, description="Scheduling priority of the trainer.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Training precision; auto uses bfloat16 autocast where supported."
+    )
+    method: Literal["auto", "kto", "sft"] = Field(
+        "auto",
+        description="kto: learn from 👍 and 👎 (KTO); sft: imitate 👍 only; auto: KTO when there "
+        "are at least kto_min_disliked 👎, else SFT.",
+    )
+    kto_min_disliked: int = Field(
+        10, ge=1, description="Fewest 👎 for KTO under method = auto; fewer: SFT on the 👍."
+    )
+    beta: float = Field(
+        0.1, gt=0.0, le=10.0, description="KTO's beta: how far the adapter may move from the base."
+    )
+    max_per_user: int = Field(
+        200, ge=1, description="Most ratings of one user per run (their newest): nobody dominates."
+    )
+    lm_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="Weight of a self-supervised term: next-token loss on the users' messages "
+        "of unrated exchanges (0 = off).",
+    )
+    lm_max_examples: int = Field(500, ge=1, description="Most unrated exchanges for that term.")
+
+
+class GateSettings(_Section):
+    """A new adapter goes live only if the held-out ratings say it is not worse."""
+
+    enabled: bool = Field(True, description="Evaluate candidates before they go live.")
+    metric: Literal["preference_accuracy", "liked_nll", "reward_margin"] = Field(
+        "reward_margin",
+        description="What decides: KTO's reward margin (log-prob gain over the base on 👍 "
+        "minus that on 👎); the share of (👍, 👎) pairs ranked right by per-token "
+        "log-probability; or NLL per token of 👍 replies.",
+    )
+    margin: float = Field(
+        0.02, ge=0.0, description="How much worse than the serving adapter a candidate may be."
+    )
+    heldout_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of rated replies held out for evaluation, never trained on (chosen "
+        "by a stable hash of the exchange's text).",
+    )
+    heldout_max: int = Field(200, ge=1, description="Most held-out rows evaluated per run.")
+    min_heldout: int = Field(
+        8, ge=1, description="Fewer held-out rows than this: the gate cannot judge."
+    )
+    when_undecided: Literal["activate", "keep"] = Field(
+        "keep",
+        description="When the gate cannot judge (too few held-out rows): serve the candidate "
+        "anyway, or keep it ready for /activate.",
+    )
+
+
+class ABSettings(_Section):
+    """Serve a candidate to some chats first and compare 👍-rates before promoting it."""
+
+    share: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of chats a candidate that passed the gate is served to first "
+        "(0 = it goes live for everyone at once).",
+    )
+    alpha: float = Field(
+        0.05, gt=0.0, lt=1.0, description="Significance level of the 👍-rate comparison."
+    )
+
+
+class ScheduleSettings(_Section):
+    """Training on its own; the same lock as /finetune, so never two at once."""
+
+    every_hours: float = Field(0.0, ge=0.0, description="Train every N hours (0 = off).")
+    after_ratings: int = Field(
+        0, ge=0, description="Train after this many new ratings since the last run (0 = off)."
+    )
+    check_interval_s: float = Field(60.0, gt=0.0, description="How often to check.")
+    notify_chats: list[str] = Field(
+        default_factory=list,
+        description="Chat keys told about scheduled runs, e.g. 'telegram:42' (a private chat).",
     )
 
 
@@ -262,6 +361,9 @@ class Settings(_Section):
     chat: ChatSettings = ChatSettings()
     lora: LoraSettings = LoraSettings()
     training: TrainingSettings = TrainingSettings()
+    gate: GateSettings = GateSettings()
+    ab: ABSettings = ABSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
     telegram: TelegramSettings = TelegramSettings()
     discord: DiscordSettings = DiscordSettings()
 

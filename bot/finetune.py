@@ -1,9 +1,12 @@
-"""When and what to train: gather rated exchanges, run the trainer, register, swap. No torch.
+"""When and what to train: gather rated exchanges, run the trainer, hand the result to the gate.
+No torch.
 
-A run: check there is something to learn from → take the training lock (a ``running`` row in
-the database, so two processes never train at once) → write the dataset and spec → run the
-trainer subprocess → register the adapter as a new version → activate it. Whatever happens,
-the run row ends as succeeded, failed or interrupted, and nothing partial goes live.
+A run: check the data (bot.curation) and that there is something to learn from → take the
+training lock (a ``running`` row in the database, so two processes never train at once) →
+write the dataset and spec → run the trainer subprocess (it trains, then scores the held-out
+slice) → the release step (bot.release) registers the version and lets the gate decide whether
+it goes live. Whatever happens, the run row ends as succeeded, rejected, failed or
+interrupted, nothing partial goes live, and the dataset file (users' words) is deleted.
 """
 
 from __future__ import annotations
@@ -20,20 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.ab_service import ABTesting
 from bot.config import Settings
-from bot.dataset import kto_rows, write_jsonl_file
+from bot.curation import Curated, curate
+from bot.dataset import write_jsonl_file
+from bot.evaluation import GateDecision
+from bot.finetune_progress import reporter
+from bot.release import Releaser, Trained
 from bot.trainer_process import ProgressFn, SubprocessTrainer, Trainer, TrainingFailed
-from bot.types import RunStatus
+from bot.types import RunStatus, TrainingRun
 from bot.versions import AdapterVersions
 from storage.repository import Repository, TrainingAlreadyRunning
 
 log = logging.getLogger(__name__)
 
 Notify = Callable[[str], Awaitable[None]]
-
-
-async def _ignore(_text: str) -> None:
-    return None
 
 
 class NothingToTrain(ValueError):
@@ -47,6 +51,23 @@ class FinetuneOutcome:
     status: RunStatus
     message: str
     metrics: dict[str, Any]
+    decision: GateDecision | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run that holds the lock, and its data."""
+
+    run_id: int
+    method: str
+    curated: Curated
+
+
+def choose_method(method: str, disliked: int, kto_min_disliked: int) -> str:
+    """KTO when asked, or under ``auto`` when there are enough 👎; else SFT on the 👍."""
+    if method != "auto":
+        return method
+    return "kto" if disliked >= kto_min_disliked else "sft"
 
 
 class Finetuner:
@@ -65,6 +86,8 @@ class Finetuner:
         self._versions = versions
         self._model_dir = model_dir
         self._trainer = trainer or SubprocessTrainer(nice=settings.training.nice)
+        self.ab = ABTesting(settings, repo, versions)
+        self._releaser = Releaser(settings, repo, versions, self.ab)
         self._task: asyncio.Task[FinetuneOutcome] | None = None
         self.progress: dict[str, Any] = {}
 
@@ -77,15 +100,14 @@ class Finetuner:
         TrainingAlreadyRunning when it cannot start."""
         if self.running:
             raise TrainingAlreadyRunning(await self._running_run())
-        rows, run_id = await self._prepare(trigger, requested_by)
-        self._task = asyncio.create_task(self._run(run_id, rows, notify), name=f"train-{run_id}")
-        liked = sum(1 for r in rows if r["label"])
+        plan = await self._prepare(trigger, requested_by)
+        self._task = asyncio.create_task(self._run(plan, notify), name=f"train-{plan.run_id}")
         return (
-            f"Fine-tuning started (run #{run_id}) on {liked} liked of {len(rows)} rated "
-            "replies. I will report progress here; the chat stays usable meanwhile."
+            f"Fine-tuning started (run #{plan.run_id}, {plan.method.upper()}): "
+            f"{plan.curated.summary()}. I will report progress here; the chat stays usable."
         )
 
-    async def _running_run(self) -> Any:
+    async def _running_run(self) -> TrainingRun:
         run = await self._repo.running_training()
         assert run is not None
         return run
@@ -105,8 +127,11 @@ class Finetuner:
         on_event: ProgressFn | None = None,
     ) -> FinetuneOutcome:
         """Train in the foreground (``selftune train``); ``on_event`` sees every trainer event."""
-        rows, run_id = await self._prepare(trigger, requested_by)
-        return await self._run(run_id, rows, notify, on_event)
+        plan = await self._prepare(trigger, requested_by)
+        await notify(
+            f"Training run #{plan.run_id} ({plan.method.upper()}): {plan.curated.summary()}"
+        )
+        return await self._run(plan, notify, on_event)
 
     async def cancel(self) -> None:
         if self._task is not None and not self._task.done():
@@ -114,46 +139,52 @@ class Finetuner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _prepare(
-        self, trigger: str, requested_by: str | None
-    ) -> tuple[list[dict[str, Any]], int]:
+    async def _prepare(self, trigger: str, requested_by: str | None) -> Plan:
         cfg = self._settings.training
         rated = await self._repo.rated_exchanges(limit=cfg.max_examples)
-        rows = list(kto_rows(rated, with_meta=True))
-        liked = sum(1 for r in rows if r["label"])
-        if liked < cfg.min_examples:
+        serving = await self._repo.active_adapter()
+        seen = serving.exchange_ids if serving else ()
+        curated = curate(rated, cfg, self._settings.gate, seen)
+        liked, disliked = curated.counts("train")
+        method = choose_method(cfg.method, disliked, cfg.kto_min_disliked)
+        usable = liked if method == "sft" else liked + disliked
+        if usable < cfg.min_examples:
+            what = "liked repl" + ("y" if liked == 1 else "ies") if method == "sft" else "ratings"
             raise NothingToTrain(
-                f"Nothing to fine-tune on yet: {liked} liked repl{'y' if liked == 1 else 'ies'} "
-                f"(need {cfg.min_examples}). Rate replies with 👍 (or /good) first."
+                f"Nothing to fine-tune on yet: {usable} {what} (need {cfg.min_examples}). "
+                f"{curated.summary()}. Rate replies with 👍/👎 first."
             )
         run_id = await self._repo.start_training_run(trigger, requested_by, os.getpid())
-        return rows, run_id
+        curated.sample_heldout(run_id, self._settings.gate.heldout_max)
+        return Plan(run_id, method, curated)
 
     async def _run(
-        self,
-        run_id: int,
-        rows: list[dict[str, Any]],
-        notify: Notify,
-        on_event: ProgressFn | None = None,
+        self, plan: Plan, notify: Notify, on_event: ProgressFn | None = None
     ) -> FinetuneOutcome:
         started = time.monotonic()
+        run_id = plan.run_id
         version = await self._repo.next_adapter_version()
         output = self._settings.adapters_dir / f"v{version:04d}"
         work = self._settings.data_dir / "training" / f"run-{run_id:04d}"
         try:
-            spec = self._write_inputs(work, output, rows, await self._model_dir())
-            await notify(f"Training run #{run_id}: preparing adapter v{version}…")
-            reporter = self._reporter(notify, on_event)
-            result = await self._trainer.run(spec, work / "spec.json", reporter)
-            return await self._register(
+            await self._clear_orphan(output)
+            spec = await self._write_inputs(work, output, plan)
+            report = reporter(self, notify, on_event, run_id)
+            result = await self._trainer.run(spec, work / "spec.json", report)
+            trained = Trained(
+                run_id, version, plan.method, plan.curated, result, spec, time.monotonic() - started
+            )
+            released = await self._releaser.release(trained)
+            summary = json.dumps(released.report, indent=2, ensure_ascii=False)
+            (work / "report.json").write_text(summary, encoding="utf-8")  # ids and numbers only
+            await notify(released.message)
+            return FinetuneOutcome(
                 run_id,
                 version,
-                result.output_dir,
-                rows,
-                result.metrics,
-                spec,
-                time.monotonic() - started,
-                notify,
+                released.status,
+                released.message,
+                released.metrics,
+                released.decision,
             )
         except asyncio.CancelledError:
             await self._end(run_id, RunStatus.INTERRUPTED, "stopped before it finished", output)
@@ -163,82 +194,53 @@ class Finetuner:
             message = f"Training run #{run_id} failed: {exc}"
             log.warning(message, exc_info=not isinstance(exc, TrainingFailed))
             await self._end(run_id, RunStatus.FAILED, message, output)
-            await notify(message)
+            await notify(message + " Nothing changed: the serving adapter is the same.")
             return FinetuneOutcome(run_id, None, RunStatus.FAILED, message, {})
+        finally:
+            # The dataset holds users' words: keep only the spec and the ids in the run report.
+            for name in ("dataset.jsonl", "unrated.jsonl"):
+                (work / name).unlink(missing_ok=True)
 
-    def _write_inputs(
-        self, work: Path, output: Path, rows: list[dict[str, Any]], model_dir: Path
-    ) -> dict[str, Any]:
+    async def _clear_orphan(self, output: Path) -> None:
+        """A folder at the new version's path that no version points at was left by a trainer
+        whose server died before registering it: nothing refers to it, so it goes."""
+        if output.exists() and await self._repo.adapter_version(int(output.name[1:])) is None:
+            log.warning(
+                "removing %s: an adapter never registered (its run was interrupted)", output
+            )
+            shutil.rmtree(output, ignore_errors=True)
+
+    async def _write_inputs(self, work: Path, output: Path, plan: Plan) -> dict[str, Any]:
         work.mkdir(parents=True, exist_ok=True)
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl_file(rows, work / "dataset.jsonl")
+        write_jsonl_file(plan.curated.rows, work / "dataset.jsonl")
+        cfg = self._settings.training
+        lm_dataset = None
+        if cfg.lm_weight > 0:
+            unrated = await self._repo.unrated_exchanges(cfg.lm_max_examples)
+            rows = [
+                {
+                    "prompt": [{"role": t.role, "content": t.content} for t in e.prompt],
+                    "exchange_id": e.id,
+                }
+                for e in unrated
+            ]
+            write_jsonl_file(rows, work / "unrated.jsonl")
+            lm_dataset = str(work / "unrated.jsonl")
+        current = await self._repo.active_adapter()
         spec = {
-            "model_dir": str(model_dir),
+            "model_dir": str(await self._model_dir()),
             "dataset": str(work / "dataset.jsonl"),
             "output_dir": str(output),
+            "method": plan.method,
+            "current_adapter": current.path if current else None,
+            "lm_dataset": lm_dataset,
             "lora": self._settings.lora.model_dump(),
-            "training": self._settings.training.model_dump(),
+            "training": cfg.model_dump(),
             "threads": self._settings.model.threads,
         }
         (work / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
         return spec
-
-    def _reporter(self, notify: Notify, on_event: ProgressFn | None) -> ProgressFn:
-        last = {"at": 0.0, "pct": -100.0}
-
-        async def report(event: dict[str, Any]) -> None:
-            self.progress = event
-            if on_event is not None:
-                await on_event(event)
-            if event.get("event") != "step":
-                return
-            step, total = int(event.get("step", 0)), max(1, int(event.get("total_steps", 1)))
-            pct, now = 100.0 * step / total, time.monotonic()
-            # Enough to see it move, not so much that a chat floods: every 25 % or 60 s.
-            if step == total or pct - last["pct"] >= 25 or now - last["at"] >= 60:
-                last.update(at=now, pct=pct)
-                loss = event.get("loss")
-                loss_text = f", loss {loss:.3f}" if isinstance(loss, int | float) else ""
-                await notify(f"Training: step {step}/{total} ({pct:.0f}%){loss_text}")
-
-        return report
-
-    async def _register(
-        self,
-        run_id: int,
-        version: int,
-        output: Path,
-        rows: list[dict[str, Any]],
-        metrics: dict[str, Any],
-        spec: dict[str, Any],
-        duration: float,
-        notify: Notify,
-    ) -> FinetuneOutcome:
-        parent = self._versions.current
-        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        await self._repo.add_adapter_version(
-            version=version,
-            path=str(output),
-            parent=parent,
-            base_model=self._settings.model.name,
-            exchange_ids=[int(r["exchange_id"]) for r in rows],
-            metrics=numeric,
-            hyperparams={"lora": spec["lora"], "training": spec["training"]},
-            duration_s=duration,
-            training_run_id=run_id,
-        )
-        await self._versions.activate(version)
-        loss = numeric.get("train_loss")
-        message = (
-            f"Fine-tuned adapter v{version} is live ({len(rows)} rated replies"
-            + (f", final loss {loss:.3f}" if loss is not None else "")
-            + f", {duration:.0f} s). /rollback returns to the previous one."
-        )
-        await self._repo.finish_training_run(
-            run_id, RunStatus.SUCCEEDED, message, adapter_version=version, report=metrics
-        )
-        await notify(message)
-        return FinetuneOutcome(run_id, version, RunStatus.SUCCEEDED, message, metrics)
 
     async def _end(self, run_id: int, status: RunStatus, message: str, output: Path) -> None:
         partial = output.with_name(output.name + ".partial")
@@ -246,4 +248,11 @@ class Finetuner:
         await asyncio.shield(self._repo.finish_training_run(run_id, status, message))
 
 
-__all__ = ["FinetuneOutcome", "Finetuner", "NothingToTrain", "Notify", "TrainingAlreadyRunning"]
+__all__ = [
+    "FinetuneOutcome",
+    "Finetuner",
+    "NothingToTrain",
+    "Notify",
+    "TrainingAlreadyRunning",
+    "choose_method",
+]

@@ -28,29 +28,46 @@ async def _repo(settings: Settings) -> Repository:
     return await open_repository(settings)
 
 
+class _ProgressBar:
+    """The terminal's view of a run: a tqdm bar over the steps, named after the phase, and
+    the admin messages written above it."""
+
+    def __init__(self, quiet: bool) -> None:
+        self._quiet = quiet
+        self.bar: Any = None
+
+    async def on_event(self, event: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        kind = event.get("event")
+        if kind == "start" and not self._quiet:
+            total = event.get("total_steps")
+            self.bar = tqdm(total=total, desc="fine-tuning", unit="step", file=sys.stderr)
+        elif kind == "phase" and self.bar is not None:
+            self.bar.set_description(str(event.get("phase")))  # reference, training, ...
+        elif kind == "step" and self.bar is not None:
+            self.bar.n = int(event.get("step", 0))
+            self.bar.set_postfix(loss=event.get("loss"))
+            self.bar.refresh()
+
+    async def notify(self, text: str) -> None:
+        if not text.startswith("Training: step"):  # the bar shows those
+            (self.bar.write if self.bar is not None else _err)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 async def train(settings: Settings, args: argparse.Namespace) -> int:
     """Fine-tune in the foreground with a progress bar; a running bot picks the result up at
-    its next reply (it follows the active version in the database)."""
-    from tqdm import tqdm
+    its next reply (it follows the active version in the database).
 
+    Exit status: 0 trained (live, in an A/B test, or kept), 3 rejected by the gate, 1 failed,
+    interrupted or nothing to train.
+    """
     repo = await _repo(settings)
-    bar: Any = None
-
-    async def on_event(event: dict[str, Any]) -> None:
-        nonlocal bar
-        if event.get("event") == "start" and not args.quiet:
-            bar = tqdm(
-                total=event.get("total_steps"), desc="fine-tuning", unit="step", file=sys.stderr
-            )
-        elif event.get("event") == "step" and bar is not None:
-            bar.n = int(event.get("step", 0))
-            bar.set_postfix(loss=event.get("loss"))
-            bar.refresh()
-
-    async def notify(text: str) -> None:
-        if not text.startswith("Training: step"):
-            (bar.write if bar is not None else _err)(text)
-
+    progress = _ProgressBar(args.quiet)
     try:
         versions = AdapterVersions(repo, None)
         await versions.sync()
@@ -61,15 +78,16 @@ async def train(settings: Settings, args: argparse.Namespace) -> int:
 
         finetuner = Finetuner(settings, repo, versions, model_dir)
         outcome = await finetuner.run(
-            trigger="cli", requested_by="cli", notify=notify, on_event=on_event
+            trigger="cli", requested_by="cli", notify=progress.notify, on_event=progress.on_event
         )
     except (NothingToTrain, TrainingAlreadyRunning) as exc:
         _err(f"selftune: {exc}")
         return 1
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
         await repo.aclose()
+    if outcome.status is RunStatus.REJECTED:
+        return 3
     return 0 if outcome.status is RunStatus.SUCCEEDED else 1
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
@@ -22,12 +23,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bot.config import LoraSettings, ModelSettings
 from bot.generation import DEFAULT_SLOT, GenerationError
 from bot.model_adapter import adapter_state, lora_config, read_adapter, wrap_lora
-from bot.model_attention import ROWWISE_ATTENTION
-from bot.model_batch import EngineRequest
+from bot.model_attention import BATCHED_ATTENTION, ROWWISE_ATTENTION
+from bot.model_batch import Channel, EngineRequest, Prompt
 from bot.model_engine import DecodeEngine, EngineStats
+from bot.model_packed import pack_linears, packing_supported
+from bot.model_prefill import PrefixStats
 from bot.model_runtime import (
     chat_ids,
     cpu_bf16_supported,
+    default_threads,
     invariant_rows,
     pick_device,
     pick_dtype,
@@ -57,21 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class _Channel:
-    """Carries engine output to one consumer on the event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-
-    def put(self, item: str | BaseException | None) -> None:
-        """Thread-safe; raises RuntimeError once the loop is closed (the engine then cancels)."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-    async def get(self) -> str | BaseException | None:
-        return await self._queue.get()
 
 
 class TransformersGenerator:
@@ -119,6 +108,9 @@ class TransformersGenerator:
             max_batch_size=settings.max_batch_size,
             device=device,
             min_rows=invariant_rows(model, device) if exact_batching else 1,
+            prefix_cache_tokens=settings.prefix_cache_tokens,
+            # A prompt may use every core (see model_prefill); decoding keeps one spare.
+            prefill_threads=(os.cpu_count() or 1) if device.type == "cpu" else None,
         )
         self._engine.start()
 
@@ -133,10 +125,11 @@ class TransformersGenerator:
     ) -> TransformersGenerator:
         """Resolve, load and wrap the model in a worker thread; the event loop keeps running.
 
-        ``exact_batching`` (default: ``settings.exact_batching``): a sequence decodes to the same tokens whether it runs alone or in a
-        batch (per-sequence attention, a filler row for a lone bf16 sequence). Off, decoding
-        uses batched SDPA: faster (SmolLM2, bf16, 2 cores: 27 vs 23 tokens/s alone, 113 vs 84
-        in total for 8 replies) but greedy replies change with their company (5 of 8 did).
+        ``exact_batching`` (default: ``settings.exact_batching``): a sequence decodes to the
+        same tokens whether it runs alone or in a batch (see :mod:`bot.model_attention`; a
+        filler row for a lone bf16 sequence). Off: no filler row, batched attention also in
+        float32 and on CUDA: faster there and for a lone reply, but greedy replies may change
+        with their company.
         """
         return await asyncio.to_thread(
             cls.load_sync, settings, lora, progress=progress, exact_batching=exact_batching
@@ -157,15 +150,15 @@ class TransformersGenerator:
         model_dir = resolve_model(settings, progress=progress)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        if device.type == "cpu":
+            torch.set_num_threads(settings.threads or default_threads())
         try:
             with transformers_progress(progress):
                 tokenizer = AutoTokenizer.from_pretrained(model_dir)
                 base: Any = AutoModelForCausalLM.from_pretrained(
                     model_dir,
                     dtype=dtype,
-                    attn_implementation=ROWWISE_ATTENTION if exact_batching else None,
+                    attn_implementation=ROWWISE_ATTENTION if exact_batching else BATCHED_ATTENTION,
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot load the model from {model_dir}: {exc}") from exc
@@ -174,6 +167,8 @@ class TransformersGenerator:
         try:
             model = wrap_lora(base.to(device), lora)
             model.eval()
+            if settings.pack_weights and packing_supported(model, device):
+                pack_linears(model)
             log.info("loaded %s from %s on %s as %s", settings.name, model_dir, device, dtype)
             return cls(
                 model,
@@ -216,14 +211,30 @@ class TransformersGenerator:
         """Engine counters: steps, tokens sampled, running and largest batch."""
         return self._engine.stats
 
-    def encode(self, turns: Sequence[Turn]) -> list[int]:
-        """The prompt's token ids as the chat template renders it (blocking; any thread)."""
+    def encode(self, turns: Sequence[Turn]) -> Prompt:
+        """The prompt's token ids as the chat template renders it, and how many of them are
+        its leading system turn (a prefix other chats share); blocking, any thread."""
         messages = [{"role": t.role, "content": t.content} for t in turns]
+        with self._tokenizer_lock:
+            ids = chat_ids(self._tokenizer, messages, add_generation_prompt=True)
+            if not turns or turns[0].role != "system":
+                return Prompt(ids)
+            head = chat_ids(self._tokenizer, messages[:1], add_generation_prompt=False)
+        # Templates that render the system turn differently in context share nothing.
+        return Prompt(ids, len(head) if ids[: len(head)] == head else 0)
+
+    async def count_tokens(self, turns: Sequence[Turn]) -> int:
+        messages = [{"role": t.role, "content": t.content} for t in turns]
+        return len(await asyncio.to_thread(self._chat_ids, messages))
+
+    def _chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         with self._tokenizer_lock:
             return chat_ids(self._tokenizer, messages, add_generation_prompt=True)
 
-    async def count_tokens(self, turns: Sequence[Turn]) -> int:
-        return len(await asyncio.to_thread(self.encode, tuple(turns)))
+    @property
+    def prefix_stats(self) -> PrefixStats:
+        """Prompt prefixes (system turns) reused from the cache, and computed."""
+        return self._engine.prefix_stats
 
     def slot_adapter(self, slot: str) -> Path | None:
         """The adapter ``slot`` serves from now on (None: zero adapter, or a slot never filled)."""
@@ -236,7 +247,7 @@ class TransformersGenerator:
         zero adapter); closing the generator stops generation."""
         if self._closed or not self._engine.alive:
             raise GenerationError("the model has been shut down")
-        channel = _Channel(asyncio.get_running_loop())
+        channel = Channel(asyncio.get_running_loop())
         frozen = tuple(turns)
         request = EngineRequest(lambda: self.encode(frozen), params, channel.put, slot)
         self._engine.submit(request)  # synchronously: orders it against adapter swaps

@@ -1,21 +1,22 @@
 """Batch state of the decode engine: per-sequence sampling and text, and the shared KV cache.
 
 A sequence decoded in a batch computes what it computes alone: the prompt is prefilled alone,
-padded cache positions are masked out and position ids count only real tokens, attention runs
-per sequence over its own keys (:mod:`bot.model_attention`), and filler rows keep the matrix
-kernels on one code path (:class:`Batch`). The cache layout assumes full-attention layers
-(Llama, SmolLM2, Qwen2 and the like), not sliding windows.
+each row's keys start at position 0 of the cache (:mod:`bot.model_kv`), padded positions are
+masked out and position ids count only real tokens, attention is batch-invariant
+(:mod:`bot.model_attention`), and filler rows keep the matrix kernels on one code path
+(:class:`Batch`). The cache layout assumes full-attention layers (Llama, SmolLM2, Qwen2 and
+the like), not sliding windows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from transformers import (
     DynamicCache,
     DynamicLayer,
@@ -27,6 +28,7 @@ from transformers import (
 )
 
 from bot.generation import DEFAULT_SLOT
+from bot.model_kv import RowCache
 from bot.model_slots import LoraRouter
 from bot.types import GenerationParams
 
@@ -35,16 +37,25 @@ Sink = Callable[[str | BaseException | None], None]
 """Gets text pieces, then None at the end (or an exception instead); runs on the engine thread."""
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt's token ids; the first ``shared`` of them (its system turn) are a prefix that
+    other prompts share, whose KV cache is reused (:mod:`bot.model_prefill`)."""
+
+    ids: list[int]
+    shared: int = 0
+
+
 @dataclass
 class EngineRequest:
     """One sequence to generate: a prompt in, text pieces out through ``sink``.
 
-    ``prompt`` returns the prompt's token ids; the engine calls it on its own thread when it
+    ``prompt`` returns the prompt (token ids); the engine calls it on its own thread when it
     admits the request, so tokenizing never blocks the event loop and requests keep the order
     in which they were submitted.
     """
 
-    prompt: Callable[[], list[int]]
+    prompt: Callable[[], Prompt]
     params: GenerationParams
     sink: Sink
     slot: str = DEFAULT_SLOT  # the adapter slot it is served with (resolved when admitted)
@@ -53,6 +64,21 @@ class EngineRequest:
     def cancel(self) -> None:
         """Stop generating; safe from any thread. Takes effect before the next step."""
         self.cancelled.set()
+
+
+class Channel:
+    """Carries engine output (a request's sink) to one consumer on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+
+    def put(self, item: str | BaseException | None) -> None:
+        """Thread-safe; raises RuntimeError once the loop is closed (the engine then cancels)."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def get(self) -> str | BaseException | None:
+        return await self._queue.get()
 
 
 class IncrementalDecoder:
@@ -160,16 +186,8 @@ def deliver(request: EngineRequest, item: str | BaseException | None) -> None:
         request.cancel()
 
 
-def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """Zero-pad ``tensor`` on the left of dimension ``dim`` (-1 or -2) up to ``width``."""
-    missing = width - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    return F.pad(tensor, (missing, 0) if dim == -1 else (0, 0, missing, 0))
-
-
 class Batch:
-    """The running sequences and their shared KV cache, left-padded to a common length.
+    """The running sequences and their KV cache (:class:`bot.model_kv.RowCache`).
 
     With fewer than ``min_rows`` sequences, filler rows (their output discarded) make up the
     difference in every forward pass: some BLAS kernels compute a matrix row differently when
@@ -181,86 +199,59 @@ class Batch:
         self.min_rows = min_rows
         self.router = router
         self.rows: list[SequenceState] = []
-        self.cache: DynamicCache | None = None
-        self.mask = torch.zeros(0, 0, dtype=torch.long)  # 1 = a real token in the cache
-        self._fillers = 0  # filler rows, after the real ones in cache and mask
+        self.cache: RowCache | None = None
+        self._fillers = 0  # filler rows, after the real ones in the cache
 
     def reset(self) -> None:
         self.rows, self.cache, self._fillers = [], None, 0
-        self.mask = torch.zeros(0, 0, dtype=torch.long)
 
     def join(self, seq: SequenceState, cache: DynamicCache, length: int) -> None:
         """Add a prefilled sequence whose cache holds ``length`` tokens."""
-        if self.cache is None:
-            self.rows, self.cache = [seq], cache
-            self.mask = torch.ones(1, length, dtype=torch.long, device=_kv(cache)[0][0].device)
-            return
+        joined = RowCache.from_prefill(_kv(cache), length)
         self._set_fillers(0)
-        width = max(self.mask.shape[1], length)
-        data = [
-            (
-                torch.cat([_pad_left(old_k, width, -2), _pad_left(new_k, width, -2)]),
-                torch.cat([_pad_left(old_v, width, -2), _pad_left(new_v, width, -2)]),
-            )
-            for (old_k, old_v), (new_k, new_v) in zip(_kv(self.cache), _kv(cache), strict=True)
-        ]
-        self.cache = DynamicCache(ddp_cache_data=data)
-        mask = torch.ones(1, length, dtype=torch.long, device=self.mask.device)
-        self.mask = torch.cat([_pad_left(self.mask, width, -1), _pad_left(mask, width, -1)])
+        self.cache = joined if self.cache is None else self.cache.append(joined)
         self.rows.append(seq)
 
     def keep(self, indices: list[int]) -> None:
-        """Keep only the rows at ``indices``, and drop cache columns none of them uses."""
+        """Keep only the rows at ``indices`` (and as much cache as the longest of them needs)."""
         if len(indices) == len(self.rows):
             return
         if not indices or self.cache is None:
             self.reset()
             return
         self._set_fillers(0)
-        index = torch.tensor(indices, device=self.mask.device)
         self.rows = [self.rows[i] for i in indices]
-        self.mask = self.mask[index]
-        start = int(self.mask.any(dim=0).to(torch.int8).argmax())  # first column still in use
-        self.mask = self.mask[:, start:]
-        self.cache = DynamicCache(
-            ddp_cache_data=[(k[index, :, start:], v[index, :, start:]) for k, v in _kv(self.cache)]
-        )
+        self.cache = self.cache.select(indices)
 
     def step(self, model: Any) -> torch.Tensor:
         """Feed every row's pending token; return next-token logits (rows × vocab)."""
+        assert self.cache is not None
         self._set_fillers(max(0, self.min_rows - len(self.rows)))
+        cache = self.cache
         pending = [seq.pending for seq in self.rows] + [0] * self._fillers
-        tokens = torch.tensor(pending, device=self.mask.device).unsqueeze(1)
-        positions = self.mask.sum(dim=1, keepdim=True)  # real tokens so far, padding excluded
-        self.mask = F.pad(self.mask, (0, 1), value=1)
+        tokens = torch.tensor(pending, device=cache.lengths.device).unsqueeze(1)
+        positions = cache.lengths.unsqueeze(1)  # a row's tokens so far: padding never counts
+        mask = cache.step_mask()
         if self.router is not None:
             self.router.route([seq.adapter for seq in self.rows], len(pending))
         out = model(
             input_ids=tokens,
-            attention_mask=self.mask,
-            position_ids=positions,
-            cache=self.cache,
+            attention_mask=mask,
+            position_ids=positions.clone(),
+            cache=cache,
             use_cache=True,
         )
-        self.cache = out.cache
+        cache.advance(self._fillers)
         logits: torch.Tensor = out.logits[: len(self.rows), -1, :]
         return logits
 
     def _set_fillers(self, count: int) -> None:
-        """Resize the filler rows; a new filler has an empty history and attends to itself."""
+        """Resize the filler rows; a filler holds nothing and attends only to itself."""
         if count == self._fillers or self.cache is None:
             return
         real = len(self.rows)
-        pairs = []
-        for keys, values in _kv(self.cache):
-            pairs.append(
-                (
-                    torch.cat([keys[:real], keys.new_zeros((count, *keys.shape[1:]))]),
-                    torch.cat([values[:real], values.new_zeros((count, *values.shape[1:]))]),
-                )
-            )
-        self.cache = DynamicCache(ddp_cache_data=pairs)
-        self.mask = torch.cat([self.mask[:real], self.mask.new_zeros(count, self.mask.shape[1])])
+        cache = self.cache if self._fillers == 0 else self.cache.select(range(real))
+        self.cache = cache.with_empty_rows(count)
         self._fillers = count
 
 

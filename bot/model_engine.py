@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from bot.generation import GenerationError
 from bot.model_adapter import Weights
 from bot.model_batch import Batch, Decode, EngineRequest, SequenceState, deliver
+from bot.model_prefill import Prefiller, PrefixStats
 from bot.model_slots import SlotTable
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,12 @@ class DecodeEngine:
         max_batch_size: int,
         device: torch.device,
         min_rows: int = 1,
+        prefix_cache_tokens: int = 0,
+        prefill_threads: int | None = None,
     ) -> None:
-        """``min_rows``: rows every decoding step computes, fillers included (see Batch)."""
+        """``min_rows``: rows every decoding step computes, fillers included (see Batch);
+        ``prefix_cache_tokens``: most prompt-prefix tokens whose KV cache is kept (0: none);
+        ``prefill_threads``: torch threads while prefilling (None: as decoding)."""
         self._model = model
         self._decode = decode
         self._slots = slots
@@ -82,6 +86,7 @@ class DecodeEngine:
         self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._pending: collections.deque[EngineRequest | _Swap] = collections.deque()
         self._batch = Batch(min_rows, slots.router)
+        self._prefiller = Prefiller(model, device, prefix_cache_tokens, prefill_threads)
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="selftune-decode", daemon=True)
 
@@ -106,6 +111,10 @@ class DecodeEngine:
         self._inbox.put(_STOP)
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    @property
+    def prefix_stats(self) -> PrefixStats:
+        return self._prefiller.stats
 
     @property
     def alive(self) -> bool:
@@ -165,16 +174,15 @@ class DecodeEngine:
     def _start(self, request: EngineRequest) -> None:
         """Prefill one prompt alone, sample its first token, and join it to the batch."""
         try:
-            prompt_ids = request.prompt()
-            seq = self._sequence(request, prompt_ids)
+            prompt = request.prompt()
+            seq = self._sequence(request, prompt.ids)
             seq.adapter = self._slots.resolve(request.slot)
-            ids = torch.tensor([prompt_ids], device=self._device)
             self._slots.router.route_all(seq.adapter)
             with torch.inference_mode():
-                out = self._model(
-                    input_ids=ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1
+                logits, cache = self._prefiller.prefill(
+                    prompt, self._slots.weights_key(seq.adapter)
                 )
-                done = seq.advance(_cpu_float(out.logits[:, -1, :]), self._stop_ids)
+                done = seq.advance(_cpu_float(logits), self._stop_ids)
         except Exception as exc:
             if not isinstance(exc, GenerationError):
                 log.exception("prefill failed")
@@ -184,7 +192,7 @@ class DecodeEngine:
         if done:
             seq.finish()
         else:
-            self._batch.join(seq, out.cache, ids.shape[1])
+            self._batch.join(seq, cache, len(prompt.ids))
             self._note_batch()
 
     def _sequence(self, request: EngineRequest, prompt_ids: list[int]) -> SequenceState:

@@ -30,8 +30,13 @@ class TrainingFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainResult:
+    """The trainer's ``done`` event: training metrics, the held-out evaluation (metrics of the
+    base, the serving adapter and the candidate), and what data it used."""
+
     output_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer(Protocol):
@@ -78,9 +83,14 @@ class SubprocessTrainer:
             self.pid = None
         output = Path(spec["output_dir"])
         if process.returncode == 0 and done is not None and output.is_dir():
-            return TrainResult(output, done.get("metrics", {}))
+            return TrainResult(
+                output, done.get("metrics", {}), done.get("evaluation", {}), done.get("data", {})
+            )
+        code = process.returncode or 0
+        if code < 0:  # killed (OOM killer, an operator): say so, not "exited with code -9"
+            raise TrainingFailed(f"the trainer was killed by signal {-code}")
         reason = error or (stderr_tail[-1] if stderr_tail else "no output")
-        raise TrainingFailed(f"the trainer exited with code {process.returncode}: {reason}")
+        raise TrainingFailed(f"the trainer exited with code {code}: {reason}")
 
 
 def _child_env() -> dict[str, str]:

@@ -1,50 +1,70 @@
 """LoRA fine-tuning on rated exchanges, run as a subprocess: ``python -m bot.training SPEC.json``.
 
-First version: supervised fine-tuning on the liked (``label: true``) rows. The loss covers the
-assistant reply and its end-of-turn token only; the prompt is context. Progress goes to stdout
-as one JSON object per line (``start``, ``step``..., ``done`` or ``error``); human logs go to
-stderr. The adapter is written to ``<output_dir>.partial`` and renamed to ``output_dir`` at the
-very end, so a killed trainer never leaves a complete-looking adapter behind.
+The orchestrator (bot.finetune) picks the method: KTO on 👍 and 👎 (bot.training_kto), or SFT on
+the 👍 when there are too few 👎. Either way the loss covers the assistant reply and its
+end-of-turn token only, and an optional self-supervised term (bot.training_lm) can join in.
+Rows marked ``"split": "heldout"`` are never trained on: they score the base model, the adapter
+serving now and the new one (bot.training_eval), and the orchestrator's gate decides with them.
 
-A compact torch loop rather than TRL's SFTTrainer: 9.6 vs 16.5 s/step on the reference CPU,
-and 7.3 s/step with bfloat16 autocast.
+Progress goes to stdout as one JSON object per line (``start``, ``phase``, ``step``..., then
+``done`` or ``error``); human logs go to stderr. The adapter is written to
+``<output_dir>.partial`` and renamed to ``output_dir`` at the very end, so a killed trainer
+never leaves a complete-looking adapter behind.
+
+A compact torch loop rather than TRL's trainers, measured on the reference CPU (2 cores,
+SmolLM2-135M, batch 8, ≤ 256 tokens, bf16 autocast): SFT 9.6 s/step here vs 16.5 with
+SFTTrainer; KTO 6.1 s/step here vs 6.5 with KTOTrainer (bench/taste_trainer_speed.py), the same
+loss (tests/test_kto.py). What decides for KTO is truncation: KTOTrainer cuts long rows on the
+right, so a stored context near max_length loses the reply's end-of-turn token or the whole row
+(of 7 growing prompts at max_length 160 it kept 4, two without end of turn), while here old
+turns and then the prompt's left end go first and every reply is learned whole.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.config import TrainingSettings
 from bot.model_adapter import wrap_lora
-from bot.model_runtime import cpu_bf16_supported, pick_device
+from bot.model_runtime import pick_device
 from bot.training_data import (
-    IGNORE,
     NO_LIKED,
-    Dropped,
     Example,
     TrainingError,
     TrainingSpec,
     build_examples,
     load_rows,
 )
+from bot.training_eval import Baseline, baseline, evaluation
+from bot.training_inputs import Prepared, data_report, prepare
+from bot.training_kto import kto_step, kto_weights, reference_items
+from bot.training_lm import lm_term
+from bot.training_loop import (
+    Emit,
+    Runtime,
+    optimize,
+    score,
+    sft_step,
+    total_steps,
+    use_bf16,
+)
 
 __all__ = [
     "NO_LIKED",
     "Example",
+    "TrainOutput",
     "TrainingError",
     "TrainingSpec",
     "build_examples",
@@ -58,54 +78,75 @@ __all__ = [
 
 log = logging.getLogger("bot.training")
 
-Emit = Callable[[dict[str, Any]], None]
-MICRO_BATCH_TOKENS = 2048  # padded tokens per forward pass: bounds peak memory (~7 GB fp32)
+
+@dataclass
+class TrainOutput:
+    metrics: dict[str, float]
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
-def train(spec: TrainingSpec, emit: Emit) -> dict[str, float]:
-    """Train an adapter as ``spec`` says and save it; returns the metrics.
+def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
+    """Train an adapter as ``spec`` says, evaluate it on the held-out rows, and save it.
 
-    Emits ``start`` and ``step`` events; the caller emits ``done``. Raises TrainingError.
+    Emits ``start``, ``phase`` and ``step`` events; the caller emits ``done``. Raises
+    TrainingError.
     """
     started = time.monotonic()
     partial = _prepare_output(spec.output_dir)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     tokenizer = _load(AutoTokenizer, spec.model_dir)
-    examples, dropped = build_examples(tokenizer, load_rows(spec.dataset), spec.training.max_length)
-    for item in dropped:
-        log.warning("skipping exchange %s: %s", item.exchange_id, item.reason)
-    if not examples:
-        raise TrainingError(
-            f"none of the {len(dropped)} liked exchanges fits in "
-            f"max_length={spec.training.max_length} tokens"
-            if dropped
-            else NO_LIKED
-        )
-    total = total_steps(len(examples), spec.training)
+    data = prepare(tokenizer, spec)
+    total = total_steps(len(data.train), spec.training)
     emit(
-        {"event": "start", "examples": len(examples), "dropped": len(dropped), "total_steps": total}
+        {"event": "start", "method": spec.method, "examples": len(data.train)}
+        | {"dropped": len(data.dropped), "total_steps": total, **data.counts()}
     )
     device = pick_device("auto")
     model = load_trainable(spec, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    losses = train_model(model, examples, spec.training, total, pad_id, emit, device)
-    metrics = {
-        "train_loss": sum(losses) / len(losses),
-        "final_loss": losses[-1],
+    rt = Runtime(device, pad_id, use_bf16(spec.training.dtype, device))
+    before: Baseline | None = None
+    if data.heldout:
+        emit({"event": "phase", "phase": "baseline", "heldout": len(data.heldout)})
+        before = baseline(model, data.heldout, rt, spec.current_adapter)
+    losses, extra = _fit(model, data, spec, total, rt, emit)
+    metrics = {"train_loss": sum(losses) / len(losses), "final_loss": losses[-1]} | {
         "steps": float(total),
-        "examples": float(len(examples)),
-        "dropped": float(len(dropped)),
-        "duration_s": round(time.monotonic() - started, 3),
+        "examples": float(len(data.train)),
+        "dropped": float(len(data.dropped)),
+        **extra,
     }
-    save_adapter(model, partial, spec, metrics, examples, dropped)
-    return metrics
+    model.save_pretrained(partial, save_embedding_layers=False)
+    result = TrainOutput(metrics, data=data_report(spec, data))
+    if before is not None:
+        emit({"event": "phase", "phase": "evaluation", "heldout": len(data.heldout)})
+        candidate = score(model, data.heldout, rt)
+        result.evaluation = evaluation(data.heldout, before, candidate, spec.training.beta)
+    metrics["duration_s"] = round(time.monotonic() - started, 3)
+    save_record(partial, spec, result, data)
+    return result
 
 
-def total_steps(examples: int, settings: TrainingSettings) -> int:
-    """Optimizer steps: ``epochs`` passes of ``batch_size`` examples, capped by ``max_steps``."""
-    steps = max(1, math.ceil(settings.epochs * math.ceil(examples / settings.batch_size)))
-    return min(steps, settings.max_steps) if settings.max_steps else steps
+def _fit(
+    model: Any, data: Prepared, spec: TrainingSpec, total: int, rt: Runtime, emit: Emit
+) -> tuple[list[float], dict[str, float]]:
+    """Run the chosen objective (plus the optional self-supervised term)."""
+    cfg = spec.training
+    extra = None
+    if data.lm:
+        extra = lm_term(model, data.lm, cfg.lm_weight, cfg.batch_size, cfg.seed, rt)
+    if spec.method == "kto":
+        liked = sum(1 for ex in data.train if ex.label)
+        weights = kto_weights(liked, len(data.train) - liked)
+        items = reference_items(model, data.train, cfg.max_length, cfg.seed, rt, emit)
+        emit({"event": "phase", "phase": "training"})
+        step = kto_step(model, rt, cfg.beta, weights)
+        losses = optimize(model, items, cfg, total, step, emit, extra)
+        return losses, {"desirable_weight": weights[0], "undesirable_weight": weights[1]}
+    emit({"event": "phase", "phase": "training"})
+    return optimize(model, data.train, cfg, total, sft_step(model, rt), emit, extra), {}
 
 
 def load_trainable(spec: TrainingSpec, device: torch.device) -> Any:
@@ -126,94 +167,9 @@ def train_model(
     emit: Emit,
     device: torch.device,
 ) -> list[float]:
-    """AdamW with linear decay over ``total`` steps; returns each step's loss."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1.0 - done / total)
-    use_bf16 = _use_bf16(settings.dtype, device)
-    losses = []
-    for step, batch in enumerate(batches(examples, settings.batch_size, total, settings.seed), 1):
-        loss = _train_step(model, batch, pad_id, device, use_bf16)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss)
-        emit({"event": "step", "step": step, "total_steps": total, "loss": round(loss, 6)})
-    return losses
-
-
-def batches(
-    examples: Sequence[Example], size: int, total: int, seed: int
-) -> Iterator[list[Example]]:
-    """``total`` batches: each epoch a fresh seeded shuffle, the last batch of an epoch short."""
-    rng = random.Random(seed)
-    produced = 0
-    while True:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for start in range(0, len(order), size):
-            yield [examples[i] for i in order[start : start + size]]
-            produced += 1
-            if produced == total:
-                return
-
-
-def _train_step(
-    model: Any, batch: list[Example], pad_id: int, device: torch.device, use_bf16: bool
-) -> float:
-    """Forward/backward over micro-batches; the loss is the mean over the batch's label tokens."""
-    label_count = sum(1 for ex in batch for label in ex.labels[1:] if label != IGNORE)
-    total = 0.0
-    for group in _micro_batches(batch):
-        ids, mask, labels = _collate(group, pad_id, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(),
-            labels[:, 1:].flatten(),
-            ignore_index=IGNORE,
-            reduction="sum",
-        ) / max(label_count, 1)
-        loss.backward()  # type: ignore[no-untyped-call]
-        total += float(loss.item())
-    return total
-
-
-def _micro_batches(batch: list[Example]) -> Iterator[list[Example]]:
-    # Same gradient as one pass, less memory: activations scale with padded tokens per pass.
-    group: list[Example] = []
-    for example in batch:
-        longest = max([len(ex.input_ids) for ex in group] + [len(example.input_ids)])
-        if group and longest * (len(group) + 1) > MICRO_BATCH_TOKENS:
-            yield group
-            group = []
-        group.append(example)
-    if group:
-        yield group
-
-
-def _collate(
-    group: list[Example], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest example: ids, attention mask, labels (IGNORE on padding)."""
-    width = max(len(ex.input_ids) for ex in group)
-    ids = [ex.input_ids + [pad_id] * (width - len(ex.input_ids)) for ex in group]
-    mask = [[1] * len(ex.input_ids) + [0] * (width - len(ex.input_ids)) for ex in group]
-    labels = [ex.labels + [IGNORE] * (width - len(ex.labels)) for ex in group]
-    return (
-        torch.tensor(ids, device=device),
-        torch.tensor(mask, device=device),
-        torch.tensor(labels, device=device),
-    )
-
-
-def _use_bf16(dtype: str, device: torch.device) -> bool:
-    if dtype != "auto":
-        return dtype == "bfloat16"
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return cpu_bf16_supported()
+    """Supervised training on ``examples`` for ``total`` steps; returns each step's loss."""
+    rt = Runtime(device, pad_id, use_bf16(settings.dtype, device))
+    return optimize(model, examples, settings, total, sft_step(model, rt), emit)
 
 
 def _prepare_output(output_dir: Path) -> Path:
@@ -225,25 +181,20 @@ def _prepare_output(output_dir: Path) -> Path:
     return partial
 
 
-def save_adapter(
-    model: Any,
-    partial: Path,
-    spec: TrainingSpec,
-    metrics: Mapping[str, float],
-    examples: Sequence[Example],
-    dropped: Sequence[Dropped],
-) -> None:
-    """Write the PEFT adapter and training.json to ``partial``, then rename it into place."""
-    model.save_pretrained(partial, save_embedding_layers=False)
+def save_record(partial: Path, spec: TrainingSpec, result: TrainOutput, data: Prepared) -> None:
+    """Write training.json next to the saved adapter, then rename it into place."""
     record = {
-        "metrics": dict(metrics),
+        "metrics": result.metrics,
+        "evaluation": result.evaluation,
         "hyperparams": {
+            "method": spec.method,
             "lora": spec.lora.model_dump(),
             "training": spec.training.model_dump(),
             "base_model": str(spec.model_dir),
         },
-        "exchange_ids": [ex.exchange_id for ex in examples],
-        "dropped": [{"exchange_id": d.exchange_id, "reason": d.reason} for d in dropped],
+        "exchange_ids": [ex.exchange_id for ex in data.train],
+        "heldout_exchange_ids": [ex.exchange_id for ex in data.heldout],
+        "dropped": result.data.get("dropped", []),
     }
     (partial / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     os.rename(partial, spec.output_dir)  # atomic: the adapter appears complete or not at all
@@ -268,25 +219,50 @@ def main(argv: Sequence[str] | None = None, events: TextIO | None = None) -> int
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
 
-    def emit(event: dict[str, Any]) -> None:
-        assert events is not None
-        events.write(json.dumps(event) + "\n")
-        events.flush()
-
+    emit = _emitter(events)
     try:
         if len(args) != 1:
             raise TrainingError("usage: python -m bot.training SPEC.json")
-        metrics = train(TrainingSpec.load(Path(args[0])), emit)
+        result = train(TrainingSpec.load(Path(args[0])), emit)
     except TrainingError as exc:
         log.error("%s", exc)
-        emit({"event": "error", "message": str(exc)})
+        emit_error(events, str(exc))
         return 1
     except Exception as exc:  # anything else is a bug or a resource problem: say what it was
         log.exception("training failed")
-        emit({"event": "error", "message": f"training failed: {type(exc).__name__}: {exc}"})
+        emit_error(events, f"training failed: {type(exc).__name__}: {exc}")
         return 1
-    emit({"event": "done", "metrics": metrics})
+    emit(
+        {
+            "event": "done",
+            "metrics": result.metrics,
+            "evaluation": result.evaluation,
+            "data": result.data,
+        }
+    )
     return 0
+
+
+def _emitter(events: TextIO) -> Emit:
+    """Writes one event per line; stops the trainer once its orchestrator is gone."""
+    parent = os.getppid()
+
+    def emit(event: dict[str, Any]) -> None:
+        if os.getppid() != parent:  # the orchestrator is gone: nobody would register the result
+            raise TrainingError("the process that started the trainer has exited")
+        events.write(json.dumps(event) + "\n")
+        events.flush()
+
+    return emit
+
+
+def emit_error(events: TextIO, message: str) -> None:
+    """The error event, written even when the parent is gone (then it goes nowhere)."""
+    try:
+        events.write(json.dumps({"event": "error", "message": message}) + "\n")
+        events.flush()
+    except OSError:
+        pass
 
 
 def _event_stream() -> TextIO:

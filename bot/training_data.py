@@ -38,6 +38,9 @@ class TrainingSpec:
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     threads: int | None = None
+    method: str = "sft"  # "sft" (👍 only) or "kto" (👍 and 👎); resolved by the orchestrator
+    current_adapter: Path | None = None  # the adapter serving now, evaluated next to the new one
+    lm_dataset: Path | None = None  # unrated exchanges for the self-supervised term
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingSpec:
@@ -50,6 +53,9 @@ class TrainingSpec:
                 lora=_section(LoraSettings, data.get("lora")),
                 training=_section(TrainingSettings, data.get("training")),
                 threads=int(data["threads"]) if data.get("threads") else None,
+                method=_method(data.get("method", "sft")),
+                current_adapter=_path(data.get("current_adapter")),
+                lm_dataset=_path(data.get("lm_dataset")),
             )
         except KeyError as exc:
             raise TrainingError(f"the training spec lacks {exc.args[0]!r}") from None
@@ -67,6 +73,16 @@ class TrainingSpec:
         return cls.from_dict(data)
 
 
+def _method(value: Any) -> str:
+    if value not in ("sft", "kto"):
+        raise ValueError(f"method must be 'sft' or 'kto', not {value!r}")
+    return str(value)
+
+
+def _path(value: Any) -> Path | None:
+    return Path(value) if value else None
+
+
 def _section(model: type[_S], data: Any) -> _S:
     known = {k: v for k, v in (data or {}).items() if k in model.model_fields}
     return model.model_validate(known)
@@ -79,6 +95,12 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     exchange_id: int | None = None
+    label: bool = True  # 👍 (desirable) or 👎 (undesirable)
+    prompt_len: int = 0  # tokens before the reply: input_ids[prompt_len:] is the reply
+
+    @property
+    def reply_ids(self) -> list[int]:
+        return self.input_ids[self.prompt_len :]
 
 
 @dataclass(frozen=True)
@@ -105,14 +127,20 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def build_examples(
-    tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_length: int
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    max_length: int,
+    *,
+    liked_only: bool = True,
+    split: str = "train",
 ) -> tuple[list[Example], list[Dropped]]:
-    """Tokenize the liked rows; report those that cannot become an example, and why."""
-    end_id = _end_of_turn_id(tokenizer)
+    """Tokenize the rows of ``split`` (rows without one are training rows), only the liked
+    ones if ``liked_only``; report those that cannot become an example, and why."""
+    end_id = end_of_turn_id(tokenizer)
     examples: list[Example] = []
     dropped: list[Dropped] = []
     for row in rows:
-        if row.get("label") is not True:
+        if row.get("split", "train") != split or (liked_only and row.get("label") is not True):
             continue
         try:
             examples.append(build_example(tokenizer, row, max_length, end_id))
@@ -142,12 +170,20 @@ def build_example(
     while len(prompt_ids) + len(reply_ids) > max_length and _drop_oldest_turn(prompt):
         prompt_ids, reply_ids = _render(tokenizer, prompt, completion, end_id)
     if len(reply_ids) >= max_length:
-        raise _Unfit(f"the reply is {len(reply_ids)} tokens; max_length is {max_length}")
+        raise _Unfit(f"reply longer than max_length ({len(reply_ids)} ≥ {max_length} tokens)")
     overflow = len(prompt_ids) + len(reply_ids) - max_length
     if overflow > 0:
         prompt_ids = prompt_ids[overflow:]  # cut from the left: the latest context matters most
+    if not reply_ids:  # never an example without labels: it would teach nothing
+        raise _Unfit("the reply renders to no tokens")
     labels = [IGNORE] * len(prompt_ids) + reply_ids
-    return Example(prompt_ids + reply_ids, labels, row.get("exchange_id"))
+    return Example(
+        prompt_ids + reply_ids,
+        labels,
+        row.get("exchange_id"),
+        label=row.get("label") is True,
+        prompt_len=len(prompt_ids),
+    )
 
 
 def _render(
@@ -184,7 +220,7 @@ def _drop_oldest_turn(prompt: list[dict[str, str]]) -> bool:
     return True
 
 
-def _end_of_turn_id(tokenizer: Any) -> int | None:
+def end_of_turn_id(tokenizer: Any) -> int | None:
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
         return im_end

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from bot.types import (
     AdapterStatus,
@@ -25,7 +26,9 @@ from bot.types import (
     Turn,
     Vote,
 )
+from storage.abtests import ABTests
 from storage.db import session_factory
+from storage.forget import ForgetReport, forget_user
 from storage.models import (
     AdapterVersionRow,
     Chat,
@@ -51,14 +54,6 @@ class TrainingAlreadyRunning(RuntimeError):
     def __init__(self, run: TrainingRun) -> None:
         super().__init__(f"training run {run.id} is already running since {run.started_at:%H:%M}")
         self.run = run
-
-
-@dataclass(frozen=True)
-class ForgetReport:
-    messages: int
-    exchanges: int
-    ratings: int
-    tainted_versions: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -122,6 +117,7 @@ class Repository:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
+        self.ab = ABTests(self._sessions)  # A/B tests of adapter versions
 
     async def aclose(self) -> None:
         await self.engine.dispose()
@@ -390,14 +386,21 @@ class Repository:
         return None if value is None else Vote(value)
 
     async def rated_exchanges(self, limit: int | None = None) -> list[RatedExchange]:
-        """Every usable rating, newest first: from users who neither opted out nor were
-        forgotten, on answered exchanges. One row per rating."""
-        rater = User
+        """Every usable rating, newest first: on answered exchanges not excluded by a /forget,
+        from raters who did not opt out, on exchanges whose author did not opt out either (the
+        prompt holds their words). One row per rating."""
+        rater, author = User, aliased(User)
         query = (
             select(Rating, ExchangeRow, rater.key)
             .join(ExchangeRow, ExchangeRow.id == Rating.exchange_id)
             .join(rater, rater.id == Rating.user_id)
-            .where(ExchangeRow.status == "done", rater.training_opt_out.is_(False))
+            .join(author, author.id == ExchangeRow.user_id)
+            .where(
+                ExchangeRow.status == "done",
+                ExchangeRow.training_excluded.is_(False),
+                rater.training_opt_out.is_(False),
+                author.training_opt_out.is_(False),
+            )
             .order_by(Rating.updated_at.desc(), Rating.id.desc())
         )
         if limit is not None:
@@ -417,61 +420,68 @@ class Repository:
             for rating, exchange, user_key in rows
         ]
 
-    async def forget_user(self, user_key: str) -> ForgetReport:
-        """Delete the user's messages, exchanges and ratings; mark the adapter versions that were
-        trained on their exchanges as tainted."""
-        async with self._sessions.begin() as session:
-            user = await session.scalar(select(User).where(User.key == user_key))
-            if user is None:
-                return ForgetReport(0, 0, 0, ())
-            exchange_ids = set(
-                (
-                    await session.scalars(
-                        select(ExchangeRow.id).where(ExchangeRow.user_id == user.id)
-                    )
-                ).all()
+    async def unrated_exchanges(self, limit: int) -> list[Exchange]:
+        """Answered exchanges nobody rated, newest first, of authors who did not opt out: text
+        for the optional self-supervised training term."""
+        rated = select(Rating.exchange_id).where(Rating.exchange_id == ExchangeRow.id).exists()
+        query = (
+            select(ExchangeRow, Chat.key, User.key)
+            .join(Chat, Chat.id == ExchangeRow.chat_id)
+            .join(User, User.id == ExchangeRow.user_id)
+            .where(
+                ExchangeRow.status == "done",
+                ExchangeRow.training_excluded.is_(False),
+                User.training_opt_out.is_(False),
+                ~rated,
             )
-            rated_ids = set(
-                (
-                    await session.scalars(
-                        select(Rating.exchange_id).where(Rating.user_id == user.id)
-                    )
-                ).all()
+            .order_by(ExchangeRow.id.desc())
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            Exchange(
+                id=row.id,
+                chat_key=chat_key,
+                user_key=user_key,
+                prompt=_turns(row.prompt),
+                completion=row.completion,
+                adapter_version=row.adapter_version,
+                created_at=_aware(row.created_at),
             )
-            tainted = await self._taint(session, exchange_ids | rated_ids)
-            ratings = await session.execute(delete(Rating).where(Rating.user_id == user.id))
-            # Replies to the user's messages go with them: they quote the user's words.
-            reply_ids = (
+            for row, chat_key, user_key in rows
+        ]
+
+    async def ratings_since(self, when: datetime) -> int:
+        """Votes cast or changed after ``when`` (the scheduler's "M new ratings")."""
+        async with self._sessions() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(Rating).where(Rating.updated_at > when)
+            )
+        return count or 0
+
+    async def withdrawn_exchanges(self, exchange_ids: Iterable[int]) -> set[int]:
+        """Those of ``exchange_ids`` that were deleted or excluded since (a /forget while a
+        run trained on them): the version trained on them is marked tainted."""
+        wanted = set(exchange_ids)
+        if not wanted:
+            return set()
+        async with self._sessions() as session:
+            kept = (
                 await session.scalars(
-                    select(ExchangeRow.reply_message_id).where(ExchangeRow.user_id == user.id)
+                    select(ExchangeRow.id).where(
+                        ExchangeRow.id.in_(wanted), ExchangeRow.training_excluded.is_(False)
+                    )
                 )
             ).all()
-            exchanges = await session.execute(
-                delete(ExchangeRow).where(ExchangeRow.user_id == user.id)
-            )
-            messages = await session.execute(
-                delete(Message).where(
-                    or_(Message.user_id == user.id, Message.id.in_([r for r in reply_ids if r]))
-                )
-            )
-            user.forgotten_at = utcnow()
-        return ForgetReport(
-            messages=messages.rowcount,  # type: ignore[attr-defined]
-            exchanges=exchanges.rowcount,  # type: ignore[attr-defined]
-            ratings=ratings.rowcount,  # type: ignore[attr-defined]
-            tainted_versions=tainted,
-        )
+        return wanted - set(kept)
 
-    @staticmethod
-    async def _taint(session: AsyncSession, exchange_ids: set[int]) -> tuple[int, ...]:
-        if not exchange_ids:
-            return ()
-        tainted = []
-        for row in (await session.scalars(select(AdapterVersionRow))).all():
-            if exchange_ids & set(row.exchange_ids):
-                row.tainted = True
-                tainted.append(row.version)
-        return tuple(tainted)
+    async def forget_user(self, user_key: str) -> ForgetReport:
+        """Delete the user's messages, exchanges and ratings; scrub their words out of other
+        users' stored prompts (group chats) and exclude those from training; mark the adapter
+        versions trained on any of it as tainted."""
+        async with self._sessions.begin() as session:
+            return await forget_user(session, user_key)
 
     async def set_training_opt_out(self, user_key: str, opt_out: bool) -> None:
         async def work(session: AsyncSession) -> None:
@@ -494,6 +504,7 @@ class Repository:
         training_run_id: int | None,
         status: AdapterStatus = AdapterStatus.READY,
         version: int | None = None,
+        tainted: bool = False,
     ) -> AdapterVersion:
         async with self._sessions.begin() as session:
             if version is None:
@@ -510,6 +521,7 @@ class Repository:
                 hyperparams=hyperparams,
                 duration_s=duration_s,
                 training_run_id=training_run_id,
+                tainted=tainted,
             )
             session.add(row)
             await session.flush()

@@ -1,7 +1,8 @@
-"""Fine-tuning orchestration: lock, registration, activation, failure and interruption.
+"""Fine-tuning orchestration: data, lock, gate, registration, activation, failure, interruption.
 
-The trainer here is a stand-in that writes an adapter folder; the real subprocess trainer and
-the real model run in tests/test_loop.py.
+The trainer here is a stand-in that writes an adapter folder and reports the numbers the real
+one would; the real subprocess trainer and the tiny model run in tests/test_loop.py and
+tests/test_gate.py.
 """
 
 from __future__ import annotations
@@ -16,26 +17,39 @@ import pytest
 
 from bot.app import Core, build_core
 from bot.config import Settings
-from bot.finetune import NothingToTrain
+from bot.finetune import NothingToTrain, choose_method
 from bot.generation import ScriptedGenerator
 from bot.trainer_process import ProgressFn, TrainingFailed, TrainResult
 from bot.types import AdapterStatus, Incoming, Reply, RunStatus, Vote
 from storage.repository import TrainingAlreadyRunning
 
 ME = Incoming("console", "local", "local", "Ann", "")
+GOOD = {"preference_accuracy": 0.8, "liked_nll": 2.0, "reward_margin": 0.3}
+BAD = {"preference_accuracy": 0.3, "liked_nll": 3.0, "reward_margin": -0.2}
 
 
 class FakeTrainer:
-    """Writes the adapter folder the real trainer would, after reporting a few steps."""
+    """Writes the adapter folder the real trainer would, after reporting a few steps; its
+    held-out evaluation says the candidate scores ``candidate`` (the serving adapter GOOD)."""
 
-    def __init__(self, *, fail: str | None = None, hold: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fail: str | None = None,
+        hold: asyncio.Event | None = None,
+        candidate: dict[str, float] | None = None,
+    ) -> None:
         self.fail = fail
         self.hold = hold
+        self.candidate = candidate
         self.specs: list[dict[str, Any]] = []
+        self.datasets: list[list[dict[str, Any]]] = []
 
     async def run(self, spec: dict[str, Any], spec_path: Path, progress: ProgressFn) -> TrainResult:
         self.specs.append(json.loads(spec_path.read_text(encoding="utf-8")))
-        await progress({"event": "start", "examples": 1, "total_steps": 2})
+        rows = [json.loads(line) for line in Path(spec["dataset"]).read_text().splitlines()]
+        self.datasets.append(rows)
+        await progress({"event": "start", "examples": len(rows), "total_steps": 2})
         partial = Path(spec["output_dir"] + ".partial")
         partial.mkdir(parents=True)
         await progress({"event": "step", "step": 1, "total_steps": 2, "loss": 2.5})
@@ -46,8 +60,24 @@ class FakeTrainer:
         await progress({"event": "step", "step": 2, "total_steps": 2, "loss": 1.5})
         (partial / "adapter_config.json").write_text("{}", encoding="utf-8")
         partial.rename(spec["output_dir"])
-        await progress({"event": "done", "metrics": {"train_loss": 1.5, "steps": 2}})
-        return TrainResult(Path(spec["output_dir"]), {"train_loss": 1.5, "steps": 2})
+        evaluation = {}
+        heldout = [r for r in rows if r.get("split") == "heldout"]
+        if self.candidate is not None:
+            liked = sum(1 for r in heldout if r["label"])
+            evaluation = {
+                "base": GOOD,
+                "current": GOOD,
+                "candidate": self.candidate,
+                "heldout": {"liked": liked, "disliked": len(heldout) - liked},
+            }
+        metrics = {"train_loss": 1.5, "steps": 2}
+        return TrainResult(
+            Path(spec["output_dir"]), metrics, evaluation, {"method": spec["method"]}
+        )
+
+
+def _settings(settings: Settings, **gate: Any) -> Settings:
+    return settings.model_copy(update={"gate": settings.gate.model_copy(update=gate)})
 
 
 async def _core(settings: Settings, trainer: FakeTrainer) -> Core:
@@ -60,29 +90,34 @@ async def _core(settings: Settings, trainer: FakeTrainer) -> Core:
     )
 
 
-async def _rated(core: Core, text: str, vote: Vote = Vote.UP) -> int:
-    items = [i async for i in core.service.respond(replace(ME, text=text))]
+async def _rated(core: Core, text: str, vote: Vote = Vote.UP, who: Incoming = ME) -> int:
+    items = [i async for i in core.service.respond(replace(who, text=text))]
     reply = items[-1]
     assert isinstance(reply, Reply) and reply.exchange_id is not None
-    await core.service.rate(reply.exchange_id, ME.user_key, vote)
+    await core.service.rate(reply.exchange_id, who.user_key, vote)
     return reply.exchange_id
 
 
-async def test_a_run_registers_and_activates_a_version(settings: Settings) -> None:
-    trainer = FakeTrainer()
-    core = await _core(settings, trainer)
+def _recorder() -> tuple[list[str], Any]:
     notes: list[str] = []
 
     async def notify(text: str) -> None:
         notes.append(text)
 
+    return notes, notify
+
+
+async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) -> None:
+    trainer = FakeTrainer()
+    core = await _core(_settings(settings, when_undecided="activate"), trainer)
+    notes, notify = _recorder()
     try:
         liked = await _rated(core, "good one")
         disliked = await _rated(core, "bad one", Vote.DOWN)
         started = await core.finetuner.start(
             trigger="command", requested_by="console:local", notify=notify
         )
-        assert "on 1 liked of 2 rated replies" in started
+        assert "run #1, SFT" in started and "training on 1 👍 / 1 👎" in started
         outcome = await core.finetuner.wait()
         assert outcome is not None and outcome.status is RunStatus.SUCCEEDED
         assert outcome.version == 1 and core.versions.current == 1
@@ -90,13 +125,23 @@ async def test_a_run_registers_and_activates_a_version(settings: Settings) -> No
         assert version is not None and version.status is AdapterStatus.ACTIVE
         assert set(version.exchange_ids) == {liked, disliked}
         assert version.parent is None and version.metrics["train_loss"] == 1.5
+        assert version.hyperparams["method"] == "sft"
+        assert version.hyperparams["gate"]["verdict"] == "undecided"  # (too few held out)
         spec = trainer.specs[0]
         assert spec["model_dir"] == "/m" and spec["lora"]["r"] == settings.lora.r
-        rows = [json.loads(line) for line in Path(spec["dataset"]).read_text().splitlines()]
+        assert spec["method"] == "sft" and spec["current_adapter"] is None
+        rows = trainer.datasets[0]
         assert {r["exchange_id"]: r["label"] for r in rows} == {liked: True, disliked: False}
+        assert all(r["split"] == "train" for r in rows)
+        assert not Path(spec["dataset"]).exists()  # users' words are not left lying around
+        report_file = Path(spec["dataset"]).parent / "report.json"
+        report = json.loads(report_file.read_text())
+        assert report["data"]["train"] == {"liked": 1, "disliked": 1}
+        assert (
+            report["gate"]["verdict"] == "undecided" and "good one" not in report_file.read_text()
+        )
         assert any("step 2/2 (100%), loss 1.500" in n for n in notes)
-        assert "adapter v1 is live" in notes[-1]
-        # The scripted generator now answers with the new adapter.
+        assert "adapter v1 is live" in notes[-1].lower()
         items = [i async for i in core.service.respond(replace(ME, text="again"))]
         assert isinstance(items[-1], Reply) and "[v0001]" in items[-1].text
         assert items[-1].adapter_version == 1
@@ -104,28 +149,110 @@ async def test_a_run_registers_and_activates_a_version(settings: Settings) -> No
         await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         second = await core.finetuner.wait()
         assert second is not None and second.version == 2
-        parent = await core.repo.adapter_version(2)
-        assert parent is not None and parent.parent == 1
+        child = await core.repo.adapter_version(2)
+        assert child is not None and child.parent == 1
+        assert trainer.specs[1]["current_adapter"] == version.path
     finally:
         await core.aclose()
+
+
+async def test_undecided_keeps_the_candidate_ready_by_default(settings: Settings) -> None:
+    core = await _core(settings, FakeTrainer())
+    notes, notify = _recorder()
+    try:
+        await _rated(core, "x")
+        outcome = await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
+        assert outcome.status is RunStatus.SUCCEEDED and core.versions.current is None
+        version = await core.repo.adapter_version(1)
+        assert version is not None and version.status is AdapterStatus.READY
+        assert "ready but not serving" in notes[-1] and "/activate 1" in notes[-1]
+    finally:
+        await core.aclose()
+
+
+async def _many_ratings(core: Core, count: int = 40) -> None:
+    for i in range(count):
+        who = replace(ME, chat_id=f"chat{i}", user_id=f"user{i}")  # under the rate limit
+        await _rated(core, f"message {i}", Vote.UP if i % 2 else Vote.DOWN, who)
+
+
+async def test_the_gate_lets_a_better_candidate_go_live(settings: Settings) -> None:
+    trainer = FakeTrainer(candidate=GOOD | {"reward_margin": 0.29, "preference_accuracy": 0.5})
+    core = await _core(_settings(settings, min_heldout=4), trainer)
+    notes, notify = _recorder()
+    try:
+        await _many_ratings(core)
+        outcome = await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
+        assert outcome.status is RunStatus.SUCCEEDED and core.versions.current == 1
+        assert outcome.decision is not None and outcome.decision.verdict == "pass"
+        assert "passed the gate (reward margin 0.290 vs 0.300" in notes[-1]
+        heldout = [r for r in trainer.datasets[0] if r["split"] == "heldout"]
+        assert len(heldout) >= 4
+        assert trainer.specs[0]["method"] == "kto"  # 20 👎: enough for KTO under auto
+        version = await core.repo.adapter_version(1)
+        assert version is not None
+        assert version.metrics["reward_margin"] == 0.29
+        assert version.metrics["serving.reward_margin"] == 0.3
+        assert not {i for r in heldout for i in r["exchange_ids"]} & set(version.exchange_ids)
+    finally:
+        await core.aclose()
+
+
+async def test_the_gate_rejects_a_worse_candidate_and_says_why(settings: Settings) -> None:
+    core = await _core(_settings(settings, min_heldout=4), FakeTrainer(candidate=BAD))
+    notes, notify = _recorder()
+    try:
+        await _many_ratings(core)
+        outcome = await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
+        assert outcome.status is RunStatus.REJECTED and core.versions.current is None
+        assert "rejected by the gate" in notes[-1]
+        assert "reward margin -0.200 vs 0.300" in notes[-1]
+        assert "worse by 0.500 > margin 0.02" in notes[-1]
+        version = await core.repo.adapter_version(1)
+        assert version is not None and version.status is AdapterStatus.REJECTED
+        assert version.metrics["preference_accuracy"] == 0.3  # kept with its numbers
+        runs = await core.repo.training_runs()
+        assert runs[0].status is RunStatus.REJECTED and runs[0].adapter_version == 1
+        items = [i async for i in core.service.respond(replace(ME, text="/adapters"))]
+        assert isinstance(items[-1], Reply) and "v1 [rejected]" in items[-1].text
+        assert "gate: fail" in items[-1].text
+    finally:
+        await core.aclose()
+
+
+async def test_a_candidate_that_passes_can_go_to_an_ab_test(settings: Settings) -> None:
+    settings = _settings(settings, min_heldout=4).model_copy(
+        update={"ab": settings.ab.model_copy(update={"share": 0.5})}
+    )
+    core = await _core(settings, FakeTrainer(candidate=GOOD))
+    notes, notify = _recorder()
+    try:
+        await _many_ratings(core)
+        await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
+        assert core.versions.current is None and core.versions.candidate == 1
+        assert "A/B test #1 started: v1 serves 50% of chats" in notes[-1]
+    finally:
+        await core.aclose()
+
+
+def test_method_choice() -> None:
+    assert choose_method("auto", 9, 10) == "sft"
+    assert choose_method("auto", 10, 10) == "kto"
+    assert choose_method("kto", 0, 10) == "kto"
+    assert choose_method("sft", 50, 10) == "sft"
 
 
 async def test_nothing_to_train_and_no_overlap(settings: Settings) -> None:
     hold = asyncio.Event()
     core = await _core(settings, FakeTrainer(hold=hold))
+    notify = core.outbox.notifier("console:local")
     try:
         with pytest.raises(NothingToTrain, match="0 liked replies"):
-            await core.finetuner.start(
-                trigger="command", requested_by=None, notify=core.outbox.notifier("console:local")
-            )
+            await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         await _rated(core, "x")
-        await core.finetuner.start(
-            trigger="command", requested_by=None, notify=core.outbox.notifier("console:local")
-        )
+        await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         with pytest.raises(TrainingAlreadyRunning):
-            await core.finetuner.start(
-                trigger="command", requested_by=None, notify=core.outbox.notifier("console:local")
-            )
+            await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         # Chat stays usable while training runs.
         items = [i async for i in core.service.respond(replace(ME, text="still there?"))]
         assert isinstance(items[-1], Reply) and items[-1].rateable
@@ -137,17 +264,13 @@ async def test_nothing_to_train_and_no_overlap(settings: Settings) -> None:
 
 async def test_a_failed_run_activates_nothing(settings: Settings) -> None:
     core = await _core(settings, FakeTrainer(fail="CUDA exploded"))
-    notes: list[str] = []
-
-    async def notify(text: str) -> None:
-        notes.append(text)
-
+    notes, notify = _recorder()
     try:
         await _rated(core, "x")
         await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         outcome = await core.finetuner.wait()
         assert outcome is not None and outcome.status is RunStatus.FAILED
-        assert "CUDA exploded" in notes[-1]
+        assert "CUDA exploded" in notes[-1] and "Nothing changed" in notes[-1]
         assert await core.repo.adapter_versions() == []
         assert core.versions.current is None
         assert not list(settings.adapters_dir.glob("*.partial"))
@@ -174,8 +297,42 @@ async def test_stopping_mid_run_leaves_nothing_partial(settings: Settings) -> No
         await core.aclose()
 
 
+async def test_an_orphaned_adapter_folder_does_not_block_training(settings: Settings) -> None:
+    core = await _core(_settings(settings, when_undecided="activate"), FakeTrainer())
+    try:
+        orphan = settings.adapters_dir / "v0001"  # a trainer finished after its server died
+        orphan.mkdir(parents=True)
+        await _rated(core, "x")
+        outcome = await core.finetuner.run(
+            trigger="cli", requested_by=None, notify=core.outbox.notifier("console:local")
+        )
+        assert outcome.status is RunStatus.SUCCEEDED and outcome.version == 1
+    finally:
+        await core.aclose()
+
+
+async def test_a_forget_during_the_run_taints_the_new_version(settings: Settings) -> None:
+    hold = asyncio.Event()
+    core = await _core(settings, FakeTrainer(hold=hold))
+    other = replace(ME, chat_id="bob", user_id="bob", user_name="Bob")
+    try:
+        await _rated(core, "x")
+        await _rated(core, "mine", who=other)
+        await core.finetuner.start(
+            trigger="command", requested_by=None, notify=core.outbox.notifier("console:local")
+        )
+        await asyncio.sleep(0.05)
+        await core.repo.forget_user(other.user_key)
+        hold.set()
+        await core.finetuner.wait()
+        version = await core.repo.adapter_version(1)
+        assert version is not None and version.tainted
+    finally:
+        await core.aclose()
+
+
 async def test_rollback_and_activate(settings: Settings) -> None:
-    core = await _core(settings, FakeTrainer())
+    core = await _core(_settings(settings, when_undecided="activate"), FakeTrainer())
     try:
         await _rated(core, "x")
         for _ in range(2):
@@ -197,3 +354,32 @@ async def test_rollback_and_activate(settings: Settings) -> None:
         assert core.versions.current is None
     finally:
         await core.aclose()
+
+
+async def test_progress_reaches_the_admin_sparingly() -> None:
+    from bot.finetune_progress import reporter
+
+    class Owner:
+        def __init__(self) -> None:
+            self.progress: dict[str, Any] = {}
+
+    notes, notify = _recorder()
+    events: list[dict[str, Any]] = []
+
+    async def on_event(event: dict[str, Any]) -> None:
+        events.append(event)
+
+    owner = Owner()
+    report = reporter(owner, notify, on_event, 7)
+    await report({"event": "start", "examples": 100, "total_steps": 100})
+    await report({"event": "phase", "phase": "reference", "examples": 100})
+    for step in range(1, 101):
+        await report({"event": "step", "step": step, "total_steps": 100, "loss": 1.0})
+    await report({"event": "phase", "phase": "evaluation", "heldout": 12})
+    assert notes[0] == (
+        "Training run #7: scoring the 100 examples under the base model (KTO's reference)…"
+    )
+    steps = [n for n in notes if n.startswith("Training: step")]
+    assert [s.split()[2] for s in steps] == ["1/100", "26/100", "51/100", "76/100", "100/100"]
+    assert notes[-1].endswith("scoring the new adapter on 12 held-out ratings…")
+    assert len(events) == 103 and owner.progress["phase"] == "evaluation"

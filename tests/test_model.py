@@ -56,7 +56,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def tiny_settings(model_dir: Path, **overrides: Any) -> ModelSettings:
-    return ModelSettings(name=str(model_dir), dtype="float32", max_batch_size=8, **overrides)
+    settings: dict[str, Any] = {"dtype": "float32", "max_batch_size": 8, **overrides}
+    return ModelSettings(name=str(model_dir), **settings)
 
 
 @contextlib.asynccontextmanager

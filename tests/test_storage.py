@@ -229,3 +229,83 @@ async def test_daily_ratings_per_adapter_version(repo: Repository) -> None:
     await repo.rate(second, "t:8", Vote.DOWN)
     daily = await repo.daily_ratings()
     assert [(d.adapter_version, d.ups, d.downs) for d in daily] == [(None, 1, 2)]
+
+
+async def test_ratings_since_unrated_and_withdrawn(repo: Repository) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    rated = await _exchange(repo, text="a")
+    unrated = await _exchange(repo, text="b")
+    await repo.rate(rated, "t:7", Vote.UP)
+    assert await repo.ratings_since(before) == 1
+    assert await repo.ratings_since(datetime.now(UTC) + timedelta(seconds=1)) == 0
+    assert [e.id for e in await repo.unrated_exchanges(10)] == [unrated]
+    await repo.set_training_opt_out("t:7", True)  # the author opted out: not even unrated text
+    assert await repo.unrated_exchanges(10) == []
+    assert await repo.withdrawn_exchanges([rated, unrated]) == set()
+    await repo.forget_user("t:7")
+    assert await repo.withdrawn_exchanges([rated, unrated, 999]) == {rated, unrated, 999}
+
+
+async def test_forget_scrubs_group_prompts_that_quote_the_user(repo: Repository) -> None:
+    bob_message = await repo.add_user_message("t:g", "t:8", "Bob", "my secret", None)
+    bob = await repo.start_exchange("t:g", "t:8", bob_message, PROMPT, None, "tiny", {})
+    await repo.finish_exchange(bob, "noted")
+    quoting = (
+        Turn("system", "Be brief."),
+        Turn("user", "Bob: my secret"),
+        Turn("assistant", "noted"),
+        Turn("user", "Ann: hello"),
+    )
+    message = await repo.add_user_message("t:g", "t:7", "Ann", "hello", None)
+    ann = await repo.start_exchange("t:g", "t:7", message, quoting, None, "tiny", {})
+    await repo.finish_exchange(ann, "hi Ann")
+    clean = await _exchange(repo, chat="t:other", user="t:7", text="elsewhere")
+    for exchange in (ann, clean):
+        await repo.rate(exchange, "t:7", Vote.UP)
+    await repo.forget_user("t:8")
+    assert {r.exchange_id for r in await repo.rated_exchanges()} == {clean}
+    stored = await repo.exchange(ann)
+    assert stored is not None
+    assert [t.content for t in stored.prompt] == [
+        "Be brief.",
+        "[forgotten]",
+        "[forgotten]",
+        "Ann: hello",
+    ]
+
+
+async def test_ab_tests_one_running_and_votes_per_group(repo: Repository) -> None:
+    from storage.abtests import ABStatus, ABTestRunning
+
+    for version in (1, 2):
+        await repo.add_adapter_version(
+            path=f"/a/v{version}",
+            parent=None,
+            base_model="m",
+            exchange_ids=[],
+            metrics={},
+            hyperparams={},
+            duration_s=None,
+            training_run_id=None,
+        )
+    old = await _exchange(repo, text="before the test")
+    await repo.rate(old, "t:7", Vote.DOWN)
+    test = await repo.ab.start(2, 1, 0.25, "t:1")
+    assert (test.candidate, test.control, test.share, test.status) == (2, 1, 0.25, "running")
+    with pytest.raises(ABTestRunning):
+        await repo.ab.start(1, None, 0.5, None)
+    for version, vote in ((2, Vote.UP), (2, Vote.UP), (2, Vote.DOWN), (1, Vote.DOWN)):
+        message = await repo.add_user_message("t:1", "t:7", "Ann", "x", None)
+        exchange = await repo.start_exchange("t:1", "t:7", message, PROMPT, version, "m", {})
+        await repo.finish_exchange(exchange, "y")
+        await repo.rate(exchange, "t:9", vote)
+    candidate, control = await repo.ab.votes(test.started_at, 2)
+    assert (candidate.ups, candidate.downs, control.ups, control.downs) == (2, 1, 0, 1)
+    running = await repo.ab.running()
+    assert running is not None and running.id == test.id
+    await repo.ab.finish(test.id, ABStatus.PROMOTED, "done")
+    assert await repo.ab.running() is None
+    (ended,) = await repo.ab.history()
+    assert ended.status is ABStatus.PROMOTED and ended.ended_at is not None

@@ -233,9 +233,11 @@ def test_trainer_subprocess_writes_a_loadable_adapter(tiny_model_dir: Path, tmp_
     code, events, stderr = run_trainer(spec_path)
 
     assert code == 0, stderr
-    assert events[0] == {"event": "start", "examples": 4, "dropped": 0, "total_steps": 3}
-    assert [e["step"] for e in events[1:-1]] == [1, 2, 3]
-    assert all(e["event"] == "step" and e["total_steps"] == 3 for e in events[1:-1])
+    start = {"event": "start", "method": "sft", "examples": 4, "dropped": 0, "total_steps": 3}
+    assert events[0].items() >= start.items()
+    assert events[1] == {"event": "phase", "phase": "training"}
+    assert [e["step"] for e in events[2:-1]] == [1, 2, 3]
+    assert all(e["event"] == "step" and e["total_steps"] == 3 for e in events[2:-1])
     done = events[-1]
     assert done["event"] == "done"
     assert done["metrics"]["steps"] == 3 and done["metrics"]["examples"] == 4

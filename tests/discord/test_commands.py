@@ -13,8 +13,8 @@ from tests.fakes.discord_server import (
     Json,
 )
 
-USER_COMMANDS = {"help", "new", "persona", "forget"}
-ADMIN_COMMANDS = {"finetune", "status", "adapters", "rollback", "activate", "stats"}
+USER_COMMANDS = {"help", "new", "persona", "forget", "optout", "optin"}
+ADMIN_COMMANDS = {"finetune", "status", "adapters", "rollback", "activate", "ab", "stats"}
 
 
 async def run(

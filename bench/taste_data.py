@@ -1,0 +1,61 @@
+"""Prompts and hidden tastes for bench/taste.py: what simulated users ask and what they like."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+TRAIN_TOPICS = [
+    "the sea", "coffee", "cats", "dogs", "learning to cook", "the moon", "running", "music",
+    "rainy days", "trains", "gardening", "chess", "bread", "sleep", "volcanoes", "bicycles",
+    "friendship", "libraries", "winter", "photography", "bees", "mountains", "tea", "painting",
+    "birds", "the desert", "museums", "swimming", "autumn", "clocks", "maps", "bridges",
+    "forests", "rivers", "the wind", "snow", "owls", "board games", "jazz", "poetry",
+    "saving money", "learning a language", "public speaking", "camping", "recycling",
+    "breakfast", "old castles", "the stars", "planting trees", "writing letters",
+]  # fmt: skip
+HELDOUT_TOPICS = [
+    "lighthouses", "honey", "thunderstorms", "penguins", "origami", "the ocean floor",
+    "marathons", "pottery", "fireflies", "submarines", "kites", "sunflowers", "glaciers",
+    "street food", "violins", "deserts at night", "chocolate", "hot air balloons", "whales",
+    "picnics", "lanterns", "canals", "meteors", "mushrooms",
+]  # fmt: skip
+TEMPLATES = [
+    "Tell me about {}.",
+    "What do you think of {}?",
+    "Any tips about {}?",
+    "Why do people like {}?",
+    "Can you explain {} to me?",
+    "I'm curious about {}. What should I know?",
+]
+
+
+def prompts(topics: list[str], count: int, seed: int) -> list[str]:
+    """``count`` user messages over ``topics`` × TEMPLATES (each pair at most once if it can)."""
+    pairs = [t.format(topic) for topic in topics for t in TEMPLATES]
+    random.Random(seed).shuffle(pairs)
+    return (pairs * (count // len(pairs) + 1))[:count]
+
+
+def words(text: str) -> int:
+    return len(re.findall(r"\w+", text))
+
+
+@dataclass(frozen=True)
+class Taste:
+    name: str
+    describe: str
+    likes: Callable[[str], bool]
+
+
+def taste(name: str, max_words: int) -> Taste:
+    """The hidden preference the simulated users rate by."""
+    if name == "short":
+        return Taste(
+            name, f"replies of at most {max_words} words", lambda text: words(text) <= max_words
+        )
+    if name == "question":
+        return Taste(name, "replies that end with a question", lambda t: t.rstrip().endswith("?"))
+    raise ValueError(f"unknown taste {name!r}")
