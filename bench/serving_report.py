@@ -101,6 +101,7 @@ def print_report(
     info: dict[str, Any],
     baselines: list[tuple[BaselineResult, Sequence[Request]]],
     bandwidth: tuple[float, float],
+    bandwidth_decoding: float,
 ) -> None:
     count = Counter(info["model_dir"])
     dtype = str(info["dtype"]).removeprefix("torch.")
@@ -132,6 +133,12 @@ def print_report(
     print(
         f"  batch-1 decode measured (best reply)      {alone:8.1f} tok/s"
         f" = {alone / limit:.0%} of the limit (target >= 50%)"
+    )
+    threads = info["threads"]
+    limit_decoding = bandwidth_decoding * 1e9 / info["weight_bytes"]
+    print(
+        f"  copy bandwidth with the {threads} decoding thread(s) {bandwidth_decoding:6.1f} GB/s: "
+        f"limit {limit_decoding:.1f} tok/s, measured = {alone / limit_decoding:.0%} of it"
     )
     print_ratios(rows)
 

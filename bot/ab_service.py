@@ -29,7 +29,7 @@ class ABTesting:
         share = share if share is not None else (self._settings.ab.share or 0.1)
         if not 0 < share < 1:
             raise VersionError("The share of chats is a number between 0 and 1, e.g. 0.2.")
-        target = await self._repo.adapter_version(version)
+        target = await self._repo.adapters.get(version)
         if target is None:
             raise VersionError(f"There is no adapter v{version}. See /adapters.")
         await self._versions.sync()
@@ -66,7 +66,7 @@ class ABTesting:
         """End the test and take the candidate out of use."""
         test = await self._running()
         summary = describe(test, await self._comparison(test), self._settings.ab.alpha)
-        await self._repo.set_adapter_status(test.candidate, AdapterStatus.RETIRED)
+        await self._repo.adapters.set_status(test.candidate, AdapterStatus.RETIRED)
         await self._repo.ab.finish(test.id, ABStatus.RETIRED, summary)
         await self._versions.sync()
         return (

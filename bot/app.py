@@ -112,7 +112,7 @@ async def open_repository(settings: Settings) -> Repository:
     if before is None:
         log.info("database created")
     repo = Repository(engine)
-    stale = await repo.interrupt_stale_runs(pid_alive)
+    stale = await repo.runs.interrupt_stale(pid_alive)
     if stale:
         log.warning("%d training run(s) had been interrupted; marked as such", stale)
     return repo

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # no screen: render to memory
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from storage.repository import DailyRatings
+from storage.stats import DailyRatings
 
 
 def _label(version: int | None) -> str:

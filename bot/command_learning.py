@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from bot.finetune import NothingToTrain
 from bot.types import AdapterVersion, Incoming, Reply, ReplyKind
 from bot.versions import VersionError, describe
-from storage.repository import TrainingAlreadyRunning
+from storage.training_runs import TrainingAlreadyRunning
 
 if TYPE_CHECKING:
     from bot.chat import ChatService
@@ -90,7 +90,7 @@ class LearningCommands:
 
     async def status(self, _incoming: Incoming, _args: str) -> Reply:
         s = self._s
-        counts = await s.repo.counts()
+        counts = await s.repo.stats.counts()
         lines = [
             f"Model: {s.generator.model_name} (context {s.generator.context_window} tokens)",
             f"Serving: {describe(s.versions.current)}",
@@ -104,7 +104,7 @@ class LearningCommands:
 
     async def _training_line(self) -> str:
         s = self._s
-        running = await s.repo.running_training()
+        running = await s.repo.runs.running()
         if running is not None:
             progress = s.finetuner.progress if s.finetuner else {}
             step = (
@@ -115,13 +115,13 @@ class LearningCommands:
                 else ""
             )
             return f"Training: run #{running.id} running since {running.started_at:%H:%M} UTC{step}"
-        runs = await s.repo.training_runs(limit=1)
+        runs = await s.repo.runs.recent(limit=1)
         if not runs:
             return "Training: none yet (/finetune)"
         return f"Last training: run #{runs[0].id} {runs[0].status} — {runs[0].message}"
 
     async def adapters(self, _incoming: Incoming, _args: str) -> Reply:
-        versions = await self._s.repo.adapter_versions()
+        versions = await self._s.repo.adapters.all()
         if not versions:
             return _private("No adapter versions yet: serving the base model. /finetune makes one.")
         current, candidate = self._s.versions.current, self._s.versions.candidate
@@ -174,7 +174,7 @@ class LearningCommands:
     async def stats(self, _incoming: Incoming, _args: str) -> Reply:
         from bot.charts import ratings_chart, ratings_table
 
-        daily = await self._s.repo.daily_ratings()
+        daily = await self._s.repo.stats.daily_ratings()
         if not daily:
             return _private("No ratings yet.")
         return Reply(

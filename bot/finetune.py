@@ -33,7 +33,8 @@ from bot.release import Releaser, Trained
 from bot.trainer_process import ProgressFn, SubprocessTrainer, Trainer, TrainingFailed
 from bot.types import RunStatus, TrainingRun
 from bot.versions import AdapterVersions
-from storage.repository import Repository, TrainingAlreadyRunning
+from storage.repository import Repository
+from storage.training_runs import TrainingAlreadyRunning
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class Finetuner:
         )
 
     async def _running_run(self) -> TrainingRun:
-        run = await self._repo.running_training()
+        run = await self._repo.runs.running()
         assert run is not None
         return run
 
@@ -141,8 +142,8 @@ class Finetuner:
 
     async def _prepare(self, trigger: str, requested_by: str | None) -> Plan:
         cfg = self._settings.training
-        rated = await self._repo.rated_exchanges(limit=cfg.max_examples)
-        serving = await self._repo.active_adapter()
+        rated = await self._repo.training.rated(limit=cfg.max_examples)
+        serving = await self._repo.adapters.active()
         seen = serving.exchange_ids if serving else ()
         curated = curate(rated, cfg, self._settings.gate, seen)
         liked, disliked = curated.counts("train")
@@ -154,7 +155,7 @@ class Finetuner:
                 f"Nothing to fine-tune on yet: {usable} {what} (need {cfg.min_examples}). "
                 f"{curated.summary()}. Rate replies with 👍/👎 first."
             )
-        run_id = await self._repo.start_training_run(trigger, requested_by, os.getpid())
+        run_id = await self._repo.runs.start(trigger, requested_by, os.getpid())
         curated.sample_heldout(run_id, self._settings.gate.heldout_max)
         return Plan(run_id, method, curated)
 
@@ -163,7 +164,7 @@ class Finetuner:
     ) -> FinetuneOutcome:
         started = time.monotonic()
         run_id = plan.run_id
-        version = await self._repo.next_adapter_version()
+        version = await self._repo.adapters.next_version()
         output = self._settings.adapters_dir / f"v{version:04d}"
         work = self._settings.data_dir / "training" / f"run-{run_id:04d}"
         try:
@@ -204,7 +205,7 @@ class Finetuner:
     async def _clear_orphan(self, output: Path) -> None:
         """A folder at the new version's path that no version points at was left by a trainer
         whose server died before registering it: nothing refers to it, so it goes."""
-        if output.exists() and await self._repo.adapter_version(int(output.name[1:])) is None:
+        if output.exists() and await self._repo.adapters.get(int(output.name[1:])) is None:
             log.warning(
                 "removing %s: an adapter never registered (its run was interrupted)", output
             )
@@ -217,7 +218,7 @@ class Finetuner:
         cfg = self._settings.training
         lm_dataset = None
         if cfg.lm_weight > 0:
-            unrated = await self._repo.unrated_exchanges(cfg.lm_max_examples)
+            unrated = await self._repo.training.unrated(cfg.lm_max_examples)
             rows = [
                 {
                     "prompt": [{"role": t.role, "content": t.content} for t in e.prompt],
@@ -227,7 +228,7 @@ class Finetuner:
             ]
             write_jsonl_file(rows, work / "unrated.jsonl")
             lm_dataset = str(work / "unrated.jsonl")
-        current = await self._repo.active_adapter()
+        current = await self._repo.adapters.active()
         spec = {
             "model_dir": str(await self._model_dir()),
             "dataset": str(work / "dataset.jsonl"),
@@ -245,7 +246,7 @@ class Finetuner:
     async def _end(self, run_id: int, status: RunStatus, message: str, output: Path) -> None:
         partial = output.with_name(output.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        await asyncio.shield(self._repo.finish_training_run(run_id, status, message))
+        await asyncio.shield(self._repo.runs.finish(run_id, status, message))
 
 
 __all__ = [

@@ -16,7 +16,8 @@ from bot.types import RunStatus
 from bot.versions import AdapterVersions, VersionError, describe
 from migrations import head_revision, upgrade_database
 from storage.db import create_engine
-from storage.repository import Repository, TrainingAlreadyRunning
+from storage.repository import Repository
+from storage.training_runs import TrainingAlreadyRunning
 
 
 def _err(text: str) -> None:
@@ -105,8 +106,8 @@ async def adapters(settings: Settings, args: argparse.Namespace) -> int:
             now = await versions.rollback(None if args.version in (None, 0) else args.version)
             print(f"rolled back: now serving {describe(now)}")
         else:
-            active = await repo.active_adapter()
-            rows = await repo.adapter_versions()
+            active = await repo.adapters.active()
+            rows = await repo.adapters.all()
             for version in rows:
                 print(("* " if version.active else "  ") + format_version(version))
             print(("* " if active is None else "  ") + "base model (version 0)")
@@ -121,7 +122,7 @@ async def adapters(settings: Settings, args: argparse.Namespace) -> int:
 async def export(settings: Settings, args: argparse.Namespace) -> int:
     repo = await _repo(settings)
     try:
-        rated = await repo.rated_exchanges()
+        rated = await repo.training.rated()
     finally:
         await repo.aclose()
     output: Path | None = args.output

@@ -86,12 +86,12 @@ class Releaser:
         metrics = version_metrics(trained.result)
         train_ids = [i for r in trained.curated.train for i in r["exchange_ids"]]
         # A /forget while the run trained: the adapter learned from rows that are gone now.
-        withdrawn = await self._repo.withdrawn_exchanges(train_ids)
+        withdrawn = await self._repo.training.withdrawn(train_ids)
         live = decision.verdict == "pass" or (
             decision.verdict == "undecided" and self._settings.gate.when_undecided == "activate"
         )
         status = AdapterStatus.REJECTED if decision.verdict == "fail" else AdapterStatus.READY
-        await self._repo.add_adapter_version(
+        await self._repo.adapters.add(
             version=trained.version,
             path=str(trained.result.output_dir),
             parent=self._versions.current,
@@ -107,7 +107,7 @@ class Releaser:
         message = await self._act(trained, decision, live) + _dropped_note(trained.result)
         run_status = RunStatus.REJECTED if decision.verdict == "fail" else RunStatus.SUCCEEDED
         report = self._report(trained, decision, withdrawn)
-        await self._repo.finish_training_run(
+        await self._repo.runs.finish(
             trained.run_id, run_status, message, adapter_version=trained.version, report=report
         )
         return Released(run_status, message, decision, metrics, report)

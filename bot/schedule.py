@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 from bot.config import ScheduleSettings
 from bot.finetune import Finetuner, NothingToTrain
 from bot.outbox import Outbox
-from storage.repository import Repository, TrainingAlreadyRunning
+from storage.repository import Repository
+from storage.training_runs import TrainingAlreadyRunning
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -72,7 +73,7 @@ class Scheduler:
 
     async def due(self) -> str | None:
         """Why a run is due now, or None."""
-        runs = await self._repo.training_runs(limit=1)
+        runs = await self._repo.runs.recent(limit=1)
         marks = [self._attempted, runs[0].started_at if runs else None]
         last = max((m for m in marks if m is not None), default=None)
         hours = self._settings.every_hours
@@ -80,14 +81,14 @@ class Scheduler:
             return f"every {hours:g} hours"
         wanted = self._settings.after_ratings
         if wanted > 0:
-            new = await self._repo.ratings_since(last or datetime(1970, 1, 1, tzinfo=UTC))
+            new = await self._repo.training.ratings_since(last or datetime(1970, 1, 1, tzinfo=UTC))
             if new >= wanted:
                 return f"{new} new ratings (after_ratings = {wanted})"
         return None
 
     async def tick(self) -> str | None:
         """One check: start a run if one is due. Returns what happened (None: nothing)."""
-        if self._finetuner.running or await self._repo.running_training() is not None:
+        if self._finetuner.running or await self._repo.runs.running() is not None:
             return None
         reason = await self.due()
         if reason is None:

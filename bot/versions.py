@@ -46,7 +46,7 @@ class AdapterVersions:
     async def sync(self) -> int | None:
         """Swap in the database's active version (and A/B candidate) if the generator serves
         other ones."""
-        active = await self._repo.active_adapter()
+        active = await self._repo.adapters.active()
         wanted = active.version if active else None
         if wanted != self.current:
             async with self._lock:
@@ -69,7 +69,7 @@ class AdapterVersions:
         if wanted == self.candidate or (wanted is not None and wanted == self._unservable):
             return
         async with self._lock:
-            version = await self._repo.adapter_version(wanted) if wanted is not None else None
+            version = await self._repo.adapters.get(wanted) if wanted is not None else None
             try:
                 await self.load_candidate(version)
             except VersionError as exc:
@@ -116,7 +116,7 @@ class AdapterVersions:
         """Serve ``version`` (None: the base model) from the next reply on."""
         target = None
         if version is not None:
-            target = await self._repo.adapter_version(version)
+            target = await self._repo.adapters.get(version)
             if target is None:
                 raise VersionError(f"There is no adapter v{version}. See /adapters.")
             if not Path(target.path).is_dir():
@@ -124,7 +124,7 @@ class AdapterVersions:
         async with self._lock:
             # Swap first: if the files are unusable the database keeps the working version.
             await self._swap(target)
-            await self._repo.set_active_adapter(version)
+            await self._repo.adapters.set_active(version)
         return target
 
     async def rollback(self, version: int | None = None) -> int | None:
@@ -132,12 +132,12 @@ class AdapterVersions:
         if version is not None:
             await self.activate(version)
             return version
-        active = await self._repo.active_adapter()
+        active = await self._repo.adapters.active()
         if active is None:
             raise VersionError("Nothing to roll back: the base model is serving, no adapter.")
         parent = active.parent
         while parent is not None:
-            candidate = await self._repo.adapter_version(parent)
+            candidate = await self._repo.adapters.get(parent)
             if candidate is not None and candidate.status not in _NOT_FOR_ROLLBACK:
                 break
             parent = candidate.parent if candidate else None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from storage.db import aware
 from storage.models import ABTestRow, Rating, utcnow
 from storage.models import Exchange as ExchangeRow
 
@@ -49,10 +50,6 @@ class ABTestRunning(RuntimeError):
     """An A/B test is already running; finish it first."""
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _test(row: ABTestRow) -> ABTest:
     return ABTest(
         id=row.id,
@@ -62,8 +59,8 @@ def _test(row: ABTestRow) -> ABTest:
         status=ABStatus(row.status),
         started_by=row.started_by,
         message=row.message,
-        started_at=_aware(row.started_at),
-        ended_at=_aware(row.ended_at) if row.ended_at else None,
+        started_at=aware(row.started_at),
+        ended_at=aware(row.ended_at) if row.ended_at else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import event
@@ -39,3 +40,8 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def aware(value: datetime) -> datetime:
+    """A stored datetime as UTC (SQLite hands back naive ones; everything stored is UTC)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

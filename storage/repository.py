@@ -2,43 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import aliased
 
 from bot.types import (
-    AdapterStatus,
-    AdapterVersion,
     ChatInfo,
     Exchange,
     HistoryMessage,
     RateAction,
-    RatedExchange,
     RateOutcome,
-    RunStatus,
-    TrainingRun,
     Turn,
     Vote,
 )
 from storage.abtests import ABTests
-from storage.db import session_factory
+from storage.adapter_store import AdapterStore
+from storage.db import aware, session_factory
 from storage.forget import ForgetReport, forget_user
-from storage.models import (
-    AdapterVersionRow,
-    Chat,
-    Message,
-    Rating,
-    TrainingRunRow,
-    User,
-    utcnow,
-)
+from storage.models import Chat, Message, Rating, User, utcnow
 from storage.models import Exchange as ExchangeRow
+from storage.stats import Stats
+from storage.training_rows import TrainingRows, exchange
+from storage.training_runs import TrainingRuns
 
 
 class _Unset:
@@ -48,69 +36,6 @@ class _Unset:
 UNSET = _Unset()
 
 
-class TrainingAlreadyRunning(RuntimeError):
-    """Another training run holds the lock (in this process or another one)."""
-
-    def __init__(self, run: TrainingRun) -> None:
-        super().__init__(f"training run {run.id} is already running since {run.started_at:%H:%M}")
-        self.run = run
-
-
-@dataclass(frozen=True)
-class Counts:
-    users: int
-    chats: int
-    exchanges: int
-    failed_exchanges: int
-    ups: int
-    downs: int
-
-
-@dataclass(frozen=True)
-class DailyRatings:
-    day: str  # ISO date
-    adapter_version: int | None
-    ups: int
-    downs: int
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _turns(raw: Sequence[dict[str, str]]) -> tuple[Turn, ...]:
-    return tuple(Turn(role=t["role"], content=t["content"]) for t in raw)  # type: ignore[arg-type]
-
-
-def _adapter(row: AdapterVersionRow) -> AdapterVersion:
-    return AdapterVersion(
-        version=row.version,
-        path=row.path,
-        parent=row.parent,
-        created_at=_aware(row.created_at),
-        status=AdapterStatus(row.status),
-        exchange_ids=tuple(row.exchange_ids),
-        metrics=dict(row.metrics),
-        hyperparams=dict(row.hyperparams),
-        duration_s=row.duration_s,
-        tainted=row.tainted,
-    )
-
-
-def _run(row: TrainingRunRow) -> TrainingRun:
-    return TrainingRun(
-        id=row.id,
-        status=RunStatus(row.status),
-        trigger=row.trigger,
-        requested_by=row.requested_by,
-        started_at=_aware(row.started_at),
-        finished_at=_aware(row.finished_at) if row.finished_at else None,
-        adapter_version=row.adapter_version,
-        message=row.message,
-    )
-
-
 class Repository:
     """Async repository over one engine. Each method is one short transaction."""
 
@@ -118,6 +43,10 @@ class Repository:
         self.engine = engine
         self._sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
         self.ab = ABTests(self._sessions)  # A/B tests of adapter versions
+        self.adapters = AdapterStore(self._sessions)
+        self.runs = TrainingRuns(self._sessions)
+        self.training = TrainingRows(self._sessions)  # what training may read
+        self.stats = Stats(self._sessions)
 
     async def aclose(self) -> None:
         await self.engine.dispose()
@@ -221,7 +150,7 @@ class Repository:
                 role=row.role,  # type: ignore[arg-type]
                 content=row.content,
                 user_name=row.user_name,
-                created_at=_aware(row.created_at),
+                created_at=aware(row.created_at),
             )
             for row in reversed(rows)
         ]
@@ -300,16 +229,7 @@ class Repository:
             ).first()
         if found is None:
             return None
-        row, chat_key, user_key = found
-        return Exchange(
-            id=row.id,
-            chat_key=chat_key,
-            user_key=user_key,
-            prompt=_turns(row.prompt),
-            completion=row.completion,
-            adapter_version=row.adapter_version,
-            created_at=_aware(row.created_at),
-        )
+        return exchange(*found)
 
     async def last_exchange_id(self, chat_key: str) -> int | None:
         """The newest answered exchange of the chat's current conversation."""
@@ -385,97 +305,6 @@ class Repository:
             )
         return None if value is None else Vote(value)
 
-    async def rated_exchanges(self, limit: int | None = None) -> list[RatedExchange]:
-        """Every usable rating, newest first: on answered exchanges not excluded by a /forget,
-        from raters who did not opt out, on exchanges whose author did not opt out either (the
-        prompt holds their words). One row per rating."""
-        rater, author = User, aliased(User)
-        query = (
-            select(Rating, ExchangeRow, rater.key)
-            .join(ExchangeRow, ExchangeRow.id == Rating.exchange_id)
-            .join(rater, rater.id == Rating.user_id)
-            .join(author, author.id == ExchangeRow.user_id)
-            .where(
-                ExchangeRow.status == "done",
-                ExchangeRow.training_excluded.is_(False),
-                rater.training_opt_out.is_(False),
-                author.training_opt_out.is_(False),
-            )
-            .order_by(Rating.updated_at.desc(), Rating.id.desc())
-        )
-        if limit is not None:
-            query = query.limit(limit)
-        async with self._sessions() as session:
-            rows = (await session.execute(query)).all()
-        return [
-            RatedExchange(
-                exchange_id=exchange.id,
-                user_key=user_key,
-                prompt=_turns(exchange.prompt),
-                completion=exchange.completion,
-                label=rating.value > 0,
-                adapter_version=exchange.adapter_version,
-                rated_at=_aware(rating.updated_at),
-            )
-            for rating, exchange, user_key in rows
-        ]
-
-    async def unrated_exchanges(self, limit: int) -> list[Exchange]:
-        """Answered exchanges nobody rated, newest first, of authors who did not opt out: text
-        for the optional self-supervised training term."""
-        rated = select(Rating.exchange_id).where(Rating.exchange_id == ExchangeRow.id).exists()
-        query = (
-            select(ExchangeRow, Chat.key, User.key)
-            .join(Chat, Chat.id == ExchangeRow.chat_id)
-            .join(User, User.id == ExchangeRow.user_id)
-            .where(
-                ExchangeRow.status == "done",
-                ExchangeRow.training_excluded.is_(False),
-                User.training_opt_out.is_(False),
-                ~rated,
-            )
-            .order_by(ExchangeRow.id.desc())
-            .limit(limit)
-        )
-        async with self._sessions() as session:
-            rows = (await session.execute(query)).all()
-        return [
-            Exchange(
-                id=row.id,
-                chat_key=chat_key,
-                user_key=user_key,
-                prompt=_turns(row.prompt),
-                completion=row.completion,
-                adapter_version=row.adapter_version,
-                created_at=_aware(row.created_at),
-            )
-            for row, chat_key, user_key in rows
-        ]
-
-    async def ratings_since(self, when: datetime) -> int:
-        """Votes cast or changed after ``when`` (the scheduler's "M new ratings")."""
-        async with self._sessions() as session:
-            count = await session.scalar(
-                select(func.count()).select_from(Rating).where(Rating.updated_at > when)
-            )
-        return count or 0
-
-    async def withdrawn_exchanges(self, exchange_ids: Iterable[int]) -> set[int]:
-        """Those of ``exchange_ids`` that were deleted or excluded since (a /forget while a
-        run trained on them): the version trained on them is marked tainted."""
-        wanted = set(exchange_ids)
-        if not wanted:
-            return set()
-        async with self._sessions() as session:
-            kept = (
-                await session.scalars(
-                    select(ExchangeRow.id).where(
-                        ExchangeRow.id.in_(wanted), ExchangeRow.training_excluded.is_(False)
-                    )
-                )
-            ).all()
-        return wanted - set(kept)
-
     async def forget_user(self, user_key: str) -> ForgetReport:
         """Delete the user's messages, exchanges and ratings; scrub their words out of other
         users' stored prompts (group chats) and exclude those from training; mark the adapter
@@ -488,194 +317,6 @@ class Repository:
             (await self._user(session, user_key)).training_opt_out = opt_out
 
         await self._retrying(work)
-
-    # -- adapter versions ---------------------------------------------------------------------
-
-    async def add_adapter_version(
-        self,
-        *,
-        path: str,
-        parent: int | None,
-        base_model: str,
-        exchange_ids: Iterable[int],
-        metrics: dict[str, float],
-        hyperparams: dict[str, Any],
-        duration_s: float | None,
-        training_run_id: int | None,
-        status: AdapterStatus = AdapterStatus.READY,
-        version: int | None = None,
-        tainted: bool = False,
-    ) -> AdapterVersion:
-        async with self._sessions.begin() as session:
-            if version is None:
-                version = (await session.scalar(select(func.max(AdapterVersionRow.version)))) or 0
-                version += 1
-            row = AdapterVersionRow(
-                version=version,
-                path=path,
-                parent=parent,
-                status=str(status),
-                base_model=base_model,
-                exchange_ids=sorted(set(exchange_ids)),
-                metrics=metrics,
-                hyperparams=hyperparams,
-                duration_s=duration_s,
-                training_run_id=training_run_id,
-                tainted=tainted,
-            )
-            session.add(row)
-            await session.flush()
-            return _adapter(row)
-
-    async def next_adapter_version(self) -> int:
-        async with self._sessions() as session:
-            return ((await session.scalar(select(func.max(AdapterVersionRow.version)))) or 0) + 1
-
-    async def adapter_versions(self) -> list[AdapterVersion]:
-        async with self._sessions() as session:
-            rows = await session.scalars(
-                select(AdapterVersionRow).order_by(AdapterVersionRow.version)
-            )
-            return [_adapter(row) for row in rows]
-
-    async def adapter_version(self, version: int) -> AdapterVersion | None:
-        async with self._sessions() as session:
-            row = await session.get(AdapterVersionRow, version)
-            return _adapter(row) if row else None
-
-    async def active_adapter(self) -> AdapterVersion | None:
-        async with self._sessions() as session:
-            row = await session.scalar(
-                select(AdapterVersionRow).where(
-                    AdapterVersionRow.status == str(AdapterStatus.ACTIVE)
-                )
-            )
-            return _adapter(row) if row else None
-
-    async def set_active_adapter(self, version: int | None) -> None:
-        """Make ``version`` the only active one (None: serve the base model)."""
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(AdapterVersionRow)
-                .where(AdapterVersionRow.status == str(AdapterStatus.ACTIVE))
-                .values(status=str(AdapterStatus.READY))
-            )
-            if version is not None:
-                row = await session.get_one(AdapterVersionRow, version)
-                row.status = str(AdapterStatus.ACTIVE)
-
-    async def set_adapter_status(self, version: int, status: AdapterStatus) -> None:
-        async with self._sessions.begin() as session:
-            (await session.get_one(AdapterVersionRow, version)).status = str(status)
-
-    # -- training runs ------------------------------------------------------------------------
-
-    async def start_training_run(self, trigger: str, requested_by: str | None, pid: int) -> int:
-        """Record a new running training; raises TrainingAlreadyRunning if one is running."""
-        async with self._sessions.begin() as session:
-            running = await session.scalar(
-                select(TrainingRunRow)
-                .where(TrainingRunRow.status == str(RunStatus.RUNNING))
-                .with_for_update()
-            )
-            if running is not None:
-                raise TrainingAlreadyRunning(_run(running))
-            row = TrainingRunRow(
-                status=str(RunStatus.RUNNING), trigger=trigger, requested_by=requested_by, pid=pid
-            )
-            session.add(row)
-            await session.flush()
-            return row.id
-
-    async def finish_training_run(
-        self,
-        run_id: int,
-        status: RunStatus,
-        message: str,
-        *,
-        adapter_version: int | None = None,
-        report: dict[str, Any] | None = None,
-    ) -> None:
-        async with self._sessions.begin() as session:
-            row = await session.get_one(TrainingRunRow, run_id)
-            row.status, row.message, row.finished_at = str(status), message, utcnow()
-            row.adapter_version = adapter_version
-            if report is not None:
-                row.report = report
-
-    async def running_training(self) -> TrainingRun | None:
-        async with self._sessions() as session:
-            row = await session.scalar(
-                select(TrainingRunRow).where(TrainingRunRow.status == str(RunStatus.RUNNING))
-            )
-            return _run(row) if row else None
-
-    async def training_runs(self, limit: int = 10) -> list[TrainingRun]:
-        async with self._sessions() as session:
-            rows = await session.scalars(
-                select(TrainingRunRow).order_by(TrainingRunRow.id.desc()).limit(limit)
-            )
-            return [_run(row) for row in rows]
-
-    async def interrupt_stale_runs(self, is_alive: Callable[[int | None], bool]) -> int:
-        """Mark running runs whose process is gone as interrupted (after a crash or a kill)."""
-        async with self._sessions.begin() as session:
-            rows = (
-                await session.scalars(
-                    select(TrainingRunRow).where(TrainingRunRow.status == str(RunStatus.RUNNING))
-                )
-            ).all()
-            stale = [row for row in rows if not is_alive(row.pid)]
-            for row in stale:
-                row.status, row.finished_at = str(RunStatus.INTERRUPTED), utcnow()
-                row.message = "the process running it ended before it finished"
-            return len(stale)
-
-    # -- statistics ---------------------------------------------------------------------------
-
-    async def counts(self) -> Counts:
-        async with self._sessions() as session:
-            users = await session.scalar(select(func.count()).select_from(User))
-            chats = await session.scalar(select(func.count()).select_from(Chat))
-            by_status: dict[str, int] = dict(
-                (
-                    await session.execute(
-                        select(ExchangeRow.status, func.count()).group_by(ExchangeRow.status)
-                    )
-                ).all()
-            )
-            votes: dict[int, int] = dict(
-                (
-                    await session.execute(select(Rating.value, func.count()).group_by(Rating.value))
-                ).all()
-            )
-        return Counts(
-            users=users or 0,
-            chats=chats or 0,
-            exchanges=by_status.get("done", 0),
-            failed_exchanges=by_status.get("failed", 0),
-            ups=votes.get(1, 0),
-            downs=votes.get(-1, 0),
-        )
-
-    async def daily_ratings(self) -> list[DailyRatings]:
-        """Votes per day and per adapter version that wrote the rated reply."""
-        async with self._sessions() as session:
-            rows = await session.execute(
-                select(Rating.updated_at, ExchangeRow.adapter_version, Rating.value).join(
-                    ExchangeRow, ExchangeRow.id == Rating.exchange_id
-                )
-            )
-            buckets: dict[tuple[str, int | None], list[int]] = {}
-            for when, version, value in rows:
-                bucket = buckets.setdefault((_aware(when).date().isoformat(), version), [0, 0])
-                bucket[0 if value > 0 else 1] += 1
-        return [
-            DailyRatings(day, version, ups, downs)
-            for (day, version), (ups, downs) in sorted(
-                buckets.items(), key=lambda item: (item[0][0], item[0][1] or 0)
-            )
-        ]
 
 
 def _rate_message(action: RateAction, vote: Vote) -> str:

@@ -40,7 +40,7 @@ async def test_ab_test_on_the_real_engine(
     core = await build_core(settings, generator=generator, model_dir=generator.model_dir)
     try:
         for version, path in enumerate(paths, 1):
-            await core.repo.add_adapter_version(
+            await core.repo.adapters.add(
                 version=version,
                 path=str(path),
                 parent=None,

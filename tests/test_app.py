@@ -32,7 +32,7 @@ async def test_restart_keeps_history_ratings_and_the_active_adapter(settings: Se
     await first.service.rate(reply.exchange_id, ME.user_key, Vote.UP)
     adapter_dir = settings.adapters_dir / "v0001"
     adapter_dir.mkdir(parents=True)
-    await first.repo.add_adapter_version(
+    await first.repo.adapters.add(
         path=str(adapter_dir),
         parent=None,
         base_model="m",
@@ -52,7 +52,7 @@ async def test_restart_keeps_history_ratings_and_the_active_adapter(settings: Se
         assert second.versions.current == 1
         history = await second.repo.history("console:local", 10)
         assert [m.content for m in history] == ["remember this", "You said: remember this"]
-        assert [r.label for r in await second.repo.rated_exchanges()] == [True]
+        assert [r.label for r in await second.repo.training.rated()] == [True]
         again = await _say(second, "and now?")
         assert again.adapter_version == 1 and "[v0001]" in again.text
     finally:

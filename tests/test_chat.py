@@ -140,7 +140,7 @@ async def test_generation_failure_is_explained_and_the_message_kept(
     _, reply = await say(core, "will this work?")
     assert reply.kind is ReplyKind.ERROR and "out of memory" in reply.text
     assert [m.content for m in await core.repo.history("console:local", 10)] == ["will this work?"]
-    counts = await core.repo.counts()
+    counts = await core.repo.stats.counts()
     assert counts.failed_exchanges == 1
     _, later = await say(core, "again")
     assert later.rateable
@@ -161,7 +161,7 @@ async def test_cancelled_reply_is_recorded_as_failed(settings: Settings) -> None
         with pytest.raises(asyncio.CancelledError):
             await task
         await stream.aclose()
-        counts = await core.repo.counts()
+        counts = await core.repo.stats.counts()
         assert counts.failed_exchanges == 1
     finally:
         await core.aclose()
@@ -178,7 +178,7 @@ async def test_ratings_by_command_and_by_button(core: Core) -> None:
     assert reply.exchange_id is not None
     again = await core.service.rate(reply.exchange_id, ME.user_key, Vote.DOWN)
     assert again.action is RateAction.RETRACTED
-    assert await core.repo.rated_exchanges() == []
+    assert await core.repo.training.rated() == []
 
 
 async def test_forged_or_foreign_ratings_change_nothing(core: Core) -> None:
@@ -189,7 +189,7 @@ async def test_forged_or_foreign_ratings_change_nothing(core: Core) -> None:
         reply.exchange_id, "telegram:7", Vote.UP, chat_key="telegram:-100"
     )
     assert unknown.action is foreign.action is RateAction.REFUSED
-    assert await core.repo.rated_exchanges() == []
+    assert await core.repo.training.rated() == []
 
 
 async def test_admin_commands_are_refused_to_others(core: Core) -> None:
@@ -236,7 +236,7 @@ async def test_forget_removes_my_data(core: Core) -> None:
     # The message and the reply that quotes it.
     assert "deleted 2 messages, 1 exchanges and 1 ratings" in reply.text
     assert await core.repo.history("console:local", 10) == []
-    assert await core.repo.rated_exchanges() == []
+    assert await core.repo.training.rated() == []
 
 
 async def test_per_user_rate_limit_keeps_the_message(settings: Settings, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ async def test_piped_conversation_with_a_rating(core: Core) -> None:
     assert "bot> You said: Hello!\n" in output
     assert "[reply #1 — rate it: + or /good, - or /bad]" in output
     assert "bot> Thanks! Rated 👍." in output
-    rated = await core.repo.rated_exchanges()
+    rated = await core.repo.training.rated()
     assert [(r.completion, r.label, r.user_key) for r in rated] == [
         ("You said: Hello!", True, "console:local")
     ]

@@ -21,7 +21,7 @@ from bot.finetune import NothingToTrain, choose_method
 from bot.generation import ScriptedGenerator
 from bot.trainer_process import ProgressFn, TrainingFailed, TrainResult
 from bot.types import AdapterStatus, Incoming, Reply, RunStatus, Vote
-from storage.repository import TrainingAlreadyRunning
+from storage.training_runs import TrainingAlreadyRunning
 
 ME = Incoming("console", "local", "local", "Ann", "")
 GOOD = {"preference_accuracy": 0.8, "liked_nll": 2.0, "reward_margin": 0.3}
@@ -121,7 +121,7 @@ async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) ->
         outcome = await core.finetuner.wait()
         assert outcome is not None and outcome.status is RunStatus.SUCCEEDED
         assert outcome.version == 1 and core.versions.current == 1
-        version = await core.repo.adapter_version(1)
+        version = await core.repo.adapters.get(1)
         assert version is not None and version.status is AdapterStatus.ACTIVE
         assert set(version.exchange_ids) == {liked, disliked}
         assert version.parent is None and version.metrics["train_loss"] == 1.5
@@ -149,7 +149,7 @@ async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) ->
         await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         second = await core.finetuner.wait()
         assert second is not None and second.version == 2
-        child = await core.repo.adapter_version(2)
+        child = await core.repo.adapters.get(2)
         assert child is not None and child.parent == 1
         assert trainer.specs[1]["current_adapter"] == version.path
     finally:
@@ -163,7 +163,7 @@ async def test_undecided_keeps_the_candidate_ready_by_default(settings: Settings
         await _rated(core, "x")
         outcome = await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
         assert outcome.status is RunStatus.SUCCEEDED and core.versions.current is None
-        version = await core.repo.adapter_version(1)
+        version = await core.repo.adapters.get(1)
         assert version is not None and version.status is AdapterStatus.READY
         assert "ready but not serving" in notes[-1] and "/activate 1" in notes[-1]
     finally:
@@ -189,7 +189,7 @@ async def test_the_gate_lets_a_better_candidate_go_live(settings: Settings) -> N
         heldout = [r for r in trainer.datasets[0] if r["split"] == "heldout"]
         assert len(heldout) >= 4
         assert trainer.specs[0]["method"] == "kto"  # 20 👎: enough for KTO under auto
-        version = await core.repo.adapter_version(1)
+        version = await core.repo.adapters.get(1)
         assert version is not None
         assert version.metrics["reward_margin"] == 0.29
         assert version.metrics["serving.reward_margin"] == 0.3
@@ -208,10 +208,10 @@ async def test_the_gate_rejects_a_worse_candidate_and_says_why(settings: Setting
         assert "rejected by the gate" in notes[-1]
         assert "reward margin -0.200 vs 0.300" in notes[-1]
         assert "worse by 0.500 > margin 0.02" in notes[-1]
-        version = await core.repo.adapter_version(1)
+        version = await core.repo.adapters.get(1)
         assert version is not None and version.status is AdapterStatus.REJECTED
         assert version.metrics["preference_accuracy"] == 0.3  # kept with its numbers
-        runs = await core.repo.training_runs()
+        runs = await core.repo.runs.recent()
         assert runs[0].status is RunStatus.REJECTED and runs[0].adapter_version == 1
         items = [i async for i in core.service.respond(replace(ME, text="/adapters"))]
         assert isinstance(items[-1], Reply) and "v1 [rejected]" in items[-1].text
@@ -271,10 +271,10 @@ async def test_a_failed_run_activates_nothing(settings: Settings) -> None:
         outcome = await core.finetuner.wait()
         assert outcome is not None and outcome.status is RunStatus.FAILED
         assert "CUDA exploded" in notes[-1] and "Nothing changed" in notes[-1]
-        assert await core.repo.adapter_versions() == []
+        assert await core.repo.adapters.all() == []
         assert core.versions.current is None
         assert not list(settings.adapters_dir.glob("*.partial"))
-        runs = await core.repo.training_runs()
+        runs = await core.repo.runs.recent()
         assert runs[0].status is RunStatus.FAILED
     finally:
         await core.aclose()
@@ -289,9 +289,9 @@ async def test_stopping_mid_run_leaves_nothing_partial(settings: Settings) -> No
         )
         await asyncio.sleep(0.05)
         await core.finetuner.cancel()
-        runs = await core.repo.training_runs()
+        runs = await core.repo.runs.recent()
         assert runs[0].status is RunStatus.INTERRUPTED
-        assert await core.repo.adapter_versions() == []
+        assert await core.repo.adapters.all() == []
         assert not any(settings.adapters_dir.iterdir())
     finally:
         await core.aclose()
@@ -325,7 +325,7 @@ async def test_a_forget_during_the_run_taints_the_new_version(settings: Settings
         await core.repo.forget_user(other.user_key)
         hold.set()
         await core.finetuner.wait()
-        version = await core.repo.adapter_version(1)
+        version = await core.repo.adapters.get(1)
         assert version is not None and version.tainted
     finally:
         await core.aclose()

@@ -64,7 +64,7 @@ async def test_forgotten_and_opted_out_users_are_in_no_future_training_set(
         assert isinstance(forgot[-1], Reply) and "1 adapter version(s)" in forgot[-1].text
         opted = [i async for i in core.service.respond(replace(CID, text="/optout"))]
         assert isinstance(opted[-1], Reply) and opted[-1].private
-        version = await core.repo.adapter_version(1)
+        version = await core.repo.adapters.get(1)
         assert version is not None and version.tainted  # it learned from Bob
 
         for _ in range(2):  # every future run, not just the next one
@@ -79,7 +79,7 @@ async def test_forgotten_and_opted_out_users_are_in_no_future_training_set(
             assert bob not in ids and bob_group not in ids
             assert ann_group not in ids  # it quoted Bob: excluded with him
             assert ann in ids and all(r["label"] for r in rows)  # Bob's 👎 on it is gone
-        exported = await core.repo.rated_exchanges()
+        exported = await core.repo.training.rated()
         assert {r.user_key for r in exported} == {ANN.user_key}
         scrubbed = await core.repo.history("telegram:-100", 10)
         assert all("Bob secret" not in m.content for m in scrubbed)

@@ -62,7 +62,7 @@ async def _poison_training_rows(core: Core) -> int:
     """Invert every rating outside the held-out pool (a second press of the other button)."""
     fraction = core.settings.gate.heldout_fraction
     flipped = 0
-    for rated in await core.repo.rated_exchanges():
+    for rated in await core.repo.training.rated():
         if not is_heldout(content_key(rated), fraction):
             inverted = Vote.DOWN if rated.label else Vote.UP
             await core.service.rate(rated.exchange_id, rated.user_key, inverted)
@@ -101,7 +101,7 @@ async def test_poisoned_ratings_give_a_candidate_the_gate_rejects(
         assert "rejected by the gate" in notes[-1] and "reward margin" in notes[-1]
         assert poisoned.metrics["reward_margin"] < 0 < poisoned.metrics["serving.reward_margin"]
         assert core.versions.current == 1  # still serving the honest adapter
-        rejected = await core.repo.adapter_version(2)
+        rejected = await core.repo.adapters.get(2)
         assert rejected is not None and rejected.status is AdapterStatus.REJECTED
         assert rejected.parent == 1 and rejected.hyperparams["gate"]["verdict"] == "fail"
         assert Path(rejected.path).is_dir()  # kept, with its numbers, for an admin to inspect

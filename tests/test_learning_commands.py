@@ -28,7 +28,7 @@ async def _two_versions(core: Core, tmp_path: Path) -> None:
     for version in (1, 2):
         path = tmp_path / f"v{version}"
         path.mkdir()
-        await core.repo.add_adapter_version(
+        await core.repo.adapters.add(
             version=version,
             path=str(path),
             parent=version - 1 or None,
@@ -88,7 +88,7 @@ async def test_retiring_a_candidate(core: Core, tmp_path: Path) -> None:
     await say(core, "/ab start 2 0.3")
     retired = await say(core, "/ab retire")
     assert "Retired: v2 serves no chat any more" in retired.text
-    version = await core.repo.adapter_version(2)
+    version = await core.repo.adapters.get(2)
     assert version is not None and version.status == "retired"
     assert core.versions.current == 1 and core.versions.candidate is None
     assert "No A/B test is running" in (await say(core, "/ab promote")).text
@@ -142,10 +142,10 @@ async def test_optout_and_optin(core: Core, scripted: ScriptedGenerator) -> None
     reply = await say(core, "hi")
     assert reply.exchange_id is not None
     await core.service.rate(reply.exchange_id, ADMIN.user_key, Vote.UP)
-    assert len(await core.repo.rated_exchanges()) == 1
+    assert len(await core.repo.training.rated()) == 1
     out = await say(core, "/optout")
     assert "nothing you write or rate is used for training" in out.text and out.private
-    assert await core.repo.rated_exchanges() == []
+    assert await core.repo.training.rated() == []
     back = await say(core, "/optin")
     assert "may be used for training again" in back.text
-    assert len(await core.repo.rated_exchanges()) == 1
+    assert len(await core.repo.training.rated()) == 1

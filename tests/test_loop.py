@@ -78,7 +78,7 @@ async def test_rate_finetune_swap_rollback_restart(
         assert core.versions.current == 1
 
         # The new adapter: standard PEFT files, LoRA B weights moved away from zero.
-        version = await core.repo.adapter_version(1)
+        version = await core.repo.adapters.get(1)
         assert version is not None
         files = {p.name for p in Path(version.path).iterdir()}
         assert {"adapter_config.json", "adapter_model.safetensors"} <= files

@@ -61,7 +61,7 @@ async def test_after_m_new_ratings(settings: Settings) -> None:
         await _rate(core, 1)
         assert await scheduler.tick() is not None
         await core.finetuner.wait()
-        runs = await core.repo.training_runs()
+        runs = await core.repo.runs.recent()
         assert [(r.trigger, r.status) for r in runs] == [("schedule", RunStatus.SUCCEEDED)]
         assert any("Scheduled (3 new ratings" in text for _, text in sent)
         assert await scheduler.tick() is None  # counting starts again after the run
@@ -103,7 +103,7 @@ async def test_never_two_at_once_and_the_task_stops(settings: Settings) -> None:
         await scheduler.stop()
         hold.set()
         await core.finetuner.wait()
-        assert len(await core.repo.training_runs()) == 1
+        assert len(await core.repo.runs.recent()) == 1
     finally:
         await core.aclose()
 

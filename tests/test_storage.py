@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from bot.types import AdapterStatus, RateAction, RunStatus, Turn, Vote
-from storage.repository import Repository, TrainingAlreadyRunning
+from storage.repository import Repository
+from storage.training_runs import TrainingAlreadyRunning
 
 PROMPT = (Turn("system", "Be brief."), Turn("user", "Hi there"))
 
@@ -38,7 +39,7 @@ async def test_history_is_the_current_conversation_oldest_first(repo: Repository
 
 
 async def test_exchange_keeps_exact_prompt_and_adapter_version(repo: Repository) -> None:
-    await repo.add_adapter_version(
+    await repo.adapters.add(
         path="/a/v1",
         parent=None,
         base_model="m",
@@ -67,7 +68,7 @@ async def test_failed_exchange_keeps_the_message_and_cannot_be_rated(repo: Repos
     assert [m.content for m in await repo.history("t:1", 10)] == ["Hi"]
     outcome = await repo.rate(exchange_id, "t:7", Vote.UP)
     assert outcome.action is RateAction.REFUSED
-    counts = await repo.counts()
+    counts = await repo.stats.counts()
     assert (counts.exchanges, counts.failed_exchanges) == (0, 1)
 
 
@@ -105,7 +106,7 @@ async def test_concurrent_first_messages_create_one_user_and_chat(repo: Reposito
         *(repo.add_user_message("t:new", "t:99", "Bo", f"m{i}", None) for i in range(8))
     )
     assert len(set(ids)) == 8
-    counts = await repo.counts()
+    counts = await repo.stats.counts()
     assert (counts.users, counts.chats) == (1, 1)
 
 
@@ -115,7 +116,7 @@ async def test_rated_exchanges_skip_opted_out_users(repo: Repository) -> None:
     await repo.rate(liked, "t:7", Vote.UP)
     await repo.rate(disliked, "t:7", Vote.DOWN)
     await repo.rate(liked, "t:8", Vote.UP)
-    rows = await repo.rated_exchanges()
+    rows = await repo.training.rated()
     assert sorted((r.exchange_id, r.label, r.user_key) for r in rows) == [
         (liked, True, "t:7"),
         (liked, True, "t:8"),
@@ -123,8 +124,8 @@ async def test_rated_exchanges_skip_opted_out_users(repo: Repository) -> None:
     ]
     assert rows[0].prompt == PROMPT
     await repo.set_training_opt_out("t:8", True)
-    assert {r.user_key for r in await repo.rated_exchanges()} == {"t:7"}
-    assert len(await repo.rated_exchanges(limit=1)) == 1
+    assert {r.user_key for r in await repo.training.rated()} == {"t:7"}
+    assert len(await repo.training.rated(limit=1)) == 1
 
 
 async def test_forget_deletes_everything_of_the_user_and_taints_versions(repo: Repository) -> None:
@@ -133,7 +134,7 @@ async def test_forget_deletes_everything_of_the_user_and_taints_versions(repo: R
     await repo.rate(mine, "t:7", Vote.UP)
     await repo.rate(theirs, "t:7", Vote.DOWN)
     await repo.rate(theirs, "t:8", Vote.UP)
-    version = await repo.add_adapter_version(
+    version = await repo.adapters.add(
         path="/a/v1",
         parent=None,
         base_model="m",
@@ -143,7 +144,7 @@ async def test_forget_deletes_everything_of_the_user_and_taints_versions(repo: R
         duration_s=1.0,
         training_run_id=None,
     )
-    clean = await repo.add_adapter_version(
+    clean = await repo.adapters.add(
         path="/a/v2",
         parent=None,
         base_model="m",
@@ -158,13 +159,13 @@ async def test_forget_deletes_everything_of_the_user_and_taints_versions(repo: R
     # v2 used an exchange that t:7 rated: their vote shaped it, so it is tainted too.
     assert report.tainted_versions == (version.version, clean.version)
     assert await repo.history("t:1", 10) == []
-    assert [r.user_key for r in await repo.rated_exchanges()] == ["t:8"]
+    assert [r.user_key for r in await repo.training.rated()] == ["t:8"]
     assert len(await repo.history("t:2", 10)) == 2
     assert (await repo.forget_user("t:nobody")).messages == 0
 
 
 async def test_adapter_versions_have_one_active(repo: Repository) -> None:
-    v1 = await repo.add_adapter_version(
+    v1 = await repo.adapters.add(
         path="/a/v1",
         parent=None,
         base_model="m",
@@ -174,7 +175,7 @@ async def test_adapter_versions_have_one_active(repo: Repository) -> None:
         duration_s=2.0,
         training_run_id=None,
     )
-    v2 = await repo.add_adapter_version(
+    v2 = await repo.adapters.add(
         path="/a/v2",
         parent=1,
         base_model="m",
@@ -185,36 +186,36 @@ async def test_adapter_versions_have_one_active(repo: Repository) -> None:
         training_run_id=None,
     )
     assert (v1.version, v2.version, v1.exchange_ids) == (1, 2, (1, 3))
-    assert await repo.next_adapter_version() == 3
-    assert await repo.active_adapter() is None
-    await repo.set_active_adapter(1)
-    await repo.set_active_adapter(2)
-    active = await repo.active_adapter()
+    assert await repo.adapters.next_version() == 3
+    assert await repo.adapters.active() is None
+    await repo.adapters.set_active(1)
+    await repo.adapters.set_active(2)
+    active = await repo.adapters.active()
     assert active is not None and active.version == 2 and active.parent == 1
-    statuses = [v.status for v in await repo.adapter_versions()]
+    statuses = [v.status for v in await repo.adapters.all()]
     assert statuses == [AdapterStatus.READY, AdapterStatus.ACTIVE]
-    await repo.set_active_adapter(None)
-    assert await repo.active_adapter() is None
-    await repo.set_adapter_status(1, AdapterStatus.REJECTED)
-    found = await repo.adapter_version(1)
+    await repo.adapters.set_active(None)
+    assert await repo.adapters.active() is None
+    await repo.adapters.set_status(1, AdapterStatus.REJECTED)
+    found = await repo.adapters.get(1)
     assert found is not None and found.status is AdapterStatus.REJECTED
     assert found.metrics == {"loss": 1.5}
 
 
 async def test_training_runs_never_overlap(repo: Repository) -> None:
-    run = await repo.start_training_run("command", "t:1", pid=123)
+    run = await repo.runs.start("command", "t:1", pid=123)
     with pytest.raises(TrainingAlreadyRunning):
-        await repo.start_training_run("schedule", None, pid=124)
-    running = await repo.running_training()
+        await repo.runs.start("schedule", None, pid=124)
+    running = await repo.runs.running()
     assert running is not None and running.id == run
-    assert await repo.interrupt_stale_runs(lambda pid: pid == 123) == 0
-    assert await repo.interrupt_stale_runs(lambda pid: False) == 1
-    assert await repo.running_training() is None
-    second = await repo.start_training_run("cli", None, pid=125)
-    await repo.finish_training_run(
+    assert await repo.runs.interrupt_stale(lambda pid: pid == 123) == 0
+    assert await repo.runs.interrupt_stale(lambda pid: False) == 1
+    assert await repo.runs.running() is None
+    second = await repo.runs.start("cli", None, pid=125)
+    await repo.runs.finish(
         second, RunStatus.SUCCEEDED, "ok", adapter_version=1, report={"loss": 1.0}
     )
-    runs = await repo.training_runs()
+    runs = await repo.runs.recent()
     assert [(r.id, r.status) for r in runs] == [
         (second, RunStatus.SUCCEEDED),
         (run, RunStatus.INTERRUPTED),
@@ -227,7 +228,7 @@ async def test_daily_ratings_per_adapter_version(repo: Repository) -> None:
     await repo.rate(first, "t:7", Vote.UP)
     await repo.rate(second, "t:7", Vote.DOWN)
     await repo.rate(second, "t:8", Vote.DOWN)
-    daily = await repo.daily_ratings()
+    daily = await repo.stats.daily_ratings()
     assert [(d.adapter_version, d.ups, d.downs) for d in daily] == [(None, 1, 2)]
 
 
@@ -238,14 +239,14 @@ async def test_ratings_since_unrated_and_withdrawn(repo: Repository) -> None:
     rated = await _exchange(repo, text="a")
     unrated = await _exchange(repo, text="b")
     await repo.rate(rated, "t:7", Vote.UP)
-    assert await repo.ratings_since(before) == 1
-    assert await repo.ratings_since(datetime.now(UTC) + timedelta(seconds=1)) == 0
-    assert [e.id for e in await repo.unrated_exchanges(10)] == [unrated]
+    assert await repo.training.ratings_since(before) == 1
+    assert await repo.training.ratings_since(datetime.now(UTC) + timedelta(seconds=1)) == 0
+    assert [e.id for e in await repo.training.unrated(10)] == [unrated]
     await repo.set_training_opt_out("t:7", True)  # the author opted out: not even unrated text
-    assert await repo.unrated_exchanges(10) == []
-    assert await repo.withdrawn_exchanges([rated, unrated]) == set()
+    assert await repo.training.unrated(10) == []
+    assert await repo.training.withdrawn([rated, unrated]) == set()
     await repo.forget_user("t:7")
-    assert await repo.withdrawn_exchanges([rated, unrated, 999]) == {rated, unrated, 999}
+    assert await repo.training.withdrawn([rated, unrated, 999]) == {rated, unrated, 999}
 
 
 async def test_forget_scrubs_group_prompts_that_quote_the_user(repo: Repository) -> None:
@@ -265,7 +266,7 @@ async def test_forget_scrubs_group_prompts_that_quote_the_user(repo: Repository)
     for exchange in (ann, clean):
         await repo.rate(exchange, "t:7", Vote.UP)
     await repo.forget_user("t:8")
-    assert {r.exchange_id for r in await repo.rated_exchanges()} == {clean}
+    assert {r.exchange_id for r in await repo.training.rated()} == {clean}
     stored = await repo.exchange(ann)
     assert stored is not None
     assert [t.content for t in stored.prompt] == [
@@ -280,7 +281,7 @@ async def test_ab_tests_one_running_and_votes_per_group(repo: Repository) -> Non
     from storage.abtests import ABStatus, ABTestRunning
 
     for version in (1, 2):
-        await repo.add_adapter_version(
+        await repo.adapters.add(
             path=f"/a/v{version}",
             parent=None,
             base_model="m",

@@ -79,7 +79,7 @@ async def test_killing_the_trainer_mid_run(settings: Settings, tiny_model_dir: P
     try:
         for i in range(6):
             await _chat(core, i)
-        counts_before = await core.repo.counts()
+        counts_before = await core.repo.stats.counts()
         await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         pid = await _wait_for_steps(core, trainer)
 
@@ -91,12 +91,12 @@ async def test_killing_the_trainer_mid_run(settings: Settings, tiny_model_dir: P
 
         assert outcome is not None and outcome.status is RunStatus.FAILED
         assert "killed by signal 9" in outcome.message and "Nothing changed" in notes[-1]
-        runs = await core.repo.training_runs()
-        assert runs[0].status is RunStatus.FAILED and await core.repo.running_training() is None
-        assert await core.repo.adapter_versions() == []  # nothing registered
+        runs = await core.repo.runs.recent()
+        assert runs[0].status is RunStatus.FAILED and await core.repo.runs.running() is None
+        assert await core.repo.adapters.all() == []  # nothing registered
         assert core.versions.current is None  # nothing partial went live
         assert not any(settings.adapters_dir.iterdir())  # no .partial, no half adapter
-        counts = await core.repo.counts()
+        counts = await core.repo.stats.counts()
         assert counts.ups == counts_before.ups + len(during)  # nothing lost
         assert counts.exchanges == counts_before.exchanges + len(during)
         assert all(r.adapter_version is None for r in during)
@@ -108,7 +108,7 @@ async def test_killing_the_trainer_mid_run(settings: Settings, tiny_model_dir: P
     try:
         retry = await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
         assert retry.status is RunStatus.SUCCEEDED, retry.message
-        version = await core.repo.adapter_version(1)
+        version = await core.repo.adapters.get(1)
         assert version is not None and len(version.exchange_ids) == 9
         assert core.versions.current == 1
     finally:

@@ -259,7 +259,7 @@ async def test_fifty_users_at_once_are_all_answered_and_stored(
             f"Hello from user {n}",
             f"You said: Hello from user {n}",
         ]
-    assert (await bot.repo.counts()).exchanges == 50
+    assert (await bot.repo.stats.counts()).exchanges == 50
     assert fake.rate_limited == 0 and took < 20
 
 

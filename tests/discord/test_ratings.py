@@ -71,7 +71,7 @@ async def test_votes_of_several_users_are_counted(bot: Core, fake: FakeDiscord) 
     await press(fake, reply, 0, fake.bob)
     await press(fake, reply, 1, fake.root)
     assert labels(fake, reply) == ["👍 2", "👎 1"]
-    counts = await bot.repo.counts()
+    counts = await bot.repo.stats.counts()
     assert (counts.ups, counts.downs) == (2, 1)
 
 
@@ -92,7 +92,7 @@ async def test_forged_ids_change_nothing_and_are_explained(bot: Core, fake: Fake
         stored["components"][0]["components"][0]["custom_id"] = forged
         record = await fake.click(in_channel, forged, fake.bob)
         assert "not one of mine" in await private_answer(fake, record)
-    counts = await bot.repo.counts()
+    counts = await bot.repo.stats.counts()
     assert (counts.ups, counts.downs) == (0, 0)
     assert labels(fake, in_dm) == ["👍 0", "👎 0"]
 

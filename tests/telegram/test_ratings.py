@@ -121,7 +121,7 @@ async def test_forged_and_stale_presses_change_nothing(
     await tg.wait_for(lambda c: c.ok and c.text is not None and c.text.startswith("Done"))
     assert await press(tg, eve, eve_message, Vote.UP) == unknown
 
-    counts = await core.repo.counts()
+    counts = await core.repo.stats.counts()
     assert (counts.ups, counts.downs) == (0, 0)
     assert await core.repo.user_vote(ann_exchange, "telegram:1002") is None
     assert await core.repo.user_vote(eve_exchange, "telegram:1002") is None

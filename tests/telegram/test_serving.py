@@ -48,7 +48,7 @@ async def test_fifty_users_at_once_are_all_answered_and_stored(
             f"Hello from user {n}",
             f"You said: Hello from user {n}",
         ]
-    counts = await core.repo.counts()
+    counts = await core.repo.stats.counts()
     assert (counts.users, counts.chats, counts.exchanges) == (50, 50, 50)
     assert took < 20
 

@@ -1,0 +1,118 @@
+"""What training may read: usable ratings and unrated text, with opt-outs and /forget applied."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from bot.types import Exchange, RatedExchange, Turn
+from storage.db import aware
+from storage.models import Chat, Rating, User
+from storage.models import Exchange as ExchangeRow
+
+
+def turns(raw: Sequence[dict[str, str]]) -> tuple[Turn, ...]:
+    return tuple(Turn(role=t["role"], content=t["content"]) for t in raw)  # type: ignore[arg-type]
+
+
+def exchange(row: ExchangeRow, chat_key: str, user_key: str) -> Exchange:
+    return Exchange(
+        id=row.id,
+        chat_key=chat_key,
+        user_key=user_key,
+        prompt=turns(row.prompt),
+        completion=row.completion,
+        adapter_version=row.adapter_version,
+        created_at=aware(row.created_at),
+    )
+
+
+class TrainingRows:
+    """One instance hangs off the Repository as ``repo.training``."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def rated(self, limit: int | None = None) -> list[RatedExchange]:
+        """Every usable rating, newest first: on answered exchanges not excluded by a /forget,
+        from raters who did not opt out, on exchanges whose author did not opt out either (the
+        prompt holds their words). One row per rating."""
+        rater, author = User, aliased(User)
+        query = (
+            select(Rating, ExchangeRow, rater.key)
+            .join(ExchangeRow, ExchangeRow.id == Rating.exchange_id)
+            .join(rater, rater.id == Rating.user_id)
+            .join(author, author.id == ExchangeRow.user_id)
+            .where(
+                ExchangeRow.status == "done",
+                ExchangeRow.training_excluded.is_(False),
+                rater.training_opt_out.is_(False),
+                author.training_opt_out.is_(False),
+            )
+            .order_by(Rating.updated_at.desc(), Rating.id.desc())
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            RatedExchange(
+                exchange_id=row.id,
+                user_key=user_key,
+                prompt=turns(row.prompt),
+                completion=row.completion,
+                label=rating.value > 0,
+                adapter_version=row.adapter_version,
+                rated_at=aware(rating.updated_at),
+            )
+            for rating, row, user_key in rows
+        ]
+
+    async def unrated(self, limit: int) -> list[Exchange]:
+        """Answered exchanges nobody rated, newest first, of authors who did not opt out: text
+        for the optional self-supervised training term."""
+        rated = select(Rating.exchange_id).where(Rating.exchange_id == ExchangeRow.id).exists()
+        query = (
+            select(ExchangeRow, Chat.key, User.key)
+            .join(Chat, Chat.id == ExchangeRow.chat_id)
+            .join(User, User.id == ExchangeRow.user_id)
+            .where(
+                ExchangeRow.status == "done",
+                ExchangeRow.training_excluded.is_(False),
+                User.training_opt_out.is_(False),
+                ~rated,
+            )
+            .order_by(ExchangeRow.id.desc())
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [exchange(row, chat_key, user_key) for row, chat_key, user_key in rows]
+
+    async def ratings_since(self, when: datetime) -> int:
+        """Votes cast or changed after ``when`` (the scheduler's "M new ratings")."""
+        async with self._sessions() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(Rating).where(Rating.updated_at > when)
+            )
+        return count or 0
+
+    async def withdrawn(self, exchange_ids: Iterable[int]) -> set[int]:
+        """Those of ``exchange_ids`` that were deleted or excluded since (a /forget while a
+        run trained on them): the version trained on them is marked tainted."""
+        wanted = set(exchange_ids)
+        if not wanted:
+            return set()
+        async with self._sessions() as session:
+            kept = (
+                await session.scalars(
+                    select(ExchangeRow.id).where(
+                        ExchangeRow.id.in_(wanted), ExchangeRow.training_excluded.is_(False)
+                    )
+                )
+            ).all()
+        return wanted - set(kept)

@@ -1,0 +1,103 @@
+"""Training runs: who started which, how it ended; never two running at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.types import RunStatus, TrainingRun
+from storage.db import aware
+from storage.models import TrainingRunRow, utcnow
+
+
+class TrainingAlreadyRunning(RuntimeError):
+    """Another training run holds the lock (in this process or another one)."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        super().__init__(f"training run {run.id} is already running since {run.started_at:%H:%M}")
+        self.run = run
+
+
+def _run(row: TrainingRunRow) -> TrainingRun:
+    return TrainingRun(
+        id=row.id,
+        status=RunStatus(row.status),
+        trigger=row.trigger,
+        requested_by=row.requested_by,
+        started_at=aware(row.started_at),
+        finished_at=aware(row.finished_at) if row.finished_at else None,
+        adapter_version=row.adapter_version,
+        message=row.message,
+    )
+
+
+class TrainingRuns:
+    """The ``training_runs`` table; one instance hangs off the Repository as ``repo.runs``."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def start(self, trigger: str, requested_by: str | None, pid: int) -> int:
+        """Record a new running training; raises TrainingAlreadyRunning if one is running."""
+        async with self._sessions.begin() as session:
+            running = await session.scalar(
+                select(TrainingRunRow)
+                .where(TrainingRunRow.status == str(RunStatus.RUNNING))
+                .with_for_update()
+            )
+            if running is not None:
+                raise TrainingAlreadyRunning(_run(running))
+            row = TrainingRunRow(
+                status=str(RunStatus.RUNNING), trigger=trigger, requested_by=requested_by, pid=pid
+            )
+            session.add(row)
+            await session.flush()
+            return row.id
+
+    async def finish(
+        self,
+        run_id: int,
+        status: RunStatus,
+        message: str,
+        *,
+        adapter_version: int | None = None,
+        report: dict[str, Any] | None = None,
+    ) -> None:
+        async with self._sessions.begin() as session:
+            row = await session.get_one(TrainingRunRow, run_id)
+            row.status, row.message, row.finished_at = str(status), message, utcnow()
+            row.adapter_version = adapter_version
+            if report is not None:
+                row.report = report
+
+    async def running(self) -> TrainingRun | None:
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(TrainingRunRow).where(TrainingRunRow.status == str(RunStatus.RUNNING))
+            )
+            return _run(row) if row else None
+
+    async def recent(self, limit: int = 10) -> list[TrainingRun]:
+        """The newest ``limit`` runs, newest first."""
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(TrainingRunRow).order_by(TrainingRunRow.id.desc()).limit(limit)
+            )
+            return [_run(row) for row in rows]
+
+    async def interrupt_stale(self, is_alive: Callable[[int | None], bool]) -> int:
+        """Mark running runs whose process is gone as interrupted (after a crash or a kill)."""
+        async with self._sessions.begin() as session:
+            rows = (
+                await session.scalars(
+                    select(TrainingRunRow).where(TrainingRunRow.status == str(RunStatus.RUNNING))
+                )
+            ).all()
+            stale = [row for row in rows if not is_alive(row.pid)]
+            for row in stale:
+                row.status, row.finished_at = str(RunStatus.INTERRUPTED), utcnow()
+                row.message = "the process running it ended before it finished"
+            return len(stale)
