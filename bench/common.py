@@ -16,8 +16,27 @@ PROMPTS = (
 )
 
 
+# The serving and startup benchmarks' first messages (the serving chats follow up on them).
+QUESTIONS = (
+    "Tell me about the sea.",
+    "Hello! How are you today?",
+    "Write a short poem about a boat.",
+    "What is the capital of France?",
+    "Explain photosynthesis to a child.",
+    "Give me three tips for sleeping well.",
+    "Why is the sky blue?",
+    "Describe a rainy morning in a city.",
+    "What should I cook tonight?",
+    "How do airplanes stay in the air?",
+    "Tell me a fun fact about octopuses.",
+    "What is a good name for a cat?",
+)
+
+
 def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
+    """Nearest-rank percentile of already sorted values (NaN when there are none)."""
+    if not ordered:
+        return float("nan")
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 

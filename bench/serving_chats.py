@@ -19,23 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.common import QUESTIONS
 from bot.generation import DEFAULT_SLOT, Generator
 from bot.types import Draft, GenerationParams, Incoming, Reply, ReplyKind, Turn
 
-QUESTIONS = [
-    "Tell me about the sea.",
-    "Hello! How are you today?",
-    "Write a short poem about a boat.",
-    "What is the capital of France?",
-    "Explain photosynthesis to a child.",
-    "Give me three tips for sleeping well.",
-    "Why is the sky blue?",
-    "Describe a rainy morning in a city.",
-    "What should I cook tonight?",
-    "How do airplanes stay in the air?",
-    "Tell me a fun fact about octopuses.",
-    "What is a good name for a cat?",
-]
 FOLLOW_UPS = ["Tell me more.", "Can you say that more simply?", "Why is that?"]
 
 

@@ -17,13 +17,7 @@ from serving_baselines import BaselineResult
 from serving_chats import Request, RunResult
 from transformers import AutoTokenizer
 
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+from bench.common import percentile
 
 
 class Counter:
@@ -48,8 +42,8 @@ def summarize_ours(result: RunResult, count: Counter, peak_mb: float) -> dict[st
         "tokens": sum(tokens),
         "total": sum(tokens) / result.seconds,
         "per_chat": statistics.mean(per_chat) if per_chat else float("nan"),
-        "ttft50": percentile(ttfts, 50),
-        "ttft95": percentile(ttfts, 95),
+        "ttft50": percentile(sorted(ttfts), 0.50),
+        "ttft95": percentile(sorted(ttfts), 0.95),
         "peak_mb": peak_mb,
     }
 
@@ -71,8 +65,8 @@ def summarize_baseline(result: BaselineResult, requests: Sequence[Request]) -> d
         "tokens": tokens,
         "total": tokens / seconds,
         "per_chat": statistics.mean(rates) if rates else float("nan"),
-        "ttft50": percentile(ttfts, 50),
-        "ttft95": percentile(ttfts, 95),
+        "ttft50": percentile(sorted(ttfts), 0.50),
+        "ttft95": percentile(sorted(ttfts), 0.95),
         "peak_mb": result.peak_mb,
     }
 

@@ -25,22 +25,14 @@ from typing import TYPE_CHECKING  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub from a benchmark
 
+from bench.common import QUESTIONS  # noqa: E402
 from bot.types import GenerationParams, Turn  # noqa: E402 - standard library only: cheap
 
 if TYPE_CHECKING:
     from bot.model import TransformersGenerator
 
-PROMPT = "Tell me about the sea."
-BATCH_PROMPTS = [
-    "Tell me about the sea.",
-    "Hello! How are you today?",
-    "Write a short poem about a boat.",
-    "What is the capital of France?",
-    "Explain photosynthesis to a child.",
-    "Give me three tips for sleeping well.",
-    "Why is the sky blue?",
-    "Describe a rainy morning in a city.",
-]
+PROMPT = QUESTIONS[0]
+BATCH_PROMPTS = QUESTIONS[:8]
 
 
 def _since_process_start() -> float:
