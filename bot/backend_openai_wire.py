@@ -67,11 +67,35 @@ async def sse_pieces(response: httpx.Response) -> AsyncIterator[str]:
             event = json.loads(data)
         except ValueError:
             raise GenerationError("the model server sent a malformed event") from None
-        if isinstance(event, dict) and event.get("error"):
+        if not isinstance(event, dict):
+            raise GenerationError(_malformed("is not a JSON object"))
+        if event.get("error"):
             error = event["error"]
             message = error.get("message") if isinstance(error, dict) else error
             raise GenerationError(f"the model server failed: {message}")
-        for choice in event.get("choices") or []:
-            piece = (choice.get("delta") or {}).get("content")
-            if piece:
-                yield piece
+        for piece in _event_text(event):
+            yield piece
+
+
+def _event_text(event: dict[str, Any]) -> list[str]:
+    """The text pieces of one chunk event: ``choices[].delta.content``, each part checked."""
+    choices = event.get("choices") or []
+    if not isinstance(choices, list):
+        raise GenerationError(_malformed("has choices that are not a list"))
+    pieces = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise GenerationError(_malformed("has a choice that is not an object"))
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise GenerationError(_malformed("has a delta that is not an object"))
+        piece = delta.get("content")
+        if piece is not None and not isinstance(piece, str):
+            raise GenerationError(_malformed("has content that is not text"))
+        if piece:
+            pieces.append(piece)
+    return pieces
+
+
+def _malformed(problem: str) -> str:
+    return f"the model server sent a malformed event: it {problem}"

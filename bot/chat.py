@@ -105,7 +105,10 @@ class ChatService:
             yield item
 
     async def _generate(self, incoming: Incoming, message_id: int) -> AsyncIterator[Draft | Reply]:
-        await self.versions.sync()
+        try:
+            await self.versions.sync()
+        except RuntimeError:  # an adapter the generator refuses, or its server is unreachable
+            log.exception("cannot serve the active adapter; answering with the current one")
         params = self.default_params()
         try:
             prompt = await self._prompt(incoming, params)
@@ -115,6 +118,10 @@ class ChatService:
                 f"{exc.budget}. It is saved; please send a shorter one.",
                 ReplyKind.ERROR,
             )
+            return
+        except (GenerationError, RuntimeError, ValueError) as exc:  # e.g. a server's /tokenize
+            log.exception("cannot build the prompt")
+            yield Reply(_sorry(exc), ReplyKind.ERROR)
             return
         slot = self.versions.slot_for(incoming.chat_key)  # an A/B test's candidate, or default
         exchange_id = await self.repo.start_exchange(
@@ -138,11 +145,7 @@ class ChatService:
         except (GenerationError, RuntimeError, ValueError) as exc:
             log.exception("generation failed for exchange %s", exchange_id)
             await self.repo.fail_exchange(exchange_id, str(exc), text)
-            yield Reply(
-                f"Sorry, I could not write a reply ({exc}). Your message is saved; "
-                "send it again, or /new to start over.",
-                ReplyKind.ERROR,
-            )
+            yield Reply(_sorry(exc), ReplyKind.ERROR)
             return
         except (asyncio.CancelledError, GeneratorExit):
             await asyncio.shield(self.repo.fail_exchange(exchange_id, "cancelled", text))
@@ -185,3 +188,10 @@ class ChatService:
             exchange_id, incoming.user_key, VOTES[name], chat_key=incoming.chat_key
         )
         return Reply(outcome.message, ReplyKind.COMMAND)
+
+
+def _sorry(exc: Exception) -> str:
+    return (
+        f"Sorry, I could not write a reply ({exc}). Your message is saved; "
+        "send it again, or /new to start over."
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.logs import setup_logging
+from bot.logs import settings_secrets, setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,12 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"selftune: {exc}", file=sys.stderr)
         return 2
-    secrets = [
-        s.get_secret_value()
-        for s in (settings.telegram.token, settings.discord.token, settings.telegram.secret_token)
-        if s
-    ]
-    setup_logging(settings.log_level, secrets)
+    setup_logging(settings.log_level, settings_secrets(settings))
     try:
         return asyncio.run(_dispatch(args, settings))
     except KeyboardInterrupt:

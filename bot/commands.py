@@ -38,7 +38,13 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("optin", "Allow your messages and ratings in training again"),
     CommandSpec("finetune", "Fine-tune on the rated replies now", admin=True),
     CommandSpec("status", "Model, adapter, training and counts", admin=True),
-    CommandSpec("adapters", "List the adapter versions", admin=True),
+    CommandSpec(
+        "adapters",
+        "List the adapter versions (or show version N in full)",
+        admin=True,
+        args="[N]",
+        arg_help="Version to show: hyperparameters, the gate's reasons, metrics, exchanges",
+    ),
     CommandSpec(
         "rollback",
         "Go back to the previous adapter (or to version N)",

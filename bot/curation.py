@@ -7,8 +7,12 @@ majority of its votes (a tie drops it); then a stable hash of the text puts a ro
 held-out pool or the training set. The hash never changes, so a held-out row is never trained
 on by any run, and the adapter serving now is compared with a candidate on rows neither saw.
 While the pool is smaller than ``gate.min_heldout`` it cannot judge anything and is trained
-on instead; rows the serving adapter saw then are left out of its later evaluations.
-Opted-out and forgotten users never reach this module: the repository leaves them out.
+on instead. Pool rows the serving adapter was trained on are not scored (they would flatter
+it) nor trained on (so they can judge a later adapter that did not see them); the pool can judge
+only if at least ``gate.min_heldout`` rows remain. Every rating is accounted for: trained on,
+scored, or in ``dropped`` with a reason ("held out: …" for pool rows this run leaves unused).
+Opted-out and forgotten users never reach this module: the repository leaves them out, and
+their words in group members' prompts arrive already replaced.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from bot.dataset import kto_row
 from bot.types import RatedExchange
 
 _SPLIT_SALT = "selftune-heldout-v1"  # fixed: changing it would move rows between the splits
+SEEN_BY_SERVING = "held out: seen by serving adapter"
+NOT_SAMPLED = "held out: not sampled this run"
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,12 @@ class Curated:
         """Fix run ``run_id``'s held-out slice: at most ``most`` rows of the pool, a sample
         seeded by the run id. The rest of the pool stays held out: neither trained nor scored."""
         if len(self.heldout) > most:
-            self.heldout = random.Random(f"heldout:{run_id}").sample(self.heldout, most)
+            sample = random.Random(f"heldout:{run_id}").sample(self.heldout, most)
+            chosen = {id(r) for r in sample}
+            for row in self.heldout:
+                if id(row) not in chosen:
+                    _drop_row(self.dropped, row, NOT_SAMPLED)
+            self.heldout = sample
 
     def counts(self, split: str) -> tuple[int, int]:
         rows = self.train if split == "train" else self.heldout
@@ -77,11 +88,16 @@ class Curated:
         """One line for the admin."""
         liked, disliked = self.counts("train")
         held_l, held_d = self.counts("heldout")
-        reasons = Counter(d.reason for d in self.dropped)
+        unused = Counter(d.reason for d in self.dropped if d.reason.startswith("held out:"))
+        reasons = Counter(d.reason for d in self.dropped if not d.reason.startswith("held out:"))
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        idle = ", ".join(
+            f"{n} {reason.removeprefix('held out: ')}" for reason, n in sorted(unused.items())
+        )
         return (
             f"{self.ratings} ratings → training on {liked} 👍 / {disliked} 👎, "
             f"held out {held_l} 👍 / {held_d} 👎"
+            + (f" (+{sum(unused.values())} held out, unused: {idle})" if idle else "")
             + (f"; dropped {sum(reasons.values())}: {dropped}" if dropped else "")
         )
 
@@ -115,13 +131,18 @@ def curate(
     kept = _cap_per_user(kept, training.max_per_user, dropped)
     rows = _merge_duplicates(kept, dropped)
     fraction = gate.heldout_fraction if gate.enabled else 0.0
-    held = [is_heldout(r["key"], fraction) for r in rows]
-    if sum(held) < gate.min_heldout:
-        held = [False] * len(rows)  # too few to judge with: better trained on than wasted
-    train = [r for r, h in zip(rows, held, strict=True) if not h]
-    pool = [r for r, h in zip(rows, held, strict=True) if h]
     seen = set(seen_by_serving)
+    train = [r for r in rows if not is_heldout(r["key"], fraction)]
+    pool = [r for r in rows if is_heldout(r["key"], fraction)]
     heldout = [r for r in pool if not seen.intersection(r["exchange_ids"])]
+    if len(heldout) < gate.min_heldout:
+        # Too few rows the serving adapter did not see to judge with: better trained on than
+        # wasted (the gate then cannot judge this run).
+        train, heldout, pool = rows, [], []
+    else:
+        for row in pool:
+            if seen.intersection(row["exchange_ids"]):
+                _drop_row(dropped, row, SEEN_BY_SERVING)
     for row in train:
         row["split"] = "train"
     for row in heldout:
@@ -132,6 +153,11 @@ def curate(
 def _drop(dropped: list[Dropped], rated: RatedExchange, reason: str) -> bool:
     dropped.append(Dropped(rated.exchange_id, rated.user_key, reason))
     return False
+
+
+def _drop_row(dropped: list[Dropped], row: dict[str, Any], reason: str) -> None:
+    """A merged row left unused: it stands for one rating (the others are "duplicates")."""
+    dropped.append(Dropped(int(row["exchange_id"]), str(row["user_key"]), reason))
 
 
 def _cap_per_user(

@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from bot.evaluation import GateDecision
 from bot.finetune_progress import reporter
 from bot.release import Releaser, Trained
 from bot.trainer_process import ProgressFn, SubprocessTrainer, Trainer, TrainingFailed
-from bot.types import RunStatus, TrainingRun
+from bot.types import AdapterVersion, RunStatus
 from bot.versions import AdapterVersions
 from storage.repository import Repository
 from storage.training_runs import TrainingAlreadyRunning
@@ -62,6 +63,8 @@ class Plan:
     run_id: int
     method: str
     curated: Curated
+    serving: AdapterVersion | None  # the adapter the candidate starts from and is judged against
+    read_at: datetime  # when the ratings were read: a /forget after it is checked at release
 
 
 def choose_method(method: str, disliked: int, kto_min_disliked: int) -> str:
@@ -99,19 +102,26 @@ class Finetuner:
     async def start(self, *, trigger: str, requested_by: str | None, notify: Notify) -> str:
         """Start a background run; returns what to tell the admin. Raises NothingToTrain or
         TrainingAlreadyRunning when it cannot start."""
-        if self.running:
-            raise TrainingAlreadyRunning(await self._running_run())
+        await self._settle()
         plan = await self._prepare(trigger, requested_by)
         self._task = asyncio.create_task(self._run(plan, notify), name=f"train-{plan.run_id}")
         return (
             f"Fine-tuning started (run #{plan.run_id}, {plan.method.upper()}): "
-            f"{plan.curated.summary()}. I will report progress here; the chat stays usable."
+            f"{plan.curated.summary()}. I will report progress as it goes; the chat stays usable."
         )
 
-    async def _running_run(self) -> TrainingRun:
-        run = await self._repo.runs.running()
-        assert run is not None
-        return run
+    async def _settle(self) -> None:
+        """Refuse while this process trains; but a run whose row is already finished may still
+        be sending its last message: let it (nothing else of it is left) before the next one."""
+        task = self._task
+        if task is None or task.done():
+            return
+        running = await self._repo.runs.running()
+        if running is not None:
+            raise TrainingAlreadyRunning(running)
+        # Shielded: a caller that gives up must not cut the last run's report short.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(task)
 
     async def wait(self) -> FinetuneOutcome | None:
         """Wait for the background run, if any, and return how it ended."""
@@ -142,6 +152,7 @@ class Finetuner:
 
     async def _prepare(self, trigger: str, requested_by: str | None) -> Plan:
         cfg = self._settings.training
+        read_at = datetime.now(UTC)
         rated = await self._repo.training.rated(limit=cfg.max_examples)
         serving = await self._repo.adapters.active()
         seen = serving.exchange_ids if serving else ()
@@ -157,7 +168,7 @@ class Finetuner:
             )
         run_id = await self._repo.runs.start(trigger, requested_by, os.getpid())
         curated.sample_heldout(run_id, self._settings.gate.heldout_max)
-        return Plan(run_id, method, curated)
+        return Plan(run_id, method, curated, serving, read_at)
 
     async def _run(
         self, plan: Plan, notify: Notify, on_event: ProgressFn | None = None
@@ -173,7 +184,15 @@ class Finetuner:
             report = reporter(self, notify, on_event, run_id)
             result = await self._trainer.run(spec, work / "spec.json", report)
             trained = Trained(
-                run_id, version, plan.method, plan.curated, result, spec, time.monotonic() - started
+                run_id,
+                version,
+                plan.method,
+                plan.curated,
+                result,
+                spec,
+                time.monotonic() - started,
+                compared=plan.serving.version if plan.serving else None,
+                read_at=plan.read_at,
             )
             released = await self._releaser.release(trained)
             summary = json.dumps(released.report, indent=2, ensure_ascii=False)
@@ -228,13 +247,14 @@ class Finetuner:
             ]
             write_jsonl_file(rows, work / "unrated.jsonl")
             lm_dataset = str(work / "unrated.jsonl")
-        current = await self._repo.adapters.active()
+        current = plan.serving
         spec = {
             "model_dir": str(await self._model_dir()),
             "dataset": str(work / "dataset.jsonl"),
             "output_dir": str(output),
             "method": plan.method,
             "current_adapter": current.path if current else None,
+            "current_version": current.version if current else None,  # for the record
             "lm_dataset": lm_dataset,
             "lora": self._settings.lora.model_dump(),
             "training": cfg.model_dump(),

@@ -1,4 +1,5 @@
-"""Logging set-up; secrets (platform tokens) are masked in every record before it is written."""
+"""Logging set-up; secrets (platform tokens, the model server's api key) are masked in every
+record before it is written."""
 
 from __future__ import annotations
 
@@ -6,9 +7,25 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.config import Settings
 
 # Telegram bot tokens look like 123456:AAH...; they also appear inside Bot API URLs.
 _TELEGRAM_TOKEN = re.compile(r"(?<!\d)\d{5,}:[A-Za-z0-9_-]{20,}")
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """The secrets in ``settings`` that logs must never show: the platforms' tokens and the
+    OpenAI backend's api key."""
+    candidates = (
+        settings.telegram.token,
+        settings.telegram.secret_token,
+        settings.discord.token,
+        settings.backend.api_key,
+    )
+    return [secret.get_secret_value() for secret in candidates if secret]
 
 
 class RedactSecrets(logging.Filter):

@@ -10,6 +10,7 @@ every chat, a second one (e.g. "candidate" for an A/B test) to the requests that
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
@@ -273,9 +274,15 @@ class TransformersGenerator:
                     read_adapter, Path(path), self._lora, self._shapes
                 )
             future = self._engine.swap(slot, weights)
-            # Shielded: once submitted the swap completes, so slot_adapter stays true.
+
+            def served(done: concurrent.futures.Future[None]) -> None:
+                # On the engine thread, as the swap takes effect: slot_adapter stays true even
+                # when the caller was cancelled meanwhile (the swap still happens).
+                if not done.cancelled() and done.exception() is None:
+                    self._paths[slot] = path
+
+            future.add_done_callback(served)
             await asyncio.shield(asyncio.wrap_future(future))
-            self._paths[slot] = path
         log.info("slot %s serves adapter %s", slot, path or "none (base model)")
 
     async def aclose(self) -> None:

@@ -116,7 +116,8 @@ def _attended(mask: torch.Tensor | None, batch: int, keys: int) -> list[int]:
         return [keys] * batch
     attends = mask if mask.dtype == torch.bool else mask == 0
     last_query = attends.reshape(batch, -1, attends.shape[-1])[:, -1, :]
-    return [int(n) for n in last_query.sum(dim=-1)]
+    counts: list[int] = last_query.sum(dim=-1).tolist()  # one device sync, not one per row
+    return counts
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -89,26 +89,39 @@ class DecodeEngine:
         self._prefiller = Prefiller(model, device, prefix_cache_tokens, prefill_threads)
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="selftune-decode", daemon=True)
+        self._lock = threading.Lock()  # orders submit/swap against stop
+        self._stopped = False
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, request: EngineRequest) -> None:
         """Queue a request; its sink gets pieces, then None (or an exception)."""
-        self._inbox.put(request)
+        with self._lock:
+            if self._stopped:
+                deliver(request, GenerationError("the model is shutting down"))
+                return
+            self._inbox.put(request)
 
     def swap(self, slot: str, weights: Weights | None) -> concurrent.futures.Future[None]:
         """Serve ``slot`` with ``weights`` (None: the zero adapter) from the next request on.
 
-        The future fails (the slot unchanged) if the weights do not fit the model.
+        The future fails (the slot unchanged) if the weights do not fit the model, or at once
+        once the engine is stopping.
         """
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._inbox.put(_Swap(slot, weights, future))
+        with self._lock:
+            if self._stopped:
+                future.set_exception(GenerationError("the model is shutting down"))
+            else:
+                self._inbox.put(_Swap(slot, weights, future))
         return future
 
     def stop(self, timeout: float | None = None) -> None:
         """Fail what is running or queued and end the thread (blocking up to ``timeout``)."""
-        self._inbox.put(_STOP)
+        with self._lock:
+            self._stopped = True  # nothing is queued after _STOP: it would never be answered
+            self._inbox.put(_STOP)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -184,16 +197,24 @@ class DecodeEngine:
                 )
                 done = seq.advance(_cpu_float(logits), self._stop_ids)
         except Exception as exc:
-            if not isinstance(exc, GenerationError):
-                log.exception("prefill failed")
-            deliver(request, _as_generation_error(exc))
+            self._fail_one(request, exc, "prefill failed")
             return
         self.stats.tokens += 1
         if done:
             seq.finish()
-        else:
+            return
+        try:  # leaves the running batch as it was when it fails (e.g. out of memory)
             self._batch.join(seq, cache, len(prompt.ids))
-            self._note_batch()
+        except Exception as exc:
+            self._fail_one(request, exc, "joining the batch failed")
+        self._note_batch()
+
+    @staticmethod
+    def _fail_one(request: EngineRequest, exc: Exception, what: str) -> None:
+        """This request ends with an error; the others go on."""
+        if not isinstance(exc, GenerationError):
+            log.exception(what)
+        deliver(request, _as_generation_error(exc))
 
     def _sequence(self, request: EngineRequest, prompt_ids: list[int]) -> SequenceState:
         if request.params.max_new_tokens < 1:

@@ -11,6 +11,13 @@ Prompt tokens are counted by the local tokenizer of the same model, or the serve
 
 No torch here: the local tokenizer comes from :mod:`bot.model_tokenizer`, imported only when
 ``token_count = "local"``.
+
+The api key never shows in an error or a log line: a transport error's text can quote the
+request's headers (h11 quotes a header it refuses), so errors name the failure's kind and the
+log gets its text with the key masked. A server that restarts forgets the adapters loaded at run
+time; a request whose adapter the server no longer knows loads it again and is retried once.
+Connections are not capped unless ``backend.max_connections`` says so (httpx's default of 100
+would make the 101st concurrent chat wait, and fail as if the server were slow).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -34,6 +42,8 @@ from bot.types import GenerationParams, Turn
 log = logging.getLogger(__name__)
 
 CountFn = Callable[[Sequence[Turn]], int]
+
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
 
 
 class OpenAIGenerator:
@@ -58,17 +68,29 @@ class OpenAIGenerator:
         self._count = count  # None: ask the server's /tokenize
         self._adapters_dir = adapters_dir
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        if api_key and not all("!" <= char <= "~" for char in api_key):
+            # The settings refuse such keys; one that got past them must not reach h11, whose
+            # error would quote it.
+            raise ModelLoadError(
+                "backend.api_key cannot be sent as a bearer token: it must be visible ASCII "
+                "characters only"
+            )
+        self._secret = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._base_url = settings.base_url.rstrip("/")
+        cap = settings.max_connections or None  # None: no cap
         self._client = httpx.AsyncClient(
             base_url=self._base_url + "/",
             headers=headers,
-            timeout=httpx.Timeout(settings.timeout_s),
+            timeout=httpx.Timeout(settings.timeout_s, pool=settings.pool_timeout_s),
+            limits=httpx.Limits(max_connections=cap, max_keepalive_connections=cap),
             transport=transport,
         )
         self._paths: dict[str, Path | None] = {DEFAULT_SLOT: None}
         self._names: dict[str, str | None] = {DEFAULT_SLOT: None}  # slot -> LoRA name on server
         self._loaded: set[str] = set()  # LoRA names this process loaded on the server
+        self._sources: dict[str, Path] = {}  # loaded LoRA name -> its local directory
+        self._reloads: Counter[str] = Counter()  # LoRA name -> times loaded again
         self._in_flight: Counter[str] = Counter()
         self._swap_lock = asyncio.Lock()
 
@@ -149,28 +171,31 @@ class OpenAIGenerator:
     async def stream(
         self, turns: Sequence[Turn], params: GenerationParams, *, slot: str = DEFAULT_SLOT
     ) -> AsyncIterator[str]:
-        """Yield reply text as the server streams it; closing the generator closes the request."""
+        """Yield reply text as the server streams it; closing the generator closes the request.
+
+        A 404 for an adapter this process loaded means the server lost it (it restarted): the
+        adapter is loaded again and the request sent once more (nothing was streamed yet)."""
         model = self.served_model(slot)  # before any await: ordered against swaps
         body = request_body(self._settings, turns, params, model)
         self._in_flight[model] += 1
         try:
-            async with self._client.stream("POST", "chat/completions", json=body) as response:
-                if response.status_code >= 400:
+            for attempt in range(2):
+                reloads = self._reloads[model]
+                async with self._client.stream("POST", "chat/completions", json=body) as response:
+                    if response.status_code < 400:
+                        async for piece in sse_pieces(response):
+                            yield piece
+                        return
                     await response.aread()
-                    raise GenerationError(
-                        f"the model server answered {response.status_code}: "
-                        f"{server_message(response)}"
-                    )
-                async for piece in sse_pieces(response):
-                    yield piece
-        except httpx.TimeoutException:
-            raise GenerationError(
-                f"the model server did not answer within {self._settings.timeout_s:g} s"
-            ) from None
+                    lost = attempt == 0 and response.status_code == 404 and model in self._sources
+                    if not lost:
+                        raise GenerationError(
+                            f"the model server answered {response.status_code}: "
+                            f"{self._server_message(response)}"
+                        )
+                await self._reload(model, reloads)
         except httpx.HTTPError as exc:
-            raise GenerationError(
-                f"cannot reach the model server at {self._base_url} ({type(exc).__name__}: {exc})"
-            ) from None
+            raise GenerationError(self._transport_failure(exc)) from None
         finally:
             self._in_flight[model] -= 1
 
@@ -208,21 +233,44 @@ class OpenAIGenerator:
         if not (path / "adapter_config.json").is_file():
             raise AdapterError(f"adapter directory {path} does not exist or is not a PEFT adapter")
         name = self._lora_name(path)
-        if name in self._loaded:
-            return name
+        if name not in self._loaded:
+            await self._load_named(name, path)
+        return name
+
+    async def _load_named(self, name: str, path: Path) -> None:
         body = {"lora_name": name, "lora_path": self._server_path(path)}
         try:
             response = await self._client.post(self._root_url("/v1/load_lora_adapter"), json=body)
         except httpx.HTTPError as exc:
-            raise AdapterError(f"cannot load adapter {path} on the model server: {exc}") from None
-        message = server_message(response) if response.status_code >= 400 else ""
+            raise AdapterError(
+                f"cannot load adapter {path} on the model server: {self._transport_failure(exc)}"
+            ) from None
+        message = self._server_message(response) if response.status_code >= 400 else ""
         if response.status_code >= 400 and "already been loaded" not in message:
             raise AdapterError(
                 f"the model server refused adapter {path} ({response.status_code}: {message}); "
                 "is it started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True?"
             )
         self._loaded.add(name)
-        return name
+        self._sources[name] = path
+
+    async def _reload(self, name: str, reloads: int) -> None:
+        """Load ``name`` again after the server answered that it does not know it (it
+        restarted); ``reloads``: its count when the request was sent, so that many requests
+        failing together load it once. Raises GenerationError."""
+        async with self._swap_lock:
+            if self._reloads[name] != reloads:
+                return  # another request loaded it again since this one was sent
+            log.warning("the model server lost adapter %s (restarted?): loading it again", name)
+            self._loaded.discard(name)
+            try:
+                await self._load_named(name, self._sources[name])
+            except AdapterError as exc:
+                raise GenerationError(
+                    f"the model server lost adapter {name} (restarted?) and could not load it "
+                    f"again: {exc}"
+                ) from None
+            self._reloads[name] += 1
 
     async def _unload_unused(self) -> None:
         """Unload adapters no slot serves and no stream uses (best effort: a leftover only
@@ -235,11 +283,15 @@ class OpenAIGenerator:
                     self._root_url("/v1/unload_lora_adapter"), json={"lora_name": name}
                 )
             except httpx.HTTPError as exc:
-                log.warning("could not unload adapter %s from the model server: %s", name, exc)
+                failure = self._transport_failure(exc)
+                log.warning("could not unload adapter %s from the model server: %s", name, failure)
                 continue
             if response.status_code >= 400:
-                log.warning("the model server kept adapter %s: %s", name, response.text[:200])
+                log.warning(
+                    "the model server kept adapter %s: %s", name, self._redact(response.text[:200])
+                )
             self._loaded.discard(name)
+            self._sources.pop(name, None)
 
     def _root_url(self, path: str) -> str:
         """vLLM serves /tokenize and the LoRA endpoints beside /v1, not under base_url."""
@@ -262,15 +314,39 @@ class OpenAIGenerator:
             else:
                 response = await self._client.post(url, json=body)
         except httpx.HTTPError as exc:
-            raise error(
-                f"cannot reach the model server at {self._base_url} ({type(exc).__name__}: {exc})"
-            ) from None
+            raise error(self._transport_failure(exc)) from None
         if response.status_code >= 400:
             raise error(
-                f"the model server answered {response.status_code}: {server_message(response)}"
+                f"the model server answered {response.status_code}: "
+                f"{self._server_message(response)}"
             )
         try:
             answer = response.json()
         except ValueError:
             raise error(f"the model server sent no JSON for {url}") from None
         return answer if isinstance(answer, dict) else {"data": answer}
+
+    def _transport_failure(self, exc: httpx.HTTPError) -> str:
+        """What a failed request tells its caller: the failure's kind, never its text, which
+        can quote the request's headers (the api key); the text is logged with the key masked."""
+        settings = self._settings
+        if isinstance(exc, httpx.PoolTimeout):
+            return (
+                f"no free connection to the model server within {settings.pool_timeout_s:g} s: "
+                f"all backend.max_connections = {settings.max_connections} are busy"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return f"the model server did not answer within {settings.timeout_s:g} s"
+        log.warning(
+            "request to the model server failed: %s: %s", type(exc).__name__, self._redact(str(exc))
+        )
+        return f"cannot reach the model server at {self._base_url} ({type(exc).__name__})"
+
+    def _server_message(self, response: httpx.Response) -> str:
+        return self._redact(server_message(response))
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the api key, and any bearer token, masked."""
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return _BEARER.sub(r"\1***", text)

@@ -8,6 +8,11 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 Sender = Callable[[str, str], Awaitable[None]]  # (chat_key, text)
+PrivateSender = Callable[[str, str], Awaitable[None]]  # (user_key, text)
+Notify = Callable[[str], Awaitable[None]]
+# Platforms on which a user's private chat with the bot has the user's id as its id, so its chat
+# key is the user key: Telegram (a bot can write there once the user has opened the chat).
+_PRIVATE_CHAT_IS_USER_KEY = frozenset({"telegram"})
 
 
 class Outbox:
@@ -15,9 +20,14 @@ class Outbox:
 
     def __init__(self) -> None:
         self._senders: dict[str, Sender] = {}
+        self._private: dict[str, PrivateSender] = {}
 
     def register(self, platform: str, sender: Sender) -> None:
         self._senders[platform] = sender
+
+    def register_private(self, platform: str, sender: PrivateSender) -> None:
+        """How to write to a user privately on ``platform`` (e.g. a Discord DM), by user key."""
+        self._private[platform] = sender
 
     async def send(self, chat_key: str, text: str) -> None:
         platform = chat_key.partition(":")[0]
@@ -31,8 +41,25 @@ class Outbox:
             # A failed notice must never break what sent it (a training run, say).
             log.exception("could not deliver a message to %s", chat_key)
 
-    def notifier(self, chat_key: str) -> Callable[[str], Awaitable[None]]:
+    def notifier(self, chat_key: str) -> Notify:
         async def notify(text: str) -> None:
             await self.send(chat_key, text)
 
         return notify
+
+    def private_notifier(self, user_key: str) -> Notify | None:
+        """Messages to ``user_key``'s private chat, or None where the core cannot address it."""
+        platform = user_key.partition(":")[0]
+        sender = self._private.get(platform)
+        if sender is not None:
+
+            async def notify(text: str) -> None:
+                try:
+                    await sender(user_key, text)
+                except Exception:
+                    log.exception("could not deliver a private message to %s", user_key)
+
+            return notify
+        if platform in _PRIVATE_CHAT_IS_USER_KEY:
+            return self.notifier(user_key)
+        return None

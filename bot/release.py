@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from bot.ab_service import ABTesting
@@ -35,6 +36,12 @@ class Trained:
     result: TrainResult
     spec: dict[str, Any]
     duration_s: float
+    compared: int | None  # the version serving when the run started: its parent, its rival
+    read_at: datetime  # when the run read its ratings (a /forget after it taints the version)
+
+    def users(self) -> set[str]:
+        """The raters whose ratings the adapter was trained on."""
+        return {u for r in self.curated.train for u in r["users"]}
 
 
 @dataclass(frozen=True)
@@ -85,16 +92,24 @@ class Releaser:
         decision = gate(self._settings, trained)
         metrics = version_metrics(trained.result)
         train_ids = [i for r in trained.curated.train for i in r["exchange_ids"]]
-        # A /forget while the run trained: the adapter learned from rows that are gone now.
+        # A /forget while the run trained: the adapter learned from rows that are gone now
+        # (the author's exchanges, or prompts scrubbed of their words), or from the ratings of
+        # a user who is gone now (the exchange, someone else's, stays).
         withdrawn = await self._repo.training.withdrawn(train_ids)
+        forgotten = await self._repo.runs.forgotten_since(trained.users(), trained.read_at)
         live = decision.verdict == "pass" or (
             decision.verdict == "undecided" and self._settings.gate.when_undecided == "activate"
         )
+        # The gate compared the candidate with the adapter serving when the run started; an
+        # admin's /activate or /rollback since then must not be undone by it.
+        active = await self._repo.adapters.active()
+        now = active.version if active else None
+        moved = now != trained.compared
         status = AdapterStatus.REJECTED if decision.verdict == "fail" else AdapterStatus.READY
         await self._repo.adapters.add(
             version=trained.version,
             path=str(trained.result.output_dir),
-            parent=self._versions.current,
+            parent=trained.compared,
             base_model=self._settings.model.name,
             exchange_ids=train_ids,
             metrics=metrics,
@@ -102,11 +117,15 @@ class Releaser:
             duration_s=trained.duration_s,
             training_run_id=trained.run_id,
             status=status,
-            tainted=bool(withdrawn),
+            tainted=bool(withdrawn or forgotten),
         )
-        message = await self._act(trained, decision, live) + _dropped_note(trained.result)
+        if live and moved:
+            message = _moved(trained, now)
+        else:
+            message = await self._act(trained, decision, live)
+        message += _dropped_note(trained.result)
         run_status = RunStatus.REJECTED if decision.verdict == "fail" else RunStatus.SUCCEEDED
-        report = self._report(trained, decision, withdrawn)
+        report = self._report(trained, decision, withdrawn, len(forgotten), now)
         await self._repo.runs.finish(
             trained.run_id, run_status, message, adapter_version=trained.version, report=report
         )
@@ -132,9 +151,16 @@ class Releaser:
         }
 
     def _report(
-        self, trained: Trained, decision: GateDecision, withdrawn: set[int]
+        self,
+        trained: Trained,
+        decision: GateDecision,
+        withdrawn: set[int],
+        forgotten: int,
+        active: int | None,
     ) -> dict[str, Any]:
         return {
+            "compared_with": trained.compared,
+            "active_at_release": active,
             "method": trained.method,
             "data": trained.curated.report(),
             "trainer_data": trained.result.data,
@@ -142,6 +168,7 @@ class Releaser:
             "evaluation": trained.result.evaluation,
             "gate": decision.as_dict(),
             "withdrawn_during_run": sorted(withdrawn),
+            "raters_forgotten_during_run": forgotten,  # a count: their keys are gone too
         }
 
     def _rejected(self, trained: Trained, decision: GateDecision) -> str:
@@ -172,10 +199,24 @@ class Releaser:
         )
 
 
+def _moved(trained: Trained, now: int | None) -> str:
+    """The candidate would have gone live, but the serving adapter changed during the run."""
+    return (
+        f"Adapter v{trained.version} is ready but not serving: it was judged against "
+        f"{describe(trained.compared)}, but {describe(now)} was activated while it trained "
+        f"(/activate or /rollback), so that one keeps serving. "
+        f"/activate {trained.version} serves it."
+    )
+
+
 def _dropped_note(result: TrainResult) -> str:
     """The rows the trainer could not use, and why (the data checks did the rest up front)."""
-    reasons = Counter(str(d.get("reason")) for d in result.data.get("dropped", []))
+    dropped = result.data.get("dropped", {})
+    if isinstance(dropped, list):  # a trainer from before the counts: one entry per row
+        dropped = Counter(str(d.get("reason")) for d in dropped)
+    reasons = Counter({str(reason): int(n) for reason, n in dropped.items()})
     if not reasons:
         return ""
     listed = "; ".join(f"{n}× {reason}" for reason, n in reasons.most_common())
-    return f" The trainer dropped {sum(reasons.values())} row(s): {listed}."
+    total = int(result.data.get("dropped_total", sum(reasons.values())))
+    return f" The trainer dropped {total} row(s): {listed}."

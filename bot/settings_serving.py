@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from bot.settings_base import DEFAULT_MODEL, Section, xdg
 
@@ -64,14 +64,17 @@ class ModelSettings(Section):
     )
     exact_batching: bool = Field(
         True,
-        description="A greedy reply is bit-identical alone or in any batch (a filler row for "
-        "a lone reply; per-row attention in float32 and on CUDA); off: faster alone and in "
-        "float32 batches, but replies may vary with their company.",
+        description="bfloat16 on a CPU (the default there): a greedy reply is bit-identical "
+        "alone or in any batch (a filler row for a lone reply). float32 and CUDA get per-row "
+        "attention, but their matmuls may still differ in the last bits with the batch size. "
+        "Off: faster alone and in float32 batches, but replies may vary with their company.",
     )
 
 
 class BackendSettings(Section):
     """Where replies are generated: in this process, or on an OpenAI-compatible server."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a bad api_key is not echoed
 
     kind: Literal["local", "openai"] = Field(
         "local",
@@ -81,7 +84,11 @@ class BackendSettings(Section):
     base_url: str = Field(
         "http://127.0.0.1:8000/v1", description="OpenAI backend: the API base, ending in /v1."
     )
-    api_key: SecretStr | None = Field(None, description="OpenAI backend: bearer token, if any.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="OpenAI backend: bearer token, if any (visible ASCII; surrounding "
+        "whitespace is dropped). Masked in logs.",
+    )
     model: str | None = Field(
         None,
         description="OpenAI backend: the base model's name on the server (as in `vllm serve "
@@ -105,6 +112,34 @@ class BackendSettings(Section):
         description="OpenAI backend: also send top_k and repetition_penalty (vLLM and "
         "llama.cpp accept them; a strict OpenAI API may not).",
     )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="OpenAI backend: most connections open to the server at once, one per "
+        "streaming reply (0 = no limit: the server queues what it cannot run yet).",
+    )
+    pool_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="OpenAI backend: with max_connections set, seconds a request waits for a "
+        "free connection before it fails.",
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _bearer_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # The error must not echo the key: it names the problem only.
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        if not token:
+            return None
+        if not all("!" <= char <= "~" for char in token):
+            raise ValueError(
+                "the api key must be visible ASCII characters only (no spaces, line breaks "
+                "or other characters); check how it was copied"
+            )
+        return SecretStr(token)
 
 
 class GenerationSettings(Section):

@@ -22,6 +22,9 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[str, Any]], Awaitable[None]]
+# The longest event line read (asyncio's default is 64 KiB): a ``done`` event over it would
+# lose a finished adapter. Events are kept small (counts, bounded samples); this is the margin.
+EVENT_LINE_LIMIT = 16 * 1024 * 1024
 
 
 class TrainingFailed(RuntimeError):
@@ -62,6 +65,7 @@ class SubprocessTrainer:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=_child_env(),
+            limit=EVENT_LINE_LIMIT,
         )
         self.pid = process.pid
         with contextlib.suppress(OSError):

@@ -4,6 +4,7 @@ unrated text of the optional self-supervised term; with the rows dropped, and wh
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +65,26 @@ def prepare(tokenizer: Any, spec: TrainingSpec) -> Prepared:
     return Prepared(train_set, heldout, lm, dropped + dropped_heldout)
 
 
-def data_report(spec: TrainingSpec, data: Prepared) -> dict[str, Any]:
+DROPPED_REASONS = 20  # the most distinct reasons the ``done`` event lists (the rest: "other")
+DROPPED_SAMPLE = 20  # dropped rows named in the event, as examples
+
+
+def dropped_summary(dropped: list[Dropped]) -> dict[str, Any]:
+    """How many rows were dropped, per reason, and a few of them: bounded, because it travels
+    in one line of the trainer's ``done`` event however many rows were dropped."""
+    reasons = Counter(d.reason for d in dropped).most_common()
+    counts = dict(reasons[:DROPPED_REASONS])
+    rest = sum(n for _, n in reasons[DROPPED_REASONS:])
+    if rest:
+        counts["other reasons"] = rest
     return {
-        "method": spec.method,
-        **data.counts(),
-        "dropped": [{"exchange_id": d.exchange_id, "reason": d.reason} for d in data.dropped],
+        "dropped": counts,
+        "dropped_total": len(dropped),
+        "dropped_sample": [
+            {"exchange_id": d.exchange_id, "reason": d.reason} for d in dropped[:DROPPED_SAMPLE]
+        ],
     }
+
+
+def data_report(spec: TrainingSpec, data: Prepared) -> dict[str, Any]:
+    return {"method": spec.method, **data.counts(), **dropped_summary(data.dropped)}

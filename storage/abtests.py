@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.db import aware
-from storage.models import ABTestRow, Rating, utcnow
+from storage.models import ABTestRow, AdapterVersionRow, Rating, utcnow
 from storage.models import Exchange as ExchangeRow
 
 
@@ -80,23 +81,35 @@ class ABTests:
     async def start(
         self, candidate: int, control: int | None, share: float, started_by: str | None
     ) -> ABTest:
-        """Record a running test; raises ABTestRunning if one is running already."""
-        async with self._sessions.begin() as session:
-            running = await session.scalar(
-                select(ABTestRow).where(ABTestRow.status == str(ABStatus.RUNNING)).with_for_update()
-            )
-            if running is not None:
-                raise ABTestRunning(f"A/B test #{running.id} of v{running.candidate} is running")
-            row = ABTestRow(
-                candidate=candidate,
-                control=control,
-                share=share,
-                status=str(ABStatus.RUNNING),
-                started_by=started_by,
-            )
-            session.add(row)
-            await session.flush()
-            return _test(row)
+        """Record a running test; raises ABTestRunning if one is running already (the
+        database decides: a unique index on the ``running`` rows, across processes)."""
+        for _ in range(3):
+            try:
+                async with self._sessions.begin() as session:
+                    row = ABTestRow(
+                        candidate=candidate,
+                        control=control,
+                        share=share,
+                        status=str(ABStatus.RUNNING),
+                        started_by=started_by,
+                    )
+                    session.add(row)
+                    await session.flush()
+                    return _test(row)
+            except IntegrityError:
+                running = await self.running()
+                if running is not None:
+                    raise ABTestRunning(
+                        f"A/B test #{running.id} of v{running.candidate} is running"
+                    ) from None
+                # The running test ended in between (or the candidate is unknown: see below).
+                if await self._unknown(candidate):
+                    raise
+        raise RuntimeError("could not record an A/B test: the running one kept changing")
+
+    async def _unknown(self, version: int) -> bool:
+        async with self._sessions() as session:
+            return await session.get(AdapterVersionRow, version) is None
 
     async def finish(self, test_id: int, status: ABStatus, message: str) -> None:
         async with self._sessions.begin() as session:

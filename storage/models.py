@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -146,8 +147,22 @@ class AdapterVersionRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+def one_running(table: str) -> Index:
+    """A partial unique index: at most one row of ``table`` is ``running``, across processes
+    (a ``SELECT … FOR UPDATE`` locks nothing when no row matches, and SQLite ignores it)."""
+    running = text("status = 'running'")
+    return Index(
+        f"uq_{table}_one_running",
+        "status",
+        unique=True,
+        sqlite_where=running,
+        postgresql_where=running,
+    )
+
+
 class TrainingRunRow(Base):
     __tablename__ = "training_runs"
+    __table_args__ = (one_running("training_runs"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -165,6 +180,7 @@ class ABTestRow(Base):
     """A candidate adapter served to a share of chats next to the live one (the control)."""
 
     __tablename__ = "ab_tests"
+    __table_args__ = (one_running("ab_tests"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     candidate: Mapped[int] = mapped_column(ForeignKey("adapter_versions.version"))

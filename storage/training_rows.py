@@ -1,17 +1,23 @@
-"""What training may read: usable ratings and unrated text, with opt-outs and /forget applied."""
+"""What training may read: usable ratings and unrated text, with opt-outs and /forget applied.
+
+An opted-out user's words also appear in group members' prompts (``Name: text``, see
+bot/prompt.py), as do the bot's replies to them. /optout can be undone, so those prompts are not
+rewritten in the database: rows are scrubbed as they are read, with /forget's placeholder.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from bot.types import Exchange, RatedExchange, Turn
 from storage.db import aware
-from storage.models import Chat, Rating, User
+from storage.forget import FORGOTTEN
+from storage.models import Chat, Message, Rating, User
 from storage.models import Exchange as ExchangeRow
 
 
@@ -19,12 +25,14 @@ def turns(raw: Sequence[dict[str, str]]) -> tuple[Turn, ...]:
     return tuple(Turn(role=t["role"], content=t["content"]) for t in raw)  # type: ignore[arg-type]
 
 
-def exchange(row: ExchangeRow, chat_key: str, user_key: str) -> Exchange:
+def exchange(
+    row: ExchangeRow, chat_key: str, user_key: str, prompt: Sequence[dict[str, str]] | None = None
+) -> Exchange:
     return Exchange(
         id=row.id,
         chat_key=chat_key,
         user_key=user_key,
-        prompt=turns(row.prompt),
+        prompt=turns(row.prompt if prompt is None else prompt),
         completion=row.completion,
         adapter_version=row.adapter_version,
         created_at=aware(row.created_at),
@@ -59,11 +67,12 @@ class TrainingRows:
             query = query.limit(limit)
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
+            quoted = await _opted_out_words(session, {row.chat_id for _, row, _ in rows})
         return [
             RatedExchange(
                 exchange_id=row.id,
                 user_key=user_key,
-                prompt=turns(row.prompt),
+                prompt=turns(_scrub(row, quoted)),
                 completion=row.completion,
                 label=rating.value > 0,
                 adapter_version=row.adapter_version,
@@ -91,7 +100,11 @@ class TrainingRows:
         )
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
-        return [exchange(row, chat_key, user_key) for row, chat_key, user_key in rows]
+            quoted = await _opted_out_words(session, {row.chat_id for row, _, _ in rows})
+        return [
+            exchange(row, chat_key, user_key, _scrub(row, quoted))
+            for row, chat_key, user_key in rows
+        ]
 
     async def ratings_since(self, when: datetime) -> int:
         """Votes cast or changed after ``when`` (the scheduler's "M new ratings")."""
@@ -116,3 +129,43 @@ class TrainingRows:
                 )
             ).all()
         return wanted - set(kept)
+
+
+Quoted = Mapping[int, set[tuple[str, str]]]  # chat id → (role, content) turns to scrub
+
+
+async def _opted_out_words(session: AsyncSession, chat_ids: set[int]) -> Quoted:
+    """The turns of opted-out users in ``chat_ids`` as prompts hold them, by chat: their
+    messages (bare, and ``Name: text`` as group prompts show them) and the bot's replies to
+    them, which quote them (as /forget scrubs them)."""
+    if not chat_ids:
+        return {}
+    opted_out = select(User.id).where(User.training_opt_out.is_(True)).scalar_subquery()
+    replies = (
+        select(ExchangeRow.reply_message_id)
+        .where(ExchangeRow.user_id.in_(opted_out), ExchangeRow.reply_message_id.is_not(None))
+        .scalar_subquery()
+    )
+    found = await session.execute(
+        select(Message.chat_id, Message.role, Message.content, Message.user_name).where(
+            Message.chat_id.in_(chat_ids),
+            or_(Message.user_id.in_(opted_out), Message.id.in_(replies)),
+        )
+    )
+    quoted: dict[int, set[tuple[str, str]]] = {}
+    for chat_id, role, content, name in found.all():
+        forms = quoted.setdefault(chat_id, set())
+        forms.add((role, content))
+        if role == "user" and name:
+            forms.add((role, f"{name}: {content}"))
+    return quoted
+
+
+def _scrub(row: ExchangeRow, quoted: Quoted) -> list[dict[str, str]]:
+    """``row``'s prompt with opted-out users' turns replaced by /forget's placeholder."""
+    forms = quoted.get(row.chat_id)
+    if not forms:
+        return list(row.prompt)
+    return [
+        {**t, "content": FORGOTTEN} if (t["role"], t["content"]) in forms else t for t in row.prompt
+    ]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.types import RunStatus, TrainingRun
 from storage.db import aware
-from storage.models import TrainingRunRow, utcnow
+from storage.models import TrainingRunRow, User, utcnow
 
 
 class TrainingAlreadyRunning(RuntimeError):
@@ -41,21 +43,30 @@ class TrainingRuns:
         self._sessions = sessions
 
     async def start(self, trigger: str, requested_by: str | None, pid: int) -> int:
-        """Record a new running training; raises TrainingAlreadyRunning if one is running."""
-        async with self._sessions.begin() as session:
-            running = await session.scalar(
-                select(TrainingRunRow)
-                .where(TrainingRunRow.status == str(RunStatus.RUNNING))
-                .with_for_update()
-            )
-            if running is not None:
-                raise TrainingAlreadyRunning(_run(running))
-            row = TrainingRunRow(
-                status=str(RunStatus.RUNNING), trigger=trigger, requested_by=requested_by, pid=pid
-            )
-            session.add(row)
-            await session.flush()
-            return row.id
+        """Record a new running training; raises TrainingAlreadyRunning if one is running.
+
+        The database decides (a unique index on the ``running`` rows), so two processes that
+        start at the same moment never both get a run: the loser's insert fails."""
+        for _ in range(3):
+            try:
+                async with self._sessions.begin() as session:
+                    # Insert first, read nothing before: a read would make SQLite's write lock
+                    # upgrade fail at once instead of waiting for the other writer.
+                    row = TrainingRunRow(
+                        status=str(RunStatus.RUNNING),
+                        trigger=trigger,
+                        requested_by=requested_by,
+                        pid=pid,
+                    )
+                    session.add(row)
+                    await session.flush()
+                    return row.id
+            except IntegrityError:
+                running = await self.running()
+                if running is not None:
+                    raise TrainingAlreadyRunning(running) from None
+                # The winner finished in between: try again.
+        raise RuntimeError("could not record a training run: the running one kept changing")
 
     async def finish(
         self,
@@ -79,6 +90,22 @@ class TrainingRuns:
                 select(TrainingRunRow).where(TrainingRunRow.status == str(RunStatus.RUNNING))
             )
             return _run(row) if row else None
+
+    async def forgotten_since(self, user_keys: Iterable[str], since: datetime) -> set[str]:
+        """Those of ``user_keys`` who used /forget at or after ``since`` (while a run trained
+        on their ratings): the version it trains is marked tainted."""
+        wanted = set(user_keys)
+        if not wanted:
+            return set()
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(User.key, User.forgotten_at).where(
+                        User.key.in_(wanted), User.forgotten_at.is_not(None)
+                    )
+                )
+            ).all()
+        return {key for key, when in rows if when is not None and aware(when) >= since}
 
     async def recent(self, limit: int = 10) -> list[TrainingRun]:
         """The newest ``limit`` runs, newest first."""

@@ -104,9 +104,9 @@ def test_cli_db_adapters_export(
 ) -> None:
     data = _env(monkeypatch, tmp_path)
     assert main(["db", "upgrade"]) == 0
-    assert "database at revision 0002 (was empty)" in capsys.readouterr().out
+    assert "database at revision 0003 (was empty)" in capsys.readouterr().out
     assert main(["db", "current"]) == 0
-    assert "database revision 0002; latest 0002" in capsys.readouterr().out
+    assert "database revision 0003; latest 0003" in capsys.readouterr().out
     assert main(["adapters"]) == 0
     assert "* base model (version 0)" in capsys.readouterr().out
     assert main(["adapters", "rollback"]) == 1

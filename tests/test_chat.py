@@ -11,7 +11,7 @@ import pytest
 
 from bot.app import Core, build_core
 from bot.config import Settings
-from bot.generation import ScriptedGenerator
+from bot.generation import GenerationError, ScriptedGenerator
 from bot.types import Draft, Incoming, RateAction, Reply, ReplyKind, Turn, Vote
 
 ME = Incoming("console", "local", "local", "Ann", "")
@@ -253,3 +253,40 @@ async def test_per_user_rate_limit_keeps_the_message(settings: Settings, tmp_pat
         assert "three" in contents
     finally:
         await core.aclose()
+
+
+async def test_a_failing_token_count_is_a_clear_error_and_the_message_is_kept(
+    core: Core, scripted: ScriptedGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unreachable(_turns: Sequence[Turn]) -> int:
+        raise GenerationError("cannot reach the model server")
+
+    monkeypatch.setattr(scripted, "count_tokens", unreachable)
+    _, reply = await say(core, "Are you there?")
+    assert reply.kind is ReplyKind.ERROR
+    assert "cannot reach the model server" in reply.text and "saved" in reply.text
+    history = await core.repo.history("console:local", 10)
+    assert [m.content for m in history] == ["Are you there?"]
+
+
+async def test_an_adapter_the_generator_refuses_does_not_stop_replies(
+    core: Core, scripted: ScriptedGenerator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    await core.repo.adapters.add(
+        path=str(tmp_path / "v1"),
+        parent=None,
+        base_model="tiny",
+        exchange_ids=[],
+        metrics={},
+        hyperparams={},
+        duration_s=None,
+        training_run_id=None,
+    )
+    await core.repo.adapters.set_active(1)
+
+    async def refuse(_path: Path | None, *, slot: str = "default") -> None:
+        raise RuntimeError("adapter does not fit the model")
+
+    monkeypatch.setattr(scripted, "swap_adapter", refuse)
+    _, reply = await say(core, "Hello")
+    assert reply.kind is ReplyKind.ANSWER and reply.adapter_version is None

@@ -109,3 +109,40 @@ def test_content_key_depends_on_prompt_and_reply() -> None:
     a, b = rated(1, text="x"), rated(2, text="x")
     assert content_key(a) == content_key(b)
     assert content_key(a) != content_key(rated(3, text="y"))
+
+
+def test_min_heldout_counts_only_rows_the_serving_adapter_did_not_see() -> None:
+    rows = [rated(i) for i in range(40)]
+    gate = GateSettings(heldout_fraction=0.5, min_heldout=5)
+    pool = curate(rows, TrainingSettings(), gate).heldout
+    assert len(pool) >= 8
+    # The serving adapter saw all but 3 pool rows: too few left to judge, so none is wasted.
+    seen = {i for r in pool[3:] for i in r["exchange_ids"]}
+    curated = curate(rows, TrainingSettings(), gate, seen_by_serving=seen)
+    assert curated.heldout == [] and len(curated.train) == 40
+    assert curated.dropped == [] and curated.heldout_pool == 0
+    assert all(r["split"] == "train" for r in curated.train)
+
+
+def test_every_rating_is_accounted_for_in_the_report() -> None:
+    rows = [rated(i, f"t:{i % 5}") for i in range(120)] + [rated(500, text="question 1")]
+    gate = GateSettings(heldout_fraction=0.5, min_heldout=2)
+    training = TrainingSettings(max_per_user=1000)
+    pool = curate(rows, training, gate).heldout
+    seen = {i for r in pool[:4] for i in r["exchange_ids"]}
+    curated = curate(rows, training, gate, seen_by_serving=seen)
+    curated.sample_heldout(run_id=1, most=10)
+    report = curated.report()
+    unsampled = len(pool) - 4 - 10
+    assert report["dropped"] == {
+        "duplicates (merged)": 1,
+        "held out: not sampled this run": unsampled,
+        "held out: seen by serving adapter": 4,
+    }
+    used = sum(report["train"].values()) + sum(report["heldout"].values())
+    assert used + sum(report["dropped"].values()) == report["ratings"] == 121
+    assert not {i for r in curated.train for i in r["exchange_ids"]} & seen
+    assert (
+        f"(+{unsampled + 4} held out, unused: {unsampled} not sampled this run, "
+        "4 seen by serving adapter); dropped 1: 1 duplicates (merged)"
+    ) in curated.summary()

@@ -262,6 +262,38 @@ async def test_nothing_to_train_and_no_overlap(settings: Settings) -> None:
         await core.aclose()
 
 
+async def test_finetune_while_the_last_run_still_reports(settings: Settings) -> None:
+    """The run's row is finished but its task still sends the last message: /finetune then
+    waits for that message and starts the next run (it used to fail an assert)."""
+    core = await _core(settings, FakeTrainer())
+    reporting, release = asyncio.Event(), asyncio.Event()
+    notes: list[str] = []
+
+    async def slow_notify(text: str) -> None:
+        if "ready but not serving" in text:
+            reporting.set()
+            await release.wait()
+        notes.append(text)
+
+    try:
+        await _rated(core, "x")
+        await core.finetuner.start(trigger="command", requested_by=None, notify=slow_notify)
+        await asyncio.wait_for(reporting.wait(), 5)
+        assert await core.repo.runs.running() is None  # the row is finished, the task is not
+        second = asyncio.create_task(
+            core.finetuner.start(trigger="command", requested_by=None, notify=slow_notify)
+        )
+        await asyncio.sleep(0.05)
+        release.set()
+        assert "Fine-tuning started (run #2" in await asyncio.wait_for(second, 5)
+        outcome = await asyncio.wait_for(core.finetuner.wait(), 5)
+        assert outcome is not None and outcome.run_id == 2
+        ready = [n.split()[1] for n in notes if "ready but not serving" in n]
+        assert ready == ["v1", "v2"]  # the first run's last word came first
+    finally:
+        await core.aclose()
+
+
 async def test_a_failed_run_activates_nothing(settings: Settings) -> None:
     core = await _core(settings, FakeTrainer(fail="CUDA exploded"))
     notes, notify = _recorder()
@@ -331,6 +363,113 @@ async def test_a_forget_during_the_run_taints_the_new_version(settings: Settings
         await core.aclose()
 
 
+async def test_a_forget_of_a_rater_during_the_run_taints_the_new_version(
+    settings: Settings,
+) -> None:
+    """Bob only rated Ann's reply: his /forget deletes the rating, not the exchange, and the
+    version trained on his rating is still marked."""
+    hold = asyncio.Event()
+    core = await _core(settings, FakeTrainer(hold=hold))
+    bob = replace(ME, user_id="bob", user_name="Bob")
+    try:
+        exchange = await _rated(core, "x")
+        await core.service.rate(exchange, bob.user_key, Vote.UP)
+        await core.finetuner.start(
+            trigger="command", requested_by=None, notify=core.outbox.notifier("console:local")
+        )
+        await asyncio.sleep(0.05)
+        await core.repo.forget_user(bob.user_key)
+        assert await core.repo.exchange(exchange) is not None  # Ann's exchange stays
+        hold.set()
+        outcome = await core.finetuner.wait()
+        assert outcome is not None and outcome.status is RunStatus.SUCCEEDED
+        version = await core.repo.adapters.get(1)
+        assert version is not None and version.tainted
+        runs = await core.repo.runs.recent()
+        assert runs[0].adapter_version == 1
+    finally:
+        await core.aclose()
+
+
+async def test_a_forget_of_someone_else_does_not_taint(settings: Settings) -> None:
+    hold = asyncio.Event()
+    core = await _core(settings, FakeTrainer(hold=hold))
+    carl = replace(ME, chat_id="carl", user_id="carl", user_name="Carl")
+    try:
+        await _rated(core, "x")
+        items = [i async for i in core.service.respond(replace(carl, text="hello"))]
+        assert isinstance(items[-1], Reply)
+        await core.finetuner.start(
+            trigger="command", requested_by=None, notify=core.outbox.notifier("console:local")
+        )
+        await asyncio.sleep(0.05)
+        await core.repo.forget_user(carl.user_key)  # never rated anything trained on
+        hold.set()
+        await core.finetuner.wait()
+        version = await core.repo.adapters.get(1)
+        assert version is not None and not version.tainted
+    finally:
+        await core.aclose()
+
+
+async def test_an_admin_change_during_the_run_is_not_undone(settings: Settings) -> None:
+    """v2 is judged against v1; a /rollback to the base while it trains wins: v2 is kept ready
+    (not live), its parent is v1 (what it was trained from and judged against), and the admin
+    is told why."""
+    hold = asyncio.Event()
+    trainer = FakeTrainer()
+    core = await _core(_settings(settings, when_undecided="activate"), trainer)
+    notes, notify = _recorder()
+    try:
+        await _rated(core, "x")
+        await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
+        assert core.versions.current == 1
+        trainer.hold = hold
+        await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
+        await asyncio.sleep(0.05)
+        items = [i async for i in core.service.respond(replace(ME, text="/rollback"))]
+        assert isinstance(items[-1], Reply) and core.versions.current is None
+        hold.set()
+        outcome = await core.finetuner.wait()
+        assert outcome is not None and outcome.status is RunStatus.SUCCEEDED
+        assert core.versions.current is None and await core.repo.adapters.active() is None
+        version = await core.repo.adapters.get(2)
+        assert version is not None and version.status is AdapterStatus.READY
+        assert version.parent == 1
+        assert trainer.specs[1]["current_version"] == 1
+        assert "v2 is ready but not serving" in notes[-1]
+        assert "judged against adapter v1" in notes[-1] and "the base model" in notes[-1]
+        assert "/activate 2" in notes[-1]
+        report = json.loads((Path(trainer.specs[1]["dataset"]).parent / "report.json").read_text())
+        assert report["compared_with"] == 1 and report["active_at_release"] is None
+    finally:
+        await core.aclose()
+
+
+async def test_an_activation_during_the_run_sets_the_parent(settings: Settings) -> None:
+    """The parent is the version the run started from, not the one serving at release."""
+    hold = asyncio.Event()
+    trainer = FakeTrainer()
+    core = await _core(_settings(settings, when_undecided="activate"), trainer)
+    notes, notify = _recorder()
+    try:
+        await _rated(core, "x")
+        await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
+        await core.versions.activate(None)
+        trainer.hold = hold
+        await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
+        await asyncio.sleep(0.05)
+        await core.versions.activate(1)
+        hold.set()
+        await core.finetuner.wait()
+        version = await core.repo.adapters.get(2)
+        assert version is not None and version.parent is None
+        assert version.status is AdapterStatus.READY and core.versions.current == 1
+        assert "judged against the base model (no adapter)" in notes[-1]
+    finally:
+        await core.aclose()
+
+
 async def test_rollback_and_activate(settings: Settings) -> None:
     core = await _core(_settings(settings, when_undecided="activate"), FakeTrainer())
     try:
@@ -383,3 +522,57 @@ async def test_progress_reaches_the_admin_sparingly() -> None:
     assert [s.split()[2] for s in steps] == ["1/100", "26/100", "51/100", "76/100", "100/100"]
     assert notes[-1].endswith("scoring the new adapter on 12 held-out ratings…")
     assert len(events) == 103 and owner.progress["phase"] == "evaluation"
+
+
+FAKE_TRAINER_MODULE = """
+import json, sys
+from pathlib import Path
+
+spec = json.loads(Path(sys.argv[1]).read_text())
+Path(spec["output_dir"]).mkdir(parents=True)
+filler = "x" * int(spec["filler"])
+print(json.dumps({"event": "start", "examples": 1}), flush=True)
+print(json.dumps({"event": "done", "metrics": {"steps": 1}, "data": {"note": filler}}))
+"""
+
+
+async def test_a_long_done_line_keeps_the_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``done`` event longer than asyncio's 64 KiB line limit still arrives."""
+    from bot.trainer_process import SubprocessTrainer
+
+    (tmp_path / "long_done_trainer.py").write_text(FAKE_TRAINER_MODULE, encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    spec = {"output_dir": str(tmp_path / "v0001"), "filler": 300_000}
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    events: list[str] = []
+
+    async def progress(event: dict[str, Any]) -> None:
+        events.append(str(event["event"]))
+
+    trainer = SubprocessTrainer(module="long_done_trainer")
+    result = await asyncio.wait_for(trainer.run(spec, spec_path, progress), 30)
+    assert result.output_dir == tmp_path / "v0001" and result.metrics == {"steps": 1}
+    assert len(result.data["note"]) == 300_000 and events == ["start", "done"]
+
+
+def test_the_done_event_counts_dropped_rows_per_reason() -> None:
+    from bot.training_data import Dropped, TrainingSpec
+    from bot.training_inputs import DROPPED_SAMPLE, Prepared, data_report
+
+    dropped = [Dropped(i, f"reply longer than max_length ({i} tokens)") for i in range(30)]
+    dropped += [Dropped(100 + i, "the reply renders to no tokens") for i in range(50_000)]
+    spec = TrainingSpec(model_dir=Path("/m"), dataset=Path("/d"), output_dir=Path("/o"))
+    report = data_report(spec, Prepared([], [], [], dropped))
+    assert report["dropped_total"] == 50_030
+    assert report["dropped"]["the reply renders to no tokens"] == 50_000
+    assert sum(report["dropped"].values()) == 50_030 and len(report["dropped"]) <= 21
+    assert len(report["dropped_sample"]) == DROPPED_SAMPLE
+    assert len(json.dumps(report)) < 8_000  # one short event line, however much was dropped
+
+    from bot.release import _dropped_note
+
+    note = _dropped_note(TrainResult(Path("/o"), data=report))
+    assert note.startswith(" The trainer dropped 50030 row(s): 50000× the reply renders")

@@ -11,6 +11,7 @@ import contextlib
 import json
 import shutil
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -360,6 +361,29 @@ async def test_a_failed_step_fails_its_streams_and_the_engine_goes_on(
     assert await reply(generator, HELLO) == expected
 
 
+async def test_a_failed_join_fails_only_the_joining_stream(
+    generator: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = GenerationParams(max_new_tokens=40, temperature=0.0, repetition_penalty=1.0)
+    expected = await reply(generator, HELLO, params)
+    real_join = model_batch.Batch.join
+    calls = {"n": 0}
+
+    def flaky_join(self: model_batch.Batch, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("out of memory in cat")
+        real_join(self, *args)
+
+    monkeypatch.setattr(model_batch.Batch, "join", flaky_join)
+    running = generator.stream(HELLO, params)
+    head = [await anext(running)]  # the first request is in the batch
+    with pytest.raises(GenerationError, match="out of memory"):
+        await asyncio.wait_for(reply(generator, HELLO, params), 10)
+    rest = [piece async for piece in running]
+    assert "".join(head + rest) == expected  # the running reply went on, untouched
+
+
 async def test_stops_at_end_of_turn(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Generation ends at an end-of-sequence id of the generation config, which is not shown."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -396,6 +420,39 @@ async def test_streams_fail_cleanly_after_close(tiny_model_dir: Path) -> None:
     await gen.aclose()
     with pytest.raises(GenerationError):
         await reply(gen, HELLO)
+
+
+async def test_swaps_fail_at_once_after_close(tiny_model_dir: Path, random_adapter: Path) -> None:
+    gen = await TransformersGenerator.load(tiny_settings(tiny_model_dir), LoraSettings())
+    await gen.aclose()
+    with pytest.raises(GenerationError, match="shutting down"):
+        await asyncio.wait_for(gen.swap_adapter(random_adapter), 5)
+    assert gen.active_adapter is None
+
+
+async def test_a_cancelled_swap_still_reports_the_adapter_it_installed(
+    generator: TransformersGenerator, random_adapter: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base_text = await reply(generator, HELLO)
+    engine = generator._engine
+    reached, release = threading.Event(), threading.Event()
+    real_run_swap = engine._run_swap
+
+    def held_swap(swap: Any) -> None:  # the engine thread waits here until the caller is gone
+        reached.set()
+        release.wait(10)
+        real_run_swap(swap)
+
+    monkeypatch.setattr(engine, "_run_swap", held_swap)
+    task = asyncio.create_task(generator.swap_adapter(random_adapter))
+    await eventually(reached.is_set, 10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    release.set()
+    await eventually(lambda: generator.active_adapter == random_adapter, 10)
+    assert await reply(generator, HELLO) != base_text  # the swap did happen
 
 
 async def test_bad_lora_targets_are_a_load_error(tiny_model_dir: Path) -> None:

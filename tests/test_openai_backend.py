@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from transformers import AutoTokenizer
 
 from bot.app import StartupError, build_core, load_generator
-from bot.config import BackendSettings, ModelSettings, Settings
+from bot.config import BackendSettings, ConfigError, ModelSettings, Settings, load_settings
 from bot.generation import DEFAULT_SLOT, GenerationError, Generator
+from bot.logs import RedactSecrets, settings_secrets
 from bot.model_runtime import chat_ids
 from bot.model_source import AdapterError, ModelLoadError
 from bot.openai_backend import OpenAIGenerator
@@ -307,3 +310,254 @@ async def test_the_chat_service_answers_through_the_backend(
     assert isinstance(final, Reply) and final.kind is ReplyKind.ANSWER
     assert final.text == f"[{BASE_MODEL}] Hi there"
     assert chats(server)[-1]["messages"][0]["role"] == "system"
+
+
+# --- the api key never leaks (it is checked in the settings, and masked everywhere) ---
+
+LEAKY = "sk-leaky-secret"
+
+
+def test_api_key_is_checked_in_the_settings(tmp_path: Path) -> None:
+    key = BackendSettings(api_key=SecretStr(" sk-test\n")).api_key
+    assert key is not None and key.get_secret_value() == "sk-test"  # stray whitespace trimmed
+    assert BackendSettings(api_key=SecretStr("  ")).api_key is None
+    for bad in (f"{LEAKY}\nX-Evil: 1", f"{LEAKY} two", "sk-ключ-leaky-secret"):
+        env = {"SELFTUNE_DATA_DIR": str(tmp_path), "SELFTUNE_BACKEND__API_KEY": bad}
+        with pytest.raises(ConfigError, match=r"backend\.api_key") as caught:
+            load_settings(None, env)
+        assert "visible ASCII" in str(caught.value)
+        assert "leaky" not in str(caught.value) and "ключ" not in str(caught.value)
+        with pytest.raises(ValidationError) as direct:
+            BackendSettings(api_key=bad)  # type: ignore[arg-type]  # as TOML would give it
+        assert "leaky" not in str(direct.value) and "ключ" not in str(direct.value)
+
+
+def test_the_backend_api_key_is_masked_in_logs(settings: Settings) -> None:
+    with_key = settings.model_copy(
+        update={"backend": BackendSettings(kind="openai", api_key=SecretStr(LEAKY))}
+    )
+    assert LEAKY in settings_secrets(with_key)
+    redacted = RedactSecrets(settings_secrets(with_key)).redact(f"header Bearer {LEAKY}!")
+    assert redacted == "header Bearer ***!"
+
+
+def _leaks(text: str, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Where the key shows: in ``text`` or any log record (message or traceback)."""
+    shown = [text] + [record.getMessage() + (record.exc_text or "") for record in caplog.records]
+    return [s for s in shown if "leaky" in s]
+
+
+@pytest.mark.parametrize("bad", [f"{LEAKY}\n", f"{LEAKY}\r\nX-Evil: 1", "sk-ключ-leaky"])
+async def test_an_unsendable_api_key_is_a_clear_error_without_the_key(
+    bad: str, server: FakeOpenAI, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    unchecked = backend(server).model_copy(update={"api_key": SecretStr(bad)})  # not validated
+    with pytest.raises(ModelLoadError, match=r"backend\.api_key") as caught:
+        await OpenAIGenerator.connect(unchecked, ModelSettings(), model_dir=tiny_model_dir)
+    assert not _leaks(str(caught.value), caplog)
+
+
+async def test_transport_errors_that_carry_headers_do_not_leak_the_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        auth = request.headers["Authorization"]
+        raise httpx.LocalProtocolError(f"Illegal header value b'{auth}'", request=request)
+
+    settings = BackendSettings(kind="openai", api_key=SecretStr(LEAKY))
+    gen = OpenAIGenerator(
+        settings,
+        base_model=BASE_MODEL,
+        context_window=MAX_MODEL_LEN,
+        count=None,
+        transport=httpx.MockTransport(handler),
+    )
+    try:
+        errors: list[BaseException] = []
+        with pytest.raises(GenerationError, match="cannot reach the model server") as streamed:
+            await reply(gen, HELLO)
+        errors.append(streamed.value)
+        with pytest.raises(GenerationError, match="cannot reach the model server") as counted:
+            await gen.count_tokens(HELLO)
+        errors.append(counted.value)
+        with pytest.raises(AdapterError, match="cannot load adapter") as loaded:
+            await gen.swap_adapter(make_adapter_dir(tmp_path, "v1"))
+        errors.append(loaded.value)
+    finally:
+        await gen.aclose()
+    for error in errors:
+        assert "LocalProtocolError" in str(error)
+        assert not _leaks(str(error), caplog)
+    assert any("Illegal header value" in r.getMessage() for r in caplog.records)  # redacted
+
+
+# --- a restarted server gets its adapters back ---
+
+
+def loads(server: FakeOpenAI) -> list[dict[str, Any]]:
+    return [r for r in server.requests if r["path"] == "/v1/load_lora_adapter"]
+
+
+async def test_adapters_a_restarted_server_lost_are_loaded_again(
+    gen: OpenAIGenerator, server: FakeOpenAI, tmp_path: Path
+) -> None:
+    v1 = make_adapter_dir(tmp_path, "v1")
+    await gen.swap_adapter(v1)
+    name = gen.served_model()
+    server.restart()
+    assert await reply(gen, HELLO) == f"[{name}] Hello there"
+    assert name in server.loras and len(loads(server)) == 2
+    assert [r["model"] for r in chats(server)] == [name, name]  # the 404, then the retry
+    server.restart()
+    texts = await asyncio.gather(*(reply(gen, [Turn("user", f"chat {i}")]) for i in range(5)))
+    assert texts == [f"[{name}] chat {i}" for i in range(5)]
+    assert len(loads(server)) == 3  # once for the five
+    server.restart()
+    server.fail_next = Failure(404, f"The model `{name}` does not exist.")  # for the retry
+    before = len(chats(server))
+    with pytest.raises(GenerationError, match="404"):
+        await reply(gen, HELLO)
+    assert len(chats(server)) == before + 2  # retried once, not more
+    (v1 / "adapter_config.json").rename(v1 / "moved.json")  # now it cannot come back
+    server.restart()
+    with pytest.raises(GenerationError, match=f"lost adapter {name}.*could not load it again"):
+        await reply(gen, HELLO)
+
+
+async def test_a_lost_adapter_is_loaded_again_where_the_server_sees_it(
+    server: FakeOpenAI, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    adapters, mirror = tmp_path / "adapters", tmp_path / "mounted"
+    v1 = make_adapter_dir(adapters, "v1")
+    make_adapter_dir(mirror, "v1")
+    async with connected(
+        server, tiny_model_dir, adapters_dir=adapters, adapter_dir_on_server=str(mirror)
+    ) as gen:
+        await gen.swap_adapter(v1)
+        server.restart()
+        assert await reply(gen, HELLO) == f"[{gen.served_model()}] Hello there"
+    assert [r["lora_path"] for r in loads(server)] == [str(mirror / "v1")] * 2
+
+
+async def test_a_missing_base_model_is_not_retried(
+    gen: OpenAIGenerator, server: FakeOpenAI
+) -> None:
+    server.fail_next = Failure(404, f"The model `{BASE_MODEL}` does not exist.")
+    with pytest.raises(GenerationError, match="404"):
+        await reply(gen, HELLO)
+    assert len(chats(server)) == 1 and not loads(server)
+
+
+# --- malformed events are generation errors ---
+
+
+def sse_generator(body: bytes) -> OpenAIGenerator:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "text/event-stream"}, content=body)
+
+    return OpenAIGenerator(
+        BackendSettings(kind="openai"),
+        base_model=BASE_MODEL,
+        context_window=MAX_MODEL_LEN,
+        count=None,
+        transport=httpx.MockTransport(handler),
+    )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        '["x"]',
+        '"x"',
+        "7",
+        '{"choices": ["x"]}',
+        '{"choices": {"delta": {"content": "x"}}}',
+        '{"choices": [{"delta": "x"}]}',
+        '{"choices": [{"delta": {"content": 7}}]}',
+    ],
+)
+async def test_malformed_events_are_generation_errors(event: str) -> None:
+    ok = '{"choices": [{"delta": {"content": "fine"}}]}'
+    gen = sse_generator(f"data: {ok}\n\ndata: {event}\n\ndata: [DONE]\n\n".encode())
+    pieces: list[str] = []
+    try:
+        with pytest.raises(GenerationError, match="malformed event"):
+            async for piece in gen.stream(HELLO, GREEDY):
+                pieces.append(piece)
+    finally:
+        await gen.aclose()
+    assert pieces == ["fine"]
+
+
+async def test_events_without_text_are_skipped() -> None:
+    events = [
+        '{"choices": []}',
+        '{"choices": null}',
+        '{"choices": [{"delta": {}, "finish_reason": "stop"}]}',
+        '{"choices": [{"delta": {"role": "assistant", "content": null}}]}',
+        '{"choices": [{"delta": {"content": "ok"}}], "usage": null}',
+    ]
+    gen = sse_generator("".join(f"data: {e}\n\n" for e in events).encode() + b"data: [DONE]\n\n")
+    try:
+        assert await reply(gen, HELLO) == "ok"
+    finally:
+        await gen.aclose()
+
+
+# --- many chats at once: no connection cap, and a clear error when one is set and full ---
+
+
+async def test_more_chats_than_httpx_default_pool_are_served(
+    server: FakeOpenAI, tiny_model_dir: Path
+) -> None:
+    server.delay_s = 0.15  # a stream lasts ~1.5 s, each word comes well within the timeout
+    long = [Turn("user", "a b c d e f g h i")]
+    async with connected(server, tiny_model_dir, timeout_s=1.0) as gen:
+        texts = await asyncio.gather(*(reply(gen, long) for _ in range(120)))
+    assert texts == [f"[{BASE_MODEL}] a b c d e f g h i"] * 120
+
+
+async def test_a_full_connection_pool_is_its_own_error(
+    server: FakeOpenAI, tiny_model_dir: Path
+) -> None:
+    server.delay_s = 0.2
+    async with connected(
+        server, tiny_model_dir, max_connections=1, pool_timeout_s=0.1, timeout_s=5.0
+    ) as gen:
+        first = gen.stream(HELLO, GREEDY)
+        await anext(first)  # holds the only connection
+        with pytest.raises(GenerationError, match=r"backend\.max_connections = 1") as caught:
+            await reply(gen, HELLO)
+        assert "did not answer" not in str(caught.value)
+        await first.aclose()
+        assert await reply(gen, HELLO) == f"[{BASE_MODEL}] Hello there"  # free again
+
+
+# --- the fake checks the bearer token on every endpoint, and the backend sends it ---
+
+
+async def test_every_endpoint_needs_the_api_key(tiny_model_dir: Path, tmp_path: Path) -> None:
+    async with FakeOpenAI(api_key="sk-test") as server:
+        root = server.base_url.removesuffix("/v1")
+        async with httpx.AsyncClient() as anonymous:
+            answers = [
+                await anonymous.get(f"{root}/v1/models"),
+                await anonymous.post(f"{root}/v1/chat/completions", json={}),
+                await anonymous.post(f"{root}/tokenize", json={}),
+                await anonymous.post(f"{root}/v1/load_lora_adapter", json={}),
+                await anonymous.post(f"{root}/v1/unload_lora_adapter", json={}),
+            ]
+        assert [a.status_code for a in answers] == [401] * 5
+        assert not server.requests  # refused before anything is recorded
+        async with connected(
+            server, tiny_model_dir, api_key=SecretStr("sk-test"), token_count="server"
+        ) as gen:
+            assert await gen.count_tokens(HELLO) > 0
+            await gen.swap_adapter(make_adapter_dir(tmp_path, "v1"))
+            name = gen.served_model()
+            assert await reply(gen, HELLO) == f"[{name}] Hello there"
+            await gen.swap_adapter(None)
+        assert server.unloaded == [name]

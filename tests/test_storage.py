@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from bot.types import AdapterStatus, RateAction, RunStatus, Turn, Vote
+from storage.db import create_engine
 from storage.repository import Repository
 from storage.training_runs import TrainingAlreadyRunning
 
@@ -220,6 +221,57 @@ async def test_training_runs_never_overlap(repo: Repository) -> None:
         (second, RunStatus.SUCCEEDED),
         (run, RunStatus.INTERRUPTED),
     ]
+
+
+async def _racing(db_url: str, count: int) -> list[Repository]:
+    """``count`` repositories on one database, as separate processes would have."""
+    repos = [Repository(create_engine(db_url)) for _ in range(count)]
+    for other in repos:  # each connects before the race starts
+        await other.runs.recent()
+    return repos
+
+
+async def test_training_runs_never_overlap_across_processes(repo: Repository, db_url: str) -> None:
+    repos = await _racing(db_url, 6)
+    try:
+        results = await asyncio.gather(
+            *(other.runs.start("command", None, pid=100 + i) for i, other in enumerate(repos)),
+            return_exceptions=True,
+        )
+        started = [r for r in results if isinstance(r, int)]
+        refused = [r for r in results if isinstance(r, TrainingAlreadyRunning)]
+        assert len(started) == 1 and len(refused) == len(repos) - 1, results
+        assert all(r.run.id == started[0] for r in refused)
+        assert len([r for r in await repo.runs.recent() if r.status is RunStatus.RUNNING]) == 1
+    finally:
+        for other in repos:
+            await other.aclose()
+
+
+async def test_ab_tests_never_overlap_across_processes(repo: Repository, db_url: str) -> None:
+    from storage.abtests import ABTestRunning
+
+    await repo.adapters.add(
+        path="/a/v1",
+        parent=None,
+        base_model="m",
+        exchange_ids=[],
+        metrics={},
+        hyperparams={},
+        duration_s=None,
+        training_run_id=None,
+    )
+    repos = await _racing(db_url, 6)
+    try:
+        results = await asyncio.gather(
+            *(other.ab.start(1, None, 0.5, None) for other in repos), return_exceptions=True
+        )
+        started = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, ABTestRunning)]
+        assert len(started) == 1 and len(refused) == len(repos) - 1, results
+    finally:
+        for other in repos:
+            await other.aclose()
 
 
 async def test_daily_ratings_per_adapter_version(repo: Repository) -> None:

@@ -5,7 +5,10 @@ streaming ``POST /v1/chat/completions`` (server-sent events ending in ``data: [D
 ``POST /tokenize``, and runtime LoRA loading (``/v1/load_lora_adapter``,
 ``/v1/unload_lora_adapter``) with vLLM's error answers. A reply says which model (base or
 LoRA name) wrote it and echoes the last message, one word per event, so tests can see which
-adapter served a request. Every request is recorded; failures can be injected.
+adapter served a request. Every request is recorded; failures can be injected; with
+``api_key`` every endpoint refuses a request without the bearer token, as vLLM's
+``--api-key`` does; :meth:`FakeOpenAI.restart` forgets the run-time adapters, as a restarted
+server would.
 """
 
 from __future__ import annotations
@@ -68,6 +71,10 @@ class FakeOpenAI:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    def restart(self) -> None:
+        """Forget the adapters loaded at run time, as vLLM does when it restarts."""
+        self.loras.clear()
+
     @staticmethod
     def reply_for(model: str, messages: list[dict[str, str]]) -> str:
         """What the fake answers: the serving model's name and the last message."""
@@ -86,6 +93,8 @@ class FakeOpenAI:
         return web.json_response({"object": "list", "data": data})
 
     async def _tokenize(self, request: web.Request) -> web.Response:
+        if refused := self._refused(request):
+            return refused
         body = await request.json()
         self.requests.append({"path": "/tokenize", **body})
         words = sum(len(m["content"].split()) + 4 for m in body["messages"]) + 3
@@ -94,7 +103,10 @@ class FakeOpenAI:
         )
 
     async def _load(self, request: web.Request) -> web.Response:
+        if refused := self._refused(request):
+            return refused
         body = await request.json()
+        self.requests.append({"path": "/v1/load_lora_adapter", **body})
         name, path = body["lora_name"], body["lora_path"]
         if name in self.loras:
             return _error(400, f"The lora adapter '{name}' has already been loaded.")
@@ -104,7 +116,11 @@ class FakeOpenAI:
         return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
 
     async def _unload(self, request: web.Request) -> web.Response:
-        name = (await request.json())["lora_name"]
+        if refused := self._refused(request):
+            return refused
+        body = await request.json()
+        self.requests.append({"path": "/v1/unload_lora_adapter", **body})
+        name = body["lora_name"]
         if self.loras.pop(name, None) is None:
             return _error(404, f"The lora adapter '{name}' cannot be found.")
         self.unloaded.append(name)
