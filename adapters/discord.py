@@ -8,6 +8,7 @@ so Discord, Telegram and the core share one asyncio loop. The pieces live in sma
 - discord_replies: edits paced per channel, 2000-character pieces, typing indicator
 - discord_rating: the persistent 👍/👎 buttons (``ui.DynamicItem``)
 - discord_slash: slash commands from the core's command table
+- discord_private: the core's private messages to a user (training progress) by DM
 
 The REST base and gateway URLs are settings (``discord.api_base``, ``discord.gateway_url``), so
 the bot can talk to a Discord-compatible server, and the tests to a fake one.
@@ -24,6 +25,7 @@ import yarl
 from adapters.base import split_text
 from adapters.discord_incoming import PLATFORM, target_channel_id
 from adapters.discord_messages import MessageHandler
+from adapters.discord_private import DirectMessages
 from adapters.discord_rating import RateButton, RatingHandler
 from adapters.discord_replies import MESSAGE_LIMIT
 from adapters.discord_sdk import app_commands, discord
@@ -117,8 +119,9 @@ class DiscordAdapter:
         self._token = settings.token  # a SecretStr: never in a log line or a repr
         self._settings = settings
         self.ratings = RatingHandler(service)
-        self.slash = SlashCommands(service, settings.admin_role_id)
-        self.messages = MessageHandler(service, settings)
+        self.direct = DirectMessages()
+        self.slash = SlashCommands(service, settings.admin_role_id, self.direct.remember)
+        self.messages = MessageHandler(service, settings, self.direct.remember)
         self.ready = asyncio.Event()
         self.client: SelftuneClient | None = None
 
@@ -148,11 +151,19 @@ class DiscordAdapter:
         log.error("%s", message)
         return DiscordStartupError(message)
 
-    async def send(self, chat_key: str, text: str) -> None:
-        """Post a message the core wants to say on its own (training progress)."""
+    def _connected(self) -> SelftuneClient:
         client = self.client
         if client is None or not client.is_ready():
             raise RuntimeError("not connected to Discord")
-        channel = client.get_partial_messageable(target_channel_id(chat_key))
+        return client
+
+    async def send(self, chat_key: str, text: str) -> None:
+        """Post a message the core wants to say on its own (training progress)."""
+        channel = self._connected().get_partial_messageable(target_channel_id(chat_key))
         for piece in split_text(text, MESSAGE_LIMIT):
             await channel.send(piece)
+
+    async def send_private(self, user_key: str, text: str) -> None:
+        """Write to a user privately (``discord:<user id>``): a DM, or where DMs are closed a
+        note in the channel of their last command (the outbox's private sender)."""
+        await self.direct.send(self._connected(), user_key, text)

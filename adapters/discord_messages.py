@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from adapters.discord_incoming import (
     incoming_from_message,
@@ -41,9 +42,15 @@ NO_DM = (
 class MessageHandler:
     """Answers Discord messages; one instance per adapter, shared by all channels."""
 
-    def __init__(self, service: ChatService, settings: DiscordSettings) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        settings: DiscordSettings,
+        on_answered: Callable[[Incoming], None] | None = None,
+    ) -> None:
         self._service = service
         self._settings = settings
+        self._on_answered = on_answered  # told of each message the bot answers, before it does
         self._pacer = ChannelPacer(settings.edit_interval_s)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -72,6 +79,8 @@ class MessageHandler:
         incoming = await incoming_from_message(message, me.id, self._settings.admin_role_id)
         if not self._service.should_answer(incoming, me.name):
             return
+        if self._on_answered is not None:
+            self._on_answered(incoming)
         extras = unreadable_parts(message)
         if extras and not incoming.text:
             await self._notice(message, unreadable_notice(extras, answered=False))

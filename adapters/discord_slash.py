@@ -63,9 +63,15 @@ def _callback(run: Runner, spec: CommandSpec) -> Callable[..., Coroutine[Any, An
 class SlashCommands:
     """Registers the commands on a CommandTree and answers them through the ChatService."""
 
-    def __init__(self, service: ChatService, admin_role_id: int | None) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        admin_role_id: int | None,
+        on_command: Callable[[Incoming], None] | None = None,
+    ) -> None:
         self._service = service
         self._admin_role_id = admin_role_id
+        self._on_command = on_command  # told of each command before the core runs it
 
     def register(self, tree: app_commands.CommandTree[Any]) -> list[str]:
         """Add every platform command to ``tree``; returns their names."""
@@ -101,6 +107,8 @@ class SlashCommands:
         await interaction.response.defer(ephemeral=ephemeral, thinking=True)
         text = f"/{spec.name} {args}".strip()
         incoming = incoming_from_interaction(interaction, text, self._admin_role_id)
+        if self._on_command is not None:
+            self._on_command(incoming)
         try:
             reply = await self._reply(incoming)
         except Exception as exc:

@@ -248,7 +248,10 @@ def make_adapters(core: Core, mode: Literal["run", "chat"]) -> list[Adapter]:
     if mode == "run" and settings.discord.token is not None:
         from adapters.discord import DiscordAdapter
 
-        adapters.append(DiscordAdapter(core.service, settings.discord))
+        discord_adapter = DiscordAdapter(core.service, settings.discord)
+        # Admin output for a user (training progress after /finetune in a server) goes by DM.
+        core.outbox.register_private(discord_adapter.platform, discord_adapter.send_private)
+        adapters.append(discord_adapter)
     if not adapters:
         from adapters.console import ConsoleAdapter
 

@@ -8,6 +8,7 @@ import pytest
 
 from adapters.discord import DiscordAdapter, DiscordStartupError
 from adapters.discord_incoming import target_channel_id
+from adapters.discord_private import user_id_of
 from adapters.discord_sdk import discord
 from bot.app import Core, StartupError, make_adapters
 from bot.config import DiscordSettings
@@ -63,8 +64,10 @@ async def test_endpoints_and_intents_come_from_settings(
 
 
 async def test_run_mode_builds_the_discord_adapter(core: Core) -> None:
+    assert core.outbox.private_notifier("discord:7") is None
     [adapter] = make_adapters(core, "run")
     assert isinstance(adapter, DiscordAdapter) and adapter.platform == "discord"
+    assert core.outbox.private_notifier("discord:7") is not None  # DMs to Discord users
 
 
 async def test_core_messages_reach_channels_and_threads(core: Core, fake: FakeDiscord) -> None:
@@ -76,6 +79,13 @@ async def test_core_messages_reach_channels_and_threads(core: Core, fake: FakeDi
     in_channel = fake.bot_messages(fake.channel_id)
     assert len(in_channel) == 2 and all(len(m["content"]) <= 2000 for m in in_channel)
     assert [m["content"] for m in fake.bot_messages(fake.thread_id)] == ["Training done."]
+
+
+def test_user_keys_name_the_user_to_dm() -> None:
+    assert user_id_of("discord:42") == 42
+    for bad in ("telegram:42", "discord:", "discord:x", "discord:1:2"):
+        with pytest.raises(ValueError):
+            user_id_of(bad)
 
 
 def test_chat_keys_name_the_channel_to_post_in() -> None:
@@ -90,3 +100,5 @@ async def test_sending_before_connecting_fails_loudly(core: Core) -> None:
     adapter = DiscordAdapter(core.service, core.settings.discord)
     with pytest.raises(RuntimeError, match="not connected"):
         await adapter.send("discord:5", "hello")
+    with pytest.raises(RuntimeError, match="not connected"):
+        await adapter.send_private("discord:5", "hello")

@@ -120,6 +120,7 @@ class FakeDiscord:
         self.thread_id = self.new_id()
         self._guild_channels = {self.channel_id, self.other_channel_id, self.thread_id}
         self._dms: dict[int, int] = {}  # user id -> DM channel id
+        self.dms_closed: set[int] = set()  # users who refuse DMs from server members (403)
         self.messages: dict[int, Json] = {}
         self.calls: list[Call] = []
         self.interactions: dict[int, FakeInteraction] = {}
@@ -526,7 +527,10 @@ class FakeDiscord:
 
     async def _create_dm(self, _r: web.Request, _p: list[str], body: Json, _f: Any) -> web.Response:
         user_id = int(body["recipient_id"])
-        user = next(u for u in (self.alice, self.bob, self.root, self.ada) if u.id == user_id)
+        known = (self.alice, self.bob, self.root, self.ada)
+        user = next((u for u in known if u.id == user_id), None)
+        if user is None:  # never a 5xx: discord.py would retry for ~25 s
+            return _json({"message": "Invalid Recipient(s)", "code": 50033}, 400)
         return _json(self._channel_payload(self.dm_channel(user), user))
 
     async def _typing(self, *_: Any) -> web.Response:
@@ -535,6 +539,9 @@ class FakeDiscord:
     async def _post_message(
         self, _r: web.Request, parts: list[str], body: Json, files: Any
     ) -> web.Response:
+        if any(self._dms.get(user_id) == int(parts[1]) for user_id in self.dms_closed):
+            # As Discord answers when the user does not accept DMs from server members.
+            return _json({"message": "Cannot send messages to this user", "code": 50007}, 403)
         extra: Json = {"components": body.get("components", [])}
         if body.get("message_reference"):
             extra["type"] = 19
@@ -705,12 +712,16 @@ def discord_settings(data_dir: Path, fake: FakeDiscord, **env: str) -> Settings:
 
 @asynccontextmanager
 async def run_bot(
-    service: ChatService, settings: Settings, fake: FakeDiscord
+    service: ChatService,
+    settings: Settings,
+    fake: FakeDiscord,
+    adapter: DiscordAdapter | None = None,
 ) -> AsyncIterator[DiscordAdapter]:
-    """Run the real Discord adapter against ``fake`` until the block ends; ready on entry."""
+    """Run the real Discord adapter (``adapter``, say one from ``make_adapters``, else a new
+    one) against ``fake`` until the block ends; ready on entry."""
     from adapters.discord import DiscordAdapter
 
-    adapter = DiscordAdapter(service, settings.discord)
+    adapter = adapter if adapter is not None else DiscordAdapter(service, settings.discord)
     task = asyncio.create_task(adapter.run(), name="discord-under-test")
     try:
         await fake.wait_for(lambda: adapter.ready.is_set() or task.done())
