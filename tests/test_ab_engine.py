@@ -14,6 +14,7 @@ from bot.app import build_core
 from bot.config import LoraSettings, Settings
 from bot.model import TransformersGenerator
 from bot.types import GenerationParams, Incoming, Reply, Turn
+from tests.records import add_version
 from tests.test_model import make_adapter
 
 ME = Incoming("console", "local", "local", "Ann", "")
@@ -40,17 +41,7 @@ async def test_ab_test_on_the_real_engine(
     core = await build_core(settings, generator=generator, model_dir=generator.model_dir)
     try:
         for version, path in enumerate(paths, 1):
-            await core.repo.adapters.add(
-                version=version,
-                path=str(path),
-                parent=None,
-                base_model="tiny",
-                exchange_ids=[],
-                metrics={},
-                hyperparams={},
-                duration_s=None,
-                training_run_id=None,
-            )
+            await add_version(core.repo, path, version=version)
         await core.versions.activate(1)
         expected = {}
         params = GenerationParams(max_new_tokens=10, temperature=0.0, repetition_penalty=1.0)

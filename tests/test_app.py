@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,34 +13,20 @@ from bot.app import StartupError, build_core
 from bot.cli import main
 from bot.config import Settings
 from bot.generation import ScriptedGenerator
-from bot.types import Incoming, Reply, Vote
+from bot.types import Incoming, Vote
+from tests.records import add_version, say
 
 ME = Incoming("console", "local", "local", "Ann", "")
 
 
-async def _say(core: object, text: str) -> Reply:
-    items = [i async for i in core.service.respond(replace(ME, text=text))]  # type: ignore[attr-defined]
-    assert isinstance(items[-1], Reply)
-    return items[-1]
-
-
 async def test_restart_keeps_history_ratings_and_the_active_adapter(settings: Settings) -> None:
     first = await build_core(settings, generator=ScriptedGenerator(), progress=False)
-    reply = await _say(first, "remember this")
+    reply = await say(first, ME, "remember this")
     assert reply.exchange_id is not None
     await first.service.rate(reply.exchange_id, ME.user_key, Vote.UP)
     adapter_dir = settings.adapters_dir / "v0001"
     adapter_dir.mkdir(parents=True)
-    await first.repo.adapters.add(
-        path=str(adapter_dir),
-        parent=None,
-        base_model="m",
-        exchange_ids=[reply.exchange_id],
-        metrics={},
-        hyperparams={},
-        duration_s=1.0,
-        training_run_id=None,
-    )
+    await add_version(first.repo, adapter_dir, exchange_ids=[reply.exchange_id], duration_s=1.0)
     await first.versions.activate(1)
     await first.aclose()
 
@@ -53,7 +38,7 @@ async def test_restart_keeps_history_ratings_and_the_active_adapter(settings: Se
         history = await second.repo.history("console:local", 10)
         assert [m.content for m in history] == ["remember this", "You said: remember this"]
         assert [r.label for r in await second.repo.training.rated()] == [True]
-        again = await _say(second, "and now?")
+        again = await say(second, ME, "and now?")
         assert again.adapter_version == 1 and "[v0001]" in again.text
     finally:
         await second.aclose()
@@ -65,7 +50,7 @@ async def test_a_second_process_on_the_same_data_dir_is_refused(settings: Settin
         with pytest.raises(StartupError, match=f"pid {os.getpid()}.*already serving"):
             await build_core(settings, generator=ScriptedGenerator(), progress=False)
         # Still serving after the refusal.
-        assert (await _say(first, "ok?")).rateable
+        assert (await say(first, ME, "ok?")).rateable
     finally:
         await first.aclose()
     again = await build_core(settings, generator=ScriptedGenerator(), progress=False)
@@ -120,7 +105,7 @@ def test_cli_db_adapters_export(
 
 async def _seed(settings: Settings) -> None:
     core = await build_core(settings, generator=ScriptedGenerator(), progress=False)
-    reply = await _say(core, "export me")
+    reply = await say(core, ME, "export me")
     assert reply.exchange_id is not None
     await core.service.rate(reply.exchange_id, ME.user_key, Vote.DOWN)
     await core.aclose()

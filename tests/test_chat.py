@@ -13,6 +13,7 @@ from bot.app import Core, build_core
 from bot.config import Settings
 from bot.generation import GenerationError, ScriptedGenerator
 from bot.types import Draft, Incoming, RateAction, Reply, ReplyKind, Turn, Vote
+from tests.records import add_version
 
 ME = Incoming("console", "local", "local", "Ann", "")
 GUEST = Incoming("telegram", "-100", "7", "Bob", "", is_private=False)
@@ -272,16 +273,7 @@ async def test_a_failing_token_count_is_a_clear_error_and_the_message_is_kept(
 async def test_an_adapter_the_generator_refuses_does_not_stop_replies(
     core: Core, scripted: ScriptedGenerator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    await core.repo.adapters.add(
-        path=str(tmp_path / "v1"),
-        parent=None,
-        base_model="tiny",
-        exchange_ids=[],
-        metrics={},
-        hyperparams={},
-        duration_s=None,
-        training_run_id=None,
-    )
+    await add_version(core.repo, tmp_path / "v1")
     await core.repo.adapters.set_active(1)
 
     async def refuse(_path: Path | None, *, slot: str = "default") -> None:

@@ -12,15 +12,10 @@ from bot.commands import BY_NAME
 from bot.config import Settings
 from bot.generation import ScriptedGenerator
 from bot.types import Incoming, Reply, ReplyKind, Vote
+from tests.records import say
 from tests.test_finetune import GOOD, FakeTrainer
 
 Sent = list[tuple[str, str]]
-
-
-async def _say(core: Core, who: Incoming, text: str) -> Reply:
-    items = [i async for i in core.service.respond(replace(who, text=text))]
-    assert isinstance(items[-1], Reply)
-    return items[-1]
 
 
 async def _core(settings: Settings, platform: str, sent: Sent) -> Core:
@@ -39,7 +34,7 @@ async def _core(settings: Settings, platform: str, sent: Sent) -> Core:
     core.outbox.register(platform, send)
     for i in range(40):  # private chats of many users (under the rate limit)
         who = Incoming(platform, f"{100 + i}", f"{100 + i}", f"U{i}", "")
-        reply = await _say(core, who, f"message {i}")
+        reply = await say(core, who, f"message {i}")
         assert reply.exchange_id is not None
         await core.service.rate(reply.exchange_id, who.user_key, Vote.UP if i % 2 else Vote.DOWN)
     return core
@@ -47,7 +42,7 @@ async def _core(settings: Settings, platform: str, sent: Sent) -> Core:
 
 async def _finetune_in_group(core: Core, admin: Incoming) -> Reply:
     group = replace(admin, chat_id="-100", is_private=False, is_admin=True)
-    started = await _say(core, group, "/finetune")
+    started = await say(core, group, "/finetune")
     assert started.private and "Fine-tuning started" in started.text
     outcome = await core.finetuner.wait()
     assert outcome is not None
@@ -108,14 +103,14 @@ async def test_adapters_lists_compactly_and_shows_one_version_in_full(settings: 
     admin = Incoming("telegram", "7", "7", "Admin", "", is_admin=True)
     try:
         await _finetune_in_group(core, admin)
-        listed = await _say(core, admin, "/adapters")
+        listed = await say(core, admin, "/adapters")
         first = listed.text.splitlines()[0]
         assert first.startswith("▶ v1 [active]") and "KTO on" in first
         assert "reward margin 0.5 (serving 0.3)" in first and "gate: pass" in first
         assert "pref. acc." not in first  # only the deciding metric in the list
         assert "/adapters N" in listed.text and BY_NAME["adapters"].args == "[N]"
 
-        shown = await _say(core, admin, "/adapters 1")
+        shown = await say(core, admin, "/adapters 1")
         text = shown.text
         assert shown.private and text.startswith("Adapter v1 [active] ▶ serving")
         for expected in (
@@ -144,11 +139,11 @@ async def test_adapters_lists_compactly_and_shows_one_version_in_full(settings: 
         listed_ids = ", ".join(map(str, ids[:10]))
         assert f"Exchanges: {len(ids)} (ids {listed_ids}, …)" in text
 
-        base = await _say(core, admin, "/adapters 0")
+        base = await say(core, admin, "/adapters 0")
         assert "base model" in base.text
-        missing = await _say(core, admin, "/adapters 9")
+        missing = await say(core, admin, "/adapters 9")
         assert missing.kind is ReplyKind.NOTICE and "no adapter v9" in missing.text
-        wrong = await _say(core, admin, "/adapters x")
+        wrong = await say(core, admin, "/adapters x")
         assert "Usage: /adapters [N]" in wrong.text
     finally:
         await core.aclose()
@@ -171,9 +166,9 @@ async def test_the_detail_view_shows_a_rejected_tainted_version(core: Core, tmp_
         tainted=True,
     )
     admin = Incoming("console", "local", "local", "Ann", "")
-    listed = await _say(core, admin, "/adapters")
+    listed = await say(core, admin, "/adapters")
     assert "liked NLL 3 (serving 2)" in listed.text and "gate: fail" in listed.text
-    shown = await _say(core, admin, "/adapters v1")
+    shown = await say(core, admin, "/adapters v1")
     assert "Gate: fail — liked NLL worse" in shown.text
     assert "  liked NLL: 3 / 2 / – ◀ decides" in shown.text
     assert "Exchanges: 3 (ids 1, 2, 3)" in shown.text and "Method: SFT" in shown.text

@@ -22,6 +22,7 @@ from bot.generation import ScriptedGenerator
 from bot.trainer_process import ProgressFn, TrainingFailed, TrainResult
 from bot.types import AdapterStatus, Incoming, Reply, RunStatus, Vote
 from storage.training_runs import TrainingAlreadyRunning
+from tests.records import rated
 
 ME = Incoming("console", "local", "local", "Ann", "")
 GOOD = {"preference_accuracy": 0.8, "liked_nll": 2.0, "reward_margin": 0.3}
@@ -91,11 +92,7 @@ async def _core(settings: Settings, trainer: FakeTrainer) -> Core:
 
 
 async def _rated(core: Core, text: str, vote: Vote = Vote.UP, who: Incoming = ME) -> int:
-    items = [i async for i in core.service.respond(replace(who, text=text))]
-    reply = items[-1]
-    assert isinstance(reply, Reply) and reply.exchange_id is not None
-    await core.service.rate(reply.exchange_id, who.user_key, vote)
-    return reply.exchange_id
+    return await rated(core, who, text, vote)
 
 
 def _recorder() -> tuple[list[str], Any]:

@@ -16,20 +16,13 @@ from bot.app import build_core
 from bot.config import Settings
 from bot.generation import ScriptedGenerator
 from bot.types import Incoming, Reply, Vote
+from tests.records import rated
 from tests.test_finetune import FakeTrainer
 
 ANN = Incoming("telegram", "1", "1", "Ann", "")
 BOB = Incoming("telegram", "2", "2", "Bob", "")
 CID = Incoming("telegram", "3", "3", "Cid", "")
 GROUP = {"chat_id": "-100", "is_private": False, "mentions_bot": True}
-
-
-async def _chat_and_rate(core: Any, who: Incoming, text: str, vote: Vote) -> int:
-    items = [i async for i in core.service.respond(replace(who, text=text))]
-    reply = items[-1]
-    assert isinstance(reply, Reply) and reply.exchange_id is not None
-    await core.service.rate(reply.exchange_id, who.user_key, vote)
-    return reply.exchange_id
 
 
 def _training_text(rows: list[dict[str, Any]]) -> str:
@@ -49,12 +42,12 @@ async def test_forgotten_and_opted_out_users_are_in_no_future_training_set(
     )
     notify = core.outbox.notifier("telegram:1")
     try:
-        ann = await _chat_and_rate(core, ANN, "Ann likes the sea", Vote.UP)
-        bob = await _chat_and_rate(core, BOB, "Bob secret one", Vote.UP)
-        await _chat_and_rate(core, CID, "Cid private thoughts", Vote.DOWN)
+        ann = await rated(core, ANN, "Ann likes the sea", Vote.UP)
+        bob = await rated(core, BOB, "Bob secret one", Vote.UP)
+        await rated(core, CID, "Cid private thoughts", Vote.DOWN)
         # In a group, Bob speaks first; Ann's exchange then quotes him in its prompt.
-        bob_group = await _chat_and_rate(core, replace(BOB, **GROUP), "Bob secret two", Vote.UP)
-        ann_group = await _chat_and_rate(core, replace(ANN, **GROUP), "and Ann answers", Vote.UP)
+        bob_group = await rated(core, replace(BOB, **GROUP), "Bob secret two", Vote.UP)
+        ann_group = await rated(core, replace(ANN, **GROUP), "and Ann answers", Vote.UP)
         await core.service.rate(ann, BOB.user_key, Vote.DOWN)  # Bob rated Ann's reply too
         await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
         first = _training_text(trainer.datasets[-1])
@@ -68,7 +61,7 @@ async def test_forgotten_and_opted_out_users_are_in_no_future_training_set(
         assert version is not None and version.tainted  # it learned from Bob
 
         for _ in range(2):  # every future run, not just the next one
-            await _chat_and_rate(core, ANN, "Ann again", Vote.UP)
+            await rated(core, ANN, "Ann again", Vote.UP)
             await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
             rows = trainer.datasets[-1]
             text = _training_text(rows)

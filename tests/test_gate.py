@@ -18,7 +18,8 @@ from bot.app import Core, build_core
 from bot.config import Settings
 from bot.curation import content_key, is_heldout
 from bot.generation import ScriptedGenerator
-from bot.types import AdapterStatus, Incoming, Reply, RunStatus, Turn, Vote
+from bot.types import AdapterStatus, Incoming, RunStatus, Turn, Vote
+from tests.records import say
 
 LIKED = "The sea is calm and blue, and the boat is in the harbour."
 DISLIKED = "No."
@@ -51,9 +52,8 @@ def _settings(settings: Settings, model_dir: Path) -> Settings:
 async def _chat_and_rate(core: Core, count: int) -> None:
     for i in range(count):
         who = replace(ME, chat_id=f"chat{i}", user_id=f"user{i % 8}")
-        items = [x async for x in core.service.respond(replace(who, text=f"Tell me about {i}"))]
-        reply = items[-1]
-        assert isinstance(reply, Reply) and reply.exchange_id is not None
+        reply = await say(core, who, f"Tell me about {i}")
+        assert reply.exchange_id is not None
         vote = Vote.UP if reply.text == LIKED else Vote.DOWN
         await core.service.rate(reply.exchange_id, who.user_key, vote)
 

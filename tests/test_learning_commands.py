@@ -13,14 +13,14 @@ from bot.commands import BY_NAME, help_text
 from bot.config import Settings
 from bot.generation import DEFAULT_SLOT, GenerationError, ScriptedGenerator
 from bot.types import Incoming, Reply, ReplyKind, Vote
+from tests import records
+from tests.records import add_version
 
 ADMIN = Incoming("console", "local", "local", "Ann", "")
 
 
 async def say(core: Core, text: str, who: Incoming = ADMIN) -> Reply:
-    items = [item async for item in core.service.respond(replace(who, text=text))]
-    assert isinstance(items[-1], Reply)
-    return items[-1]
+    return await records.say(core, who, text)
 
 
 async def _two_versions(core: Core, tmp_path: Path) -> None:
@@ -28,16 +28,8 @@ async def _two_versions(core: Core, tmp_path: Path) -> None:
     for version in (1, 2):
         path = tmp_path / f"v{version}"
         path.mkdir()
-        await core.repo.adapters.add(
-            version=version,
-            path=str(path),
-            parent=version - 1 or None,
-            base_model="scripted",
-            exchange_ids=[],
-            metrics={},
-            hyperparams={},
-            duration_s=1.0,
-            training_run_id=None,
+        await add_version(
+            core.repo, path, version=version, parent=version - 1 or None, duration_s=1.0
         )
     await core.versions.activate(1)
 

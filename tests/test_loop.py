@@ -14,6 +14,7 @@ from bot.app import Core, build_core
 from bot.config import Settings
 from bot.model import TransformersGenerator
 from bot.types import Incoming, Reply, RunStatus
+from tests.records import say
 
 ME = Incoming("console", "local", "local", "Ann", "")
 PROBE = replace(ME, chat_id="probe", user_id="probe")  # its own chat: same prompt every time
@@ -43,9 +44,7 @@ async def _core(settings: Settings) -> Core:
 
 
 async def _say(core: Core, text: str, who: Incoming = ME) -> Reply:
-    items = [i async for i in core.service.respond(replace(who, text=text))]
-    assert isinstance(items[-1], Reply), items[-1]
-    return items[-1]
+    return await say(core, who, text)
 
 
 async def _probe(core: Core) -> str:

@@ -7,8 +7,9 @@ import json
 from dataclasses import replace
 
 from bot.app import Core
-from bot.types import Incoming, Reply, Vote
+from bot.types import Incoming, Vote
 from storage.forget import FORGOTTEN
+from tests.records import say
 
 ANN = Incoming("telegram", "1", "1", "Ann", "")
 BOB = Incoming("telegram", "2", "2", "Bob", "")
@@ -18,18 +19,12 @@ def _in_group(who: Incoming) -> Incoming:
     return replace(who, chat_id="-100", is_private=False, mentions_bot=True)
 
 
-async def _say(core: Core, who: Incoming, text: str) -> Reply:
-    items = [i async for i in core.service.respond(replace(who, text=text))]
-    assert isinstance(items[-1], Reply)
-    return items[-1]
-
-
 async def test_an_opted_out_members_group_words_are_in_no_training_row(core: Core) -> None:
-    opted = await _say(core, BOB, "/optout")
+    opted = await say(core, BOB, "/optout")
     assert "nothing you write or rate is used for training" in opted.text
-    bob = await _say(core, _in_group(BOB), "Bob secret plan")
-    unrated = await _say(core, _in_group(ANN), "Ann asks without rating")
-    ann = await _say(core, _in_group(ANN), "and Ann answers")
+    bob = await say(core, _in_group(BOB), "Bob secret plan")
+    unrated = await say(core, _in_group(ANN), "Ann asks without rating")
+    ann = await say(core, _in_group(ANN), "and Ann answers")
     assert ann.exchange_id is not None and unrated.exchange_id is not None
     await core.service.rate(ann.exchange_id, ANN.user_key, Vote.UP)
 
@@ -44,6 +39,6 @@ async def test_an_opted_out_members_group_words_are_in_no_training_row(core: Cor
     assert "Bob secret plan" not in text
     assert bob.text not in text  # the bot's reply to Bob quotes him
 
-    await _say(core, BOB, "/optin")
+    await say(core, BOB, "/optin")
     back = await core.repo.training.rated()
     assert "Bob: Bob secret plan" in [t.content for t in back[0].prompt]

@@ -12,7 +12,8 @@ from bot.config import ScheduleSettings, Settings
 from bot.generation import ScriptedGenerator
 from bot.outbox import Outbox
 from bot.schedule import Scheduler
-from bot.types import Incoming, Reply, RunStatus, Vote
+from bot.types import Incoming, RunStatus
+from tests.records import rated
 from tests.test_finetune import FakeTrainer
 
 ME = Incoming("console", "local", "local", "Ann", "")
@@ -35,10 +36,7 @@ async def _core(settings: Settings, trainer: FakeTrainer) -> Core:
 async def _rate(core: Core, count: int) -> None:
     for i in range(count):
         who = replace(ME, chat_id=f"c{i}", user_id=f"u{i}")
-        items = [x async for x in core.service.respond(replace(who, text=f"hi {i}"))]
-        reply = items[-1]
-        assert isinstance(reply, Reply) and reply.exchange_id is not None
-        await core.service.rate(reply.exchange_id, who.user_key, Vote.UP)
+        await rated(core, who, f"hi {i}")
 
 
 def _scheduler(core: Core, clock: Clock, outbox: Outbox, **settings: object) -> Scheduler:

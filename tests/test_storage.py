@@ -10,6 +10,7 @@ from bot.types import AdapterStatus, RateAction, RunStatus, Turn, Vote
 from storage.db import create_engine
 from storage.repository import Repository
 from storage.training_runs import TrainingAlreadyRunning
+from tests.records import add_version
 
 PROMPT = (Turn("system", "Be brief."), Turn("user", "Hi there"))
 
@@ -40,16 +41,7 @@ async def test_history_is_the_current_conversation_oldest_first(repo: Repository
 
 
 async def test_exchange_keeps_exact_prompt_and_adapter_version(repo: Repository) -> None:
-    await repo.adapters.add(
-        path="/a/v1",
-        parent=None,
-        base_model="m",
-        exchange_ids=[],
-        metrics={},
-        hyperparams={},
-        duration_s=None,
-        training_run_id=None,
-    )
+    await add_version(repo, "/a/v1")
     message = await repo.add_user_message("t:1", "t:7", "Ann", "Hi there", None)
     exchange_id = await repo.start_exchange("t:1", "t:7", message, PROMPT, 1, "tiny", {})
     assert await repo.exchange(exchange_id) is None  # not answered yet
@@ -135,26 +127,8 @@ async def test_forget_deletes_everything_of_the_user_and_taints_versions(repo: R
     await repo.rate(mine, "t:7", Vote.UP)
     await repo.rate(theirs, "t:7", Vote.DOWN)
     await repo.rate(theirs, "t:8", Vote.UP)
-    version = await repo.adapters.add(
-        path="/a/v1",
-        parent=None,
-        base_model="m",
-        exchange_ids=[mine, theirs],
-        metrics={},
-        hyperparams={},
-        duration_s=1.0,
-        training_run_id=None,
-    )
-    clean = await repo.adapters.add(
-        path="/a/v2",
-        parent=None,
-        base_model="m",
-        exchange_ids=[theirs],
-        metrics={},
-        hyperparams={},
-        duration_s=1.0,
-        training_run_id=None,
-    )
+    version = await add_version(repo, "/a/v1", exchange_ids=[mine, theirs], duration_s=1.0)
+    clean = await add_version(repo, "/a/v2", exchange_ids=[theirs], duration_s=1.0)
     report = await repo.forget_user("t:7")
     assert (report.messages, report.exchanges, report.ratings) == (2, 1, 2)
     # v2 used an exchange that t:7 rated: their vote shaped it, so it is tainted too.
@@ -166,26 +140,15 @@ async def test_forget_deletes_everything_of_the_user_and_taints_versions(repo: R
 
 
 async def test_adapter_versions_have_one_active(repo: Repository) -> None:
-    v1 = await repo.adapters.add(
-        path="/a/v1",
-        parent=None,
-        base_model="m",
+    v1 = await add_version(
+        repo,
+        "/a/v1",
         exchange_ids=[3, 1, 3],
         metrics={"loss": 1.5},
         hyperparams={"r": 8},
         duration_s=2.0,
-        training_run_id=None,
     )
-    v2 = await repo.adapters.add(
-        path="/a/v2",
-        parent=1,
-        base_model="m",
-        exchange_ids=[],
-        metrics={},
-        hyperparams={},
-        duration_s=None,
-        training_run_id=None,
-    )
+    v2 = await add_version(repo, "/a/v2", parent=1)
     assert (v1.version, v2.version, v1.exchange_ids) == (1, 2, (1, 3))
     assert await repo.adapters.next_version() == 3
     assert await repo.adapters.active() is None
@@ -251,16 +214,7 @@ async def test_training_runs_never_overlap_across_processes(repo: Repository, db
 async def test_ab_tests_never_overlap_across_processes(repo: Repository, db_url: str) -> None:
     from storage.abtests import ABTestRunning
 
-    await repo.adapters.add(
-        path="/a/v1",
-        parent=None,
-        base_model="m",
-        exchange_ids=[],
-        metrics={},
-        hyperparams={},
-        duration_s=None,
-        training_run_id=None,
-    )
+    await add_version(repo, "/a/v1")
     repos = await _racing(db_url, 6)
     try:
         results = await asyncio.gather(
@@ -333,16 +287,7 @@ async def test_ab_tests_one_running_and_votes_per_group(repo: Repository) -> Non
     from storage.abtests import ABStatus, ABTestRunning
 
     for version in (1, 2):
-        await repo.adapters.add(
-            path=f"/a/v{version}",
-            parent=None,
-            base_model="m",
-            exchange_ids=[],
-            metrics={},
-            hyperparams={},
-            duration_s=None,
-            training_run_id=None,
-        )
+        await add_version(repo, f"/a/v{version}")
     old = await _exchange(repo, text="before the test")
     await repo.rate(old, "t:7", Vote.DOWN)
     test = await repo.ab.start(2, 1, 0.25, "t:1")
