@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from bot.command_learning import LearningCommands, format_version, version_arg
+from bot.command_learning import LearningCommands
 from bot.commands import ParsedCommand, help_text
 from bot.types import Incoming, Reply, ReplyKind
 from bot.versions import VersionError
@@ -119,6 +119,3 @@ class CommandHandlers:
         return _reply(
             "Thanks: your messages and ratings may be used for training again.", private=True
         )
-
-
-__all__ = ["CommandHandlers", "format_version", "version_arg"]

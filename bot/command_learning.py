@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from bot.finetune import NothingToTrain
+from bot.outbox import Notify
 from bot.types import AdapterVersion, Incoming, Reply, ReplyKind
 from bot.versions import VersionError, describe
 from storage.training_runs import TrainingAlreadyRunning
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Incoming, str], Awaitable[Reply]]
-Notify = Callable[[str], Awaitable[None]]
 _NAMES = {  # short names of the numbers a version records; others show as recorded
     "preference_accuracy": "pref. acc.",
     "liked_nll": "liked NLL",

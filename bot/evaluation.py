@@ -14,6 +14,7 @@ turns the scores into metrics, and the orchestrator into a decision.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -43,21 +44,10 @@ def preference_accuracy(scores: Sequence[RowScore]) -> float | None:
     wins = 0.0
     for value in disliked:
         # Liked replies above this disliked one, by binary search: O(n log n) for big slices.
-        below = _count_below(liked, value)
-        equal = _count_below(liked, value, inclusive=True) - below
+        below = bisect_left(liked, value)
+        equal = bisect_right(liked, value) - below
         wins += len(liked) - below - equal + 0.5 * equal
     return wins / (len(liked) * len(disliked))
-
-
-def _count_below(values: Sequence[float], x: float, *, inclusive: bool = False) -> int:
-    low, high = 0, len(values)
-    while low < high:
-        middle = (low + high) // 2
-        if values[middle] < x or (inclusive and values[middle] == x):
-            low = middle + 1
-        else:
-            high = middle
-    return low
 
 
 def liked_nll(scores: Sequence[RowScore]) -> float | None:

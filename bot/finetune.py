@@ -30,6 +30,7 @@ from bot.curation import Curated, curate
 from bot.dataset import write_jsonl_file
 from bot.evaluation import GateDecision
 from bot.finetune_progress import reporter
+from bot.outbox import Notify
 from bot.release import Releaser, Trained
 from bot.trainer_process import ProgressFn, SubprocessTrainer, Trainer, TrainingFailed
 from bot.types import AdapterVersion, RunStatus
@@ -38,8 +39,6 @@ from storage.repository import Repository
 from storage.training_runs import TrainingAlreadyRunning
 
 log = logging.getLogger(__name__)
-
-Notify = Callable[[str], Awaitable[None]]
 
 
 class NothingToTrain(ValueError):

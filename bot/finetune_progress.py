@@ -4,12 +4,11 @@ terminal progress bar (``selftune train``) through ``on_event``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from bot.outbox import Notify
 from bot.trainer_process import ProgressFn
 
-Notify = Callable[[str], Awaitable[None]]
 _PHASES = {
     "reference": "scoring the {examples} examples under the base model (KTO's reference)…",
     "baseline": "scoring {heldout} held-out ratings under the base and the serving adapter…",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import open_repository, prepare_data_dir, resolve_model_dir
-from bot.command_handlers import format_version
+from bot.command_learning import format_version
 from bot.config import Settings
 from bot.dataset import kto_rows, write_jsonl
 from bot.finetune import Finetuner, NothingToTrain

@@ -212,8 +212,6 @@ def _moved(trained: Trained, now: int | None) -> str:
 def _dropped_note(result: TrainResult) -> str:
     """The rows the trainer could not use, and why (the data checks did the rest up front)."""
     dropped = result.data.get("dropped", {})
-    if isinstance(dropped, list):  # a trainer from before the counts: one entry per row
-        dropped = Counter(str(d.get("reason")) for d in dropped)
     reasons = Counter({str(reason): int(n) for reason, n in dropped.items()})
     if not reasons:
         return ""

@@ -36,7 +36,6 @@ from typing import Any, TextIO
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bot.config import TrainingSettings
 from bot.model_adapter import wrap_lora
 from bot.model_runtime import pick_device
 from bot.training_data import (
@@ -73,7 +72,6 @@ __all__ = [
     "main",
     "total_steps",
     "train",
-    "train_model",
 ]
 
 log = logging.getLogger("bot.training")
@@ -158,20 +156,6 @@ def load_trainable(spec: TrainingSpec, device: torch.device) -> Any:
     return model
 
 
-def train_model(
-    model: Any,
-    examples: Sequence[Example],
-    settings: TrainingSettings,
-    total: int,
-    pad_id: int,
-    emit: Emit,
-    device: torch.device,
-) -> list[float]:
-    """Supervised training on ``examples`` for ``total`` steps; returns each step's loss."""
-    rt = Runtime(device, pad_id, use_bf16(settings.dtype, device))
-    return optimize(model, examples, settings, total, sft_step(model, rt), emit)
-
-
 def _prepare_output(output_dir: Path) -> Path:
     """Refuse to overwrite a finished adapter; clear what a killed run left in ``.partial``."""
     if output_dir.exists():
@@ -194,7 +178,7 @@ def save_record(partial: Path, spec: TrainingSpec, result: TrainOutput, data: Pr
         },
         "exchange_ids": [ex.exchange_id for ex in data.train],
         "heldout_exchange_ids": [ex.exchange_id for ex in data.heldout],
-        "dropped": result.data.get("dropped", []),
+        "dropped": result.data["dropped"],
     }
     (partial / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     os.rename(partial, spec.output_dir)  # atomic: the adapter appears complete or not at all

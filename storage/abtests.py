@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.db import aware
+from storage.db import aware, insert_running
 from storage.models import ABTestRow, AdapterVersionRow, Rating, utcnow
 from storage.models import Exchange as ExchangeRow
 
@@ -83,29 +83,26 @@ class ABTests:
     ) -> ABTest:
         """Record a running test; raises ABTestRunning if one is running already (the
         database decides: a unique index on the ``running`` rows, across processes)."""
-        for _ in range(3):
-            try:
-                async with self._sessions.begin() as session:
-                    row = ABTestRow(
-                        candidate=candidate,
-                        control=control,
-                        share=share,
-                        status=str(ABStatus.RUNNING),
-                        started_by=started_by,
-                    )
-                    session.add(row)
-                    await session.flush()
-                    return _test(row)
-            except IntegrityError:
-                running = await self.running()
-                if running is not None:
-                    raise ABTestRunning(
-                        f"A/B test #{running.id} of v{running.candidate} is running"
-                    ) from None
-                # The running test ended in between (or the candidate is unknown: see below).
-                if await self._unknown(candidate):
-                    raise
-        raise RuntimeError("could not record an A/B test: the running one kept changing")
+
+        async def refuse(clash: IntegrityError) -> None:
+            running = await self.running()
+            if running is not None:
+                raise ABTestRunning(
+                    f"A/B test #{running.id} of v{running.candidate} is running"
+                ) from None
+            if await self._unknown(candidate):  # not a clash: the foreign key refused it
+                raise clash
+
+        def new_row() -> ABTestRow:
+            return ABTestRow(
+                candidate=candidate,
+                control=control,
+                share=share,
+                status=str(ABStatus.RUNNING),
+                started_by=started_by,
+            )
+
+        return _test(await insert_running(self._sessions, new_row, refuse, "an A/B test"))
 
     async def _unknown(self, version: int) -> bool:
         async with self._sessions() as session:

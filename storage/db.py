@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -45,3 +47,31 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 def aware(value: datetime) -> datetime:
     """A stored datetime as UTC (SQLite hands back naive ones; everything stored is UTC)."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+Row = TypeVar("Row")
+
+
+async def insert_running(
+    sessions: async_sessionmaker[AsyncSession],
+    make_row: Callable[[], Row],
+    on_conflict: Callable[[IntegrityError], Awaitable[None]],
+    what: str,
+) -> Row:
+    """Insert a ``running`` row that a partial unique index allows once (across processes).
+
+    Insert first and read nothing before: a read would make SQLite's write-lock upgrade fail
+    at once instead of waiting for the other writer. On a clash ``on_conflict`` raises what
+    the caller should see (e.g. "already running"); if it returns, the running row ended in
+    between and the insert is tried again.
+    """
+    for _ in range(3):
+        try:
+            async with sessions.begin() as session:
+                row = make_row()
+                session.add(row)
+                await session.flush()
+                return row
+        except IntegrityError as exc:
+            await on_conflict(exc)
+    raise RuntimeError(f"could not record {what}: the running one kept changing")

@@ -4,7 +4,7 @@ marked as tainted."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, or_, select
@@ -14,6 +14,32 @@ from storage.models import AdapterVersionRow, Message, Rating, User, utcnow
 from storage.models import Exchange as ExchangeRow
 
 FORGOTTEN = "[forgotten]"  # what a scrubbed turn says instead
+
+Quoted = Mapping[int, set[tuple[str, str]]]  # chat id → (role, content) turns to scrub
+
+
+def quoted_forms(
+    rows: Iterable[tuple[int, str, str, str | None]],
+) -> dict[int, set[tuple[str, str]]]:
+    """From messages (chat id, role, content, user name): the turns that quote them in stored
+    prompts, by chat — bare, and ``Name: text`` as group prompts show a user's message."""
+    quoted: dict[int, set[tuple[str, str]]] = {}
+    for chat_id, role, content, name in rows:
+        forms = quoted.setdefault(chat_id, set())
+        forms.add((role, content))
+        if role == "user" and name:
+            forms.add((role, f"{name}: {content}"))
+    return quoted
+
+
+def scrub(chat_id: int, prompt: list[dict[str, str]], quoted: Quoted) -> list[dict[str, str]]:
+    """``prompt`` (of chat ``chat_id``) with the quoted turns replaced by the placeholder."""
+    forms = quoted.get(chat_id)
+    if not forms:
+        return list(prompt)
+    return [
+        {**t, "content": FORGOTTEN} if (t["role"], t["content"]) in forms else t for t in prompt
+    ]
 
 
 @dataclass(frozen=True)
@@ -58,19 +84,12 @@ async def forget_user(session: AsyncSession, user_key: str) -> ForgetReport:
 async def _scrub_others(session: AsyncSession, user_id: int, reply_ids: Sequence[int]) -> set[int]:
     """In group chats other users' prompts quote the forgotten user (``Name: text``) and the
     bot's replies to them: replace those turns and exclude the exchanges from training."""
-    own = (
-        await session.execute(
-            select(Message.chat_id, Message.role, Message.content, Message.user_name).where(
-                or_(Message.user_id == user_id, Message.id.in_(reply_ids))
-            )
+    own = await session.execute(
+        select(Message.chat_id, Message.role, Message.content, Message.user_name).where(
+            or_(Message.user_id == user_id, Message.id.in_(reply_ids))
         )
-    ).all()
-    quoted: dict[int, set[tuple[str, str]]] = {}
-    for chat_id, role, content, name in own:
-        forms = quoted.setdefault(chat_id, set())
-        forms.add((role, content))
-        if role == "user" and name:
-            forms.add((role, f"{name}: {content}"))
+    )
+    quoted = quoted_forms(own.all())
     if not quoted:
         return set()
     others = await session.scalars(
@@ -78,11 +97,7 @@ async def _scrub_others(session: AsyncSession, user_id: int, reply_ids: Sequence
     )
     scrubbed = set()
     for row in others:
-        forms = quoted[row.chat_id]
-        prompt = [
-            {**t, "content": FORGOTTEN} if (t["role"], t["content"]) in forms else t
-            for t in row.prompt
-        ]
+        prompt = scrub(row.chat_id, row.prompt, quoted)
         if prompt != row.prompt:
             row.prompt, row.training_excluded = prompt, True
             scrubbed.add(row.id)

@@ -7,7 +7,7 @@ rewritten in the database: rows are scrubbed as they are read, with /forget's pl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, or_, select
@@ -16,7 +16,7 @@ from sqlalchemy.orm import aliased
 
 from bot.types import Exchange, RatedExchange, Turn
 from storage.db import aware
-from storage.forget import FORGOTTEN
+from storage.forget import Quoted, quoted_forms, scrub
 from storage.models import Chat, Message, Rating, User
 from storage.models import Exchange as ExchangeRow
 
@@ -72,7 +72,7 @@ class TrainingRows:
             RatedExchange(
                 exchange_id=row.id,
                 user_key=user_key,
-                prompt=turns(_scrub(row, quoted)),
+                prompt=turns(scrub(row.chat_id, row.prompt, quoted)),
                 completion=row.completion,
                 label=rating.value > 0,
                 adapter_version=row.adapter_version,
@@ -102,7 +102,7 @@ class TrainingRows:
             rows = (await session.execute(query)).all()
             quoted = await _opted_out_words(session, {row.chat_id for row, _, _ in rows})
         return [
-            exchange(row, chat_key, user_key, _scrub(row, quoted))
+            exchange(row, chat_key, user_key, scrub(row.chat_id, row.prompt, quoted))
             for row, chat_key, user_key in rows
         ]
 
@@ -131,9 +131,6 @@ class TrainingRows:
         return wanted - set(kept)
 
 
-Quoted = Mapping[int, set[tuple[str, str]]]  # chat id → (role, content) turns to scrub
-
-
 async def _opted_out_words(session: AsyncSession, chat_ids: set[int]) -> Quoted:
     """The turns of opted-out users in ``chat_ids`` as prompts hold them, by chat: their
     messages (bare, and ``Name: text`` as group prompts show them) and the bot's replies to
@@ -152,20 +149,4 @@ async def _opted_out_words(session: AsyncSession, chat_ids: set[int]) -> Quoted:
             or_(Message.user_id.in_(opted_out), Message.id.in_(replies)),
         )
     )
-    quoted: dict[int, set[tuple[str, str]]] = {}
-    for chat_id, role, content, name in found.all():
-        forms = quoted.setdefault(chat_id, set())
-        forms.add((role, content))
-        if role == "user" and name:
-            forms.add((role, f"{name}: {content}"))
-    return quoted
-
-
-def _scrub(row: ExchangeRow, quoted: Quoted) -> list[dict[str, str]]:
-    """``row``'s prompt with opted-out users' turns replaced by /forget's placeholder."""
-    forms = quoted.get(row.chat_id)
-    if not forms:
-        return list(row.prompt)
-    return [
-        {**t, "content": FORGOTTEN} if (t["role"], t["content"]) in forms else t for t in row.prompt
-    ]
+    return quoted_forms(found.all())

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.types import RunStatus, TrainingRun
-from storage.db import aware
+from storage.db import aware, insert_running
 from storage.models import TrainingRunRow, User, utcnow
 
 
@@ -47,26 +47,19 @@ class TrainingRuns:
 
         The database decides (a unique index on the ``running`` rows), so two processes that
         start at the same moment never both get a run: the loser's insert fails."""
-        for _ in range(3):
-            try:
-                async with self._sessions.begin() as session:
-                    # Insert first, read nothing before: a read would make SQLite's write lock
-                    # upgrade fail at once instead of waiting for the other writer.
-                    row = TrainingRunRow(
-                        status=str(RunStatus.RUNNING),
-                        trigger=trigger,
-                        requested_by=requested_by,
-                        pid=pid,
-                    )
-                    session.add(row)
-                    await session.flush()
-                    return row.id
-            except IntegrityError:
-                running = await self.running()
-                if running is not None:
-                    raise TrainingAlreadyRunning(running) from None
-                # The winner finished in between: try again.
-        raise RuntimeError("could not record a training run: the running one kept changing")
+
+        async def refuse(_clash: IntegrityError) -> None:
+            running = await self.running()
+            if running is not None:
+                raise TrainingAlreadyRunning(running) from None
+
+        def new_row() -> TrainingRunRow:
+            return TrainingRunRow(
+                status=str(RunStatus.RUNNING), trigger=trigger, requested_by=requested_by, pid=pid
+            )
+
+        row = await insert_running(self._sessions, new_row, refuse, "a training run")
+        return row.id
 
     async def finish(
         self,

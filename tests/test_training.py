@@ -27,9 +27,9 @@ from bot.training import (
     main,
     total_steps,
     train,
-    train_model,
 )
 from bot.training_data import IGNORE
+from bot.training_loop import Runtime, optimize, sft_step, use_bf16
 from bot.types import GenerationParams, Turn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,9 +180,9 @@ def test_training_changes_lora_weights_only(
     examples, _ = build_examples(tokenizer, ROWS, max_length=64)
     events: list[dict[str, Any]] = []
     settings = spec.training.model_copy(update={"learning_rate": 1e-2})
-    losses = train_model(
-        model, examples, settings, 3, tokenizer.pad_token_id, events.append, torch.device("cpu")
-    )
+    cpu = torch.device("cpu")
+    rt = Runtime(cpu, tokenizer.pad_token_id, use_bf16(settings.dtype, cpu))
+    losses = optimize(model, examples, settings, 3, sft_step(model, rt), events.append)
     assert len(losses) == 3 and all(loss > 0 for loss in losses)
     assert [e["step"] for e in events] == [1, 2, 3]
     for name, param in model.named_parameters():
