@@ -170,12 +170,11 @@ class Core:
     finetuner: Finetuner
     service: ChatService
     outbox: Outbox
+    scheduler: Scheduler  # training by schedule; started by serve()
     closers: list[Callable[[], None]] = field(default_factory=list)
-    scheduler: Scheduler | None = None  # training by schedule; started by serve()
 
     async def aclose(self) -> None:
-        if self.scheduler is not None:
-            await self.scheduler.stop()
+        await self.scheduler.stop()
         await self.finetuner.cancel()
         await self.generator.aclose()
         await self.repo.aclose()
@@ -232,8 +231,8 @@ async def build_core(
         finetuner,
         service,
         outbox,
-        [instance.release],
         scheduler,
+        [instance.release],
     )
 
 
@@ -267,8 +266,7 @@ async def serve(settings: Settings, mode: Literal["run", "chat"]) -> None:
     adapters = make_adapters(core, mode)
     names = ", ".join(a.platform for a in adapters)
     log.info("serving on %s", names)
-    if core.scheduler is not None:
-        core.scheduler.start()
+    core.scheduler.start()
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
     terminated = False

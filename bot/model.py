@@ -80,7 +80,6 @@ class TransformersGenerator:
         lora: LoraSettings,
         model_dir: Path,
         device: torch.device,
-        exact_batching: bool = True,
     ) -> None:
         self.model_dir = model_dir  # the resolved weights: training loads the base from here
         self.device = device
@@ -95,7 +94,6 @@ class TransformersGenerator:
         # Rust tokenizers refuse concurrent use ("Already borrowed"): one lock for every call.
         self._tokenizer_lock = threading.Lock()
         self._shapes = {k: v.shape for k, v in adapter_state(model).items()}
-        model.base_model.disable_adapter_layers()  # slots add adapters per row (model_slots)
         self._paths: dict[str, Path | None] = {DEFAULT_SLOT: None}
         self._slots = SlotTable(model, lora)  # owned by the engine thread once it starts
         self._swap_lock = asyncio.Lock()
@@ -108,7 +106,7 @@ class TransformersGenerator:
             context_window=self._context_window,
             max_batch_size=settings.max_batch_size,
             device=device,
-            min_rows=invariant_rows(model, device) if exact_batching else 1,
+            min_rows=invariant_rows(model, device) if settings.exact_batching else 1,
             prefix_cache_tokens=settings.prefix_cache_tokens,
             # A prompt may use every core (see model_prefill); decoding keeps one spare.
             prefill_threads=(os.cpu_count() or 1) if device.type == "cpu" else None,
@@ -122,19 +120,15 @@ class TransformersGenerator:
         lora: LoraSettings,
         *,
         progress: bool = False,
-        exact_batching: bool | None = None,
     ) -> TransformersGenerator:
         """Resolve, load and wrap the model in a worker thread; the event loop keeps running.
 
-        ``exact_batching`` (default: ``settings.exact_batching``): a sequence decodes to the
-        same tokens whether it runs alone or in a batch (see :mod:`bot.model_attention`; a
-        filler row for a lone bf16 sequence). Off: no filler row, batched attention also in
-        float32 and on CUDA: faster there and for a lone reply, but greedy replies may change
-        with their company.
+        ``settings.exact_batching``: a sequence decodes to the same tokens whether it runs
+        alone or in a batch (see :mod:`bot.model_attention`; a filler row for a lone bf16
+        sequence). Off: no filler row, batched attention also in float32 and on CUDA: faster
+        there and for a lone reply, but greedy replies may change with their company.
         """
-        return await asyncio.to_thread(
-            cls.load_sync, settings, lora, progress=progress, exact_batching=exact_batching
-        )
+        return await asyncio.to_thread(cls.load_sync, settings, lora, progress=progress)
 
     @classmethod
     def load_sync(
@@ -143,11 +137,8 @@ class TransformersGenerator:
         lora: LoraSettings,
         *,
         progress: bool = False,
-        exact_batching: bool | None = None,
     ) -> TransformersGenerator:
         """Blocking form of :meth:`load` (scripts, benchmarks). Raises ModelLoadError."""
-        if exact_batching is None:
-            exact_batching = settings.exact_batching
         model_dir = resolve_model(settings, progress=progress)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
@@ -159,7 +150,9 @@ class TransformersGenerator:
                 base: Any = AutoModelForCausalLM.from_pretrained(
                     model_dir,
                     dtype=dtype,
-                    attn_implementation=ROWWISE_ATTENTION if exact_batching else BATCHED_ATTENTION,
+                    attn_implementation=(
+                        ROWWISE_ATTENTION if settings.exact_batching else BATCHED_ATTENTION
+                    ),
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot load the model from {model_dir}: {exc}") from exc
@@ -178,7 +171,6 @@ class TransformersGenerator:
                 lora=lora,
                 model_dir=model_dir,
                 device=device,
-                exact_batching=exact_batching,
             )
         except ValueError as exc:
             raise ModelLoadError(f"cannot attach LoRA to {model_dir}: {exc}") from exc

@@ -48,13 +48,10 @@ def rowwise_attention(
 ) -> tuple[torch.Tensor, None]:
     """Attention with transformers' signature: batch × heads × tokens × dim in, output
     batch × tokens × heads × dim. Several query tokens (a prompt) go to SDPA unchanged."""
-    if query.shape[2] != 1:
-        output, _ = sdpa_attention_forward(
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+    if query.shape[2] != 1 or _batch_invariant_sdpa(query):
+        return batched_attention(
+            module, query, key, value, attention_mask, scaling, dropout, **kwargs
         )
-        return output, None
-    if _batch_invariant_sdpa(query):
-        return _batched(query, key, value, attention_mask, scaling), None
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     query = query * scale  # once for the batch: fewer small ops per row
     lengths = _attended(attention_mask, query.shape[0], key.shape[2])

@@ -195,7 +195,7 @@ class Batch:
     each differently), and a sequence must decode the same whether it runs alone or not.
     """
 
-    def __init__(self, min_rows: int = 1, router: LoraRouter | None = None) -> None:
+    def __init__(self, min_rows: int, router: LoraRouter) -> None:
         self.min_rows = min_rows
         self.router = router
         self.rows: list[SequenceState] = []
@@ -232,8 +232,7 @@ class Batch:
         tokens = torch.tensor(pending, device=cache.lengths.device).unsqueeze(1)
         positions = cache.lengths.unsqueeze(1)  # a row's tokens so far: padding never counts
         mask = cache.step_mask()
-        if self.router is not None:
-            self.router.route([seq.adapter for seq in self.rows], len(pending))
+        self.router.route([seq.adapter for seq in self.rows], len(pending))
         out = model(
             input_ids=tokens,
             attention_mask=mask,

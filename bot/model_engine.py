@@ -252,12 +252,14 @@ class DecodeEngine:
         self.stats.max_batch = max(self.stats.max_batch, self.stats.active)
 
     def _shutdown(self) -> None:
+        with self._lock:  # also when the thread ends abnormally: nothing more is queued
+            self._stopped = True
         error = GenerationError("the model is shutting down")
         for seq in self._batch.rows:
             deliver(seq.request, error)
         self._batch.reset()
         self._note_batch()
-        while True:  # requests that raced with stop() must not wait forever either
+        while True:  # what was queued before the stop flag was set
             try:
                 command = self._inbox.get_nowait()
             except queue.Empty:

@@ -50,10 +50,6 @@ class RowCache:
         lengths = torch.tensor([length], device=pairs[0][0].device)
         return cls(keys, values, lengths)
 
-    @property
-    def rows(self) -> int:
-        return len(self.lengths)
-
     def append(self, other: RowCache) -> RowCache:
         """This cache's rows followed by ``other``'s."""
         capacity = max(self.keys[0].shape[2], other.keys[0].shape[2])

@@ -62,10 +62,6 @@ class Prefiller:
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits, out.cache
 
-    def clear(self) -> None:
-        self._cached.clear()
-        self._tokens = 0
-
     def _prefix(self, prefix: tuple[int, ...], adapter_key: Hashable) -> Pairs:
         key = (adapter_key, prefix)
         pairs = self._cached.get(key)

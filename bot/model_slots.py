@@ -72,9 +72,10 @@ class LoraRouter:
             groups.append(_Group(name, torch.tensor(padded, device=self._device), len(index)))
         self._groups = groups
 
-    def route_all(self, adapter: str | None, rows: int = 1) -> None:
-        """Every row (a prompt being prefilled: one row of many tokens) uses ``adapter``."""
-        self.route([adapter] * rows, rows)
+    def route_all(self, adapter: str | None) -> None:
+        """Every row uses ``adapter``: a prompt being prefilled, one row of many tokens. It
+        always runs alone, so it needs no padding to compute the same in any company."""
+        self._groups = [] if adapter is None else [_Group(adapter, None, 1)]
 
     def _hook(self, module: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         if not self._groups:
@@ -112,6 +113,7 @@ class SlotTable:
         self._model = model
         self._lora = lora
         self.router = LoraRouter(model)  # raises ValueError for LoRA on non-linear layers
+        model.base_model.disable_adapter_layers()  # the router adds adapters, not peft
         self._pool = [ADAPTER_NAME]  # peft adapters holding weights (the first exists already)
         self._slots: dict[str, str | None] = {}
         self._loads: dict[str, int] = {}  # times weights were copied into each pooled adapter

@@ -24,13 +24,12 @@ from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bot import model_batch, model_source
+from bot import model_batch, model_runtime, model_source
 from bot.config import LoraSettings, ModelSettings
 from bot.generation import GenerationError, Generator
 from bot.model import (
     TransformersGenerator,
     chat_ids,
-    cpu_bf16_supported,
     lora_config,
     pick_device,
     pick_dtype,
@@ -195,8 +194,8 @@ async def test_concurrent_streams_are_batched_and_match_solo(
 
 async def test_fast_batching_mode_serves_concurrent_streams(tiny_model_dir: Path) -> None:
     """Batched SDPA instead of per-sequence attention: float32 results still agree here."""
-    settings = tiny_settings(tiny_model_dir)
-    gen = await TransformersGenerator.load(settings, LoraSettings(), exact_batching=False)
+    settings = tiny_settings(tiny_model_dir, exact_batching=False)
+    gen = await TransformersGenerator.load(settings, LoraSettings())
     try:
         solo = [await reply(gen, turns) for turns in PROMPTS]
         together = await asyncio.gather(*(reply(gen, turns) for turns in PROMPTS))
@@ -547,12 +546,19 @@ def test_failed_conversion_leaves_no_cache_entry(
     assert [p.name for p in settings.cache_dir.iterdir()] == [".SmolLM2-135M-Instruct.lock"]
 
 
-def test_dtype_and_device_choice() -> None:
-    cpu = torch.device("cpu")
-    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+@pytest.mark.parametrize("cuda", [False, True])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_dtype_and_device_choice(monkeypatch: pytest.MonkeyPatch, cuda: bool, bf16: bool) -> None:
+    """What each kind of machine gets, with the hardware probes answered for the test."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_a, **_k: bf16)
+    monkeypatch.setattr(model_runtime, "cpu_bf16_supported", lambda: bf16)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert pick_device("auto") == (gpu if cuda else cpu)
     assert pick_dtype("float32", cpu) is torch.float32
-    assert pick_dtype("auto", cpu) is (torch.bfloat16 if cpu_bf16_supported() else torch.float32)
-    if not torch.cuda.is_available():
+    assert pick_dtype("auto", cpu) is (torch.bfloat16 if bf16 else torch.float32)
+    assert pick_dtype("auto", gpu) is (torch.bfloat16 if bf16 else torch.float16)
+    if not cuda:
         with pytest.raises(ModelLoadError, match="CUDA"):
             pick_device("cuda:0")
 

@@ -168,8 +168,9 @@ async def test_scripted_generator_has_the_same_slot_semantics() -> None:
     assert gen.slot_adapter(CANDIDATE) is None
 
 
-def test_router_pads_small_groups_so_a_row_computes_the_same_in_any_company() -> None:
-    """The padding exists because float32 matmuls differ for 1-3 rows: check both claims."""
+def test_from_four_rows_on_a_float32_row_computes_the_same_in_any_company() -> None:
+    """The assumption behind the router's padding of small groups to LORA_MIN_ROWS: a row of
+    a float32 matmul over 4 or more rows does not depend on how many rows there are."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 8, bias=False)
     x = torch.randn(12, 64)
