@@ -22,12 +22,11 @@ import logging
 import aiohttp
 import yarl
 
-from adapters.base import split_text
 from adapters.discord_incoming import PLATFORM, target_channel_id
 from adapters.discord_messages import MessageHandler
 from adapters.discord_private import DirectMessages
 from adapters.discord_rating import RateButton, RatingHandler
-from adapters.discord_replies import MESSAGE_LIMIT
+from adapters.discord_replies import send_pieces
 from adapters.discord_sdk import app_commands, discord
 from adapters.discord_slash import SlashCommands
 from bot.app import StartupError
@@ -66,9 +65,6 @@ class SelftuneClient(discord.Client):
     """The discord.py client: event plumbing only; the adapter's handlers do the work."""
 
     def __init__(self, adapter: DiscordAdapter, settings: DiscordSettings) -> None:
-        # The bot never joins voice: discord.py's warnings about missing voice libraries
-        # would only puzzle the operator.
-        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.default()
         intents.message_content = True  # privileged: without it every message text is empty
         super().__init__(
@@ -160,8 +156,7 @@ class DiscordAdapter:
     async def send(self, chat_key: str, text: str) -> None:
         """Post a message the core wants to say on its own (training progress)."""
         channel = self._connected().get_partial_messageable(target_channel_id(chat_key))
-        for piece in split_text(text, MESSAGE_LIMIT):
-            await channel.send(piece)
+        await send_pieces(channel, text)
 
     async def send_private(self, user_key: str, text: str) -> None:
         """Write to a user privately (``discord:<user id>``): a DM, or where DMs are closed a

@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-from adapters.base import split_text
 from adapters.discord_incoming import PLATFORM, target_channel_id
-from adapters.discord_replies import MESSAGE_LIMIT
+from adapters.discord_replies import send_pieces
 from adapters.discord_sdk import discord
 from bot.types import Incoming
 
@@ -57,8 +56,7 @@ class DirectMessages:
         user_id = user_id_of(user_key)
         try:
             channel = await client.create_dm(discord.Object(id=user_id))  # cached after once
-            for piece in split_text(text, MESSAGE_LIMIT):
-                await channel.send(piece)
+            await send_pieces(channel, text)
         except discord.HTTPException as exc:
             # Status and Discord's error code only: enough to tell "DMs closed" (403, 50007).
             log.warning(

@@ -13,7 +13,7 @@ import logging
 import re
 from typing import Any, cast
 
-from adapters.base import encode_rating, parse_rating
+from adapters.base import RATING_PREFIX, encode_rating, parse_rating
 from adapters.discord_incoming import PLATFORM, chat_key_of
 from adapters.discord_sdk import discord, ui
 from bot.chat import ChatService
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Anything ``rate:``-prefixed reaches the handler, which then parses it strictly: a malformed
 # id gets an explanation instead of the silent "interaction failed" of an unmatched button.
-RATE_TEMPLATE = r"rate:.*"
+RATE_TEMPLATE = rf"{RATING_PREFIX}:.*"
 FORGED = "That button is not one of mine (or it was changed), so nothing was rated."
 FAILED = "Sorry, I could not store that rating just now. Please press the button again."
 

@@ -26,6 +26,12 @@ MESSAGE_LIMIT = 2000  # characters of one Discord message
 TYPING_EVERY_S = 5.0  # Discord shows "typing…" for about 10 s, or until the bot posts
 
 
+async def send_pieces(channel: Any, text: str) -> None:
+    """Post ``text`` in ``channel`` as Discord-sized messages, in order."""
+    for piece in split_text(text, MESSAGE_LIMIT):
+        await channel.send(piece)
+
+
 class ChannelEdits:
     """Discord's edit limit in one channel: at most 5 edits in any 5 s, whichever messages.
 

@@ -16,4 +16,8 @@ with warnings.catch_warnings():
     import discord
     from discord import app_commands, ui
 
+# The bot never joins voice: discord.py's warnings about missing voice libraries would only
+# puzzle the operator.
+discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+
 __all__ = ["app_commands", "discord", "ui"]
