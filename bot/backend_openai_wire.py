@@ -14,11 +14,7 @@ import httpx
 
 from bot.config import BackendSettings
 from bot.generation import GenerationError
-from bot.types import GenerationParams, Turn
-
-
-def messages(turns: Sequence[Turn]) -> list[dict[str, str]]:
-    return [{"role": t.role, "content": t.content} for t in turns]
+from bot.types import GenerationParams, Turn, messages
 
 
 def server_message(response: httpx.Response) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.types import RatedExchange
+from bot.types import RatedExchange, messages
 
 
 def kto_row(rated: RatedExchange, *, with_meta: bool = False) -> dict[str, Any]:
@@ -17,7 +17,7 @@ def kto_row(rated: RatedExchange, *, with_meta: bool = False) -> dict[str, Any]:
     history included), so the row trains the model on the situation it was actually in.
     """
     row: dict[str, Any] = {
-        "prompt": [{"role": t.role, "content": t.content} for t in rated.prompt],
+        "prompt": messages(rated.prompt),
         "completion": [{"role": "assistant", "content": rated.completion}],
         "label": rated.label,
     }

@@ -33,7 +33,7 @@ from bot.finetune_progress import reporter
 from bot.outbox import Notify
 from bot.release import Releaser, Trained
 from bot.trainer_process import ProgressFn, SubprocessTrainer, Trainer, TrainingFailed
-from bot.types import AdapterVersion, RunStatus
+from bot.types import AdapterVersion, RunStatus, messages
 from bot.versions import AdapterVersions
 from storage.repository import Repository
 from storage.training_runs import TrainingAlreadyRunning
@@ -239,7 +239,7 @@ class Finetuner:
             unrated = await self._repo.training.unrated(cfg.lm_max_examples)
             rows = [
                 {
-                    "prompt": [{"role": t.role, "content": t.content} for t in e.prompt],
+                    "prompt": messages(e.prompt),
                     "exchange_id": e.id,
                 }
                 for e in unrated

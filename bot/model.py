@@ -46,7 +46,7 @@ from bot.model_source import (
     resolve_model,
     transformers_progress,
 )
-from bot.types import GenerationParams, Turn
+from bot.types import GenerationParams, Turn, messages
 
 __all__ = [
     "AdapterError",
@@ -207,22 +207,21 @@ class TransformersGenerator:
     def encode(self, turns: Sequence[Turn]) -> Prompt:
         """The prompt's token ids as the chat template renders it, and how many of them are
         its leading system turn (a prefix other chats share); blocking, any thread."""
-        messages = [{"role": t.role, "content": t.content} for t in turns]
+        chat = messages(turns)
         with self._tokenizer_lock:
-            ids = chat_ids(self._tokenizer, messages, add_generation_prompt=True)
+            ids = chat_ids(self._tokenizer, chat, add_generation_prompt=True)
             if not turns or turns[0].role != "system":
                 return Prompt(ids)
-            head = chat_ids(self._tokenizer, messages[:1], add_generation_prompt=False)
+            head = chat_ids(self._tokenizer, chat[:1], add_generation_prompt=False)
         # Templates that render the system turn differently in context share nothing.
         return Prompt(ids, len(head) if ids[: len(head)] == head else 0)
 
     async def count_tokens(self, turns: Sequence[Turn]) -> int:
-        messages = [{"role": t.role, "content": t.content} for t in turns]
-        return len(await asyncio.to_thread(self._chat_ids, messages))
+        return len(await asyncio.to_thread(self._chat_ids, messages(turns)))
 
-    def _chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+    def _chat_ids(self, chat: list[dict[str, str]]) -> list[int]:
         with self._tokenizer_lock:
-            return chat_ids(self._tokenizer, messages, add_generation_prompt=True)
+            return chat_ids(self._tokenizer, chat, add_generation_prompt=True)
 
     @property
     def prefix_stats(self) -> PrefixStats:

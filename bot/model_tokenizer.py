@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 
 from bot.model_runtime import chat_ids
 from bot.model_source import ModelLoadError
-from bot.types import Turn
+from bot.types import Turn, messages
 
 
 class ChatTokenizer:
@@ -44,6 +44,5 @@ class ChatTokenizer:
 
     def count(self, turns: Sequence[Turn]) -> int:
         """Prompt tokens of ``turns`` with the generation prompt (blocking; any thread)."""
-        messages = [{"role": t.role, "content": t.content} for t in turns]
         with self._lock:
-            return len(chat_ids(self._tokenizer, messages, add_generation_prompt=True))
+            return len(chat_ids(self._tokenizer, messages(turns), add_generation_prompt=True))

@@ -33,11 +33,11 @@ from typing import Any
 
 import httpx
 
-from bot.backend_openai_wire import messages, request_body, server_message, sse_pieces
+from bot.backend_openai_wire import request_body, server_message, sse_pieces
 from bot.config import BackendSettings, ModelSettings
 from bot.generation import DEFAULT_SLOT, GenerationError
 from bot.model_source import AdapterError, ModelLoadError
-from bot.types import GenerationParams, Turn
+from bot.types import GenerationParams, Turn, messages
 
 log = logging.getLogger(__name__)
 

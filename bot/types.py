@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -49,6 +49,11 @@ class Turn:
 
     role: Role
     content: str
+
+
+def messages(turns: Iterable[Turn]) -> list[dict[str, str]]:
+    """Turns as chat-template / OpenAI / TRL messages: ``{"role": …, "content": …}``."""
+    return [{"role": t.role, "content": t.content} for t in turns]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from bot.types import (
     RateOutcome,
     Turn,
     Vote,
+    messages,
 )
 from storage.abtests import ABTests
 from storage.adapter_store import AdapterStore
@@ -172,7 +173,7 @@ class Repository:
                 chat_id=chat.id,
                 user_id=user.id,
                 request_message_id=request_message_id,
-                prompt=[{"role": t.role, "content": t.content} for t in prompt],
+                prompt=messages(prompt),
                 adapter_version=adapter_version,
                 model_name=model_name,
                 params=params,
