@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from storage.repository import Repository
 
 PROMPTS = (
     "Hello! How are you today?",
@@ -46,3 +52,41 @@ def percentiles(values: list[float]) -> str:
         return "n/a"
     ordered = sorted(values)
     return f"p50 {statistics.median(ordered):.2f} s, p95 {percentile(ordered, 0.95):.2f} s"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long one message took on a platform, in seconds after it was sent."""
+
+    first_text_s: float | None  # None: no text appeared
+    final_s: float | None  # None: never finished
+    after_first_piece_s: float | None = None  # first visible text − the model's first piece
+    after_last_piece_s: float | None = None  # final reply − the model's last piece
+
+
+def report(label: str, timings: list[Timing], *, model_pieces: bool = False) -> None:
+    """Print the timings' percentiles on one line; with ``model_pieces``, on three, each also
+    measured from the model's own first and last piece of text."""
+
+    def values(name: str) -> list[float]:
+        return [v for t in timings if (v := getattr(t, name)) is not None]
+
+    first, final = percentiles(values("first_text_s")), percentiles(values("final_s"))
+    if not model_pieces:
+        print(f"{label}: first visible text {first}; final reply {final}")
+        return
+    print(
+        f"{label}:\n  first visible text {first} "
+        f"(after the model's first piece: {percentiles(values('after_first_piece_s'))})\n"
+        f"  final reply {final} "
+        f"(after the model's last piece: {percentiles(values('after_last_piece_s'))})"
+    )
+
+
+async def stored_pairs(repo: Repository, chat_keys: Iterable[str]) -> int:
+    """How many of these chats hold exactly a question and its answer, as one message each."""
+    stored = 0
+    for key in chat_keys:
+        history = await repo.history(key, 4)
+        stored += [m.role for m in history] == ["user", "assistant"]
+    return stored

@@ -21,21 +21,14 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import PROMPTS, percentiles
+from bench.common import PROMPTS, Timing, report, stored_pairs
 from bot.app import Core, build_core
 from bot.config import Settings
 from bot.model import TransformersGenerator
 from bot.types import Draft, Incoming
 from tests.fakes.discord_server import FakeDiscord, FakeUser, discord_settings, run_bot
-
-
-@dataclass(frozen=True)
-class Timing:
-    first_text_s: float | None  # None: no text appeared
-    final_s: float | None  # None: never finished
 
 
 def _channel_calls(fake: FakeDiscord, channel: int, since: float) -> list[tuple[float, bool]]:
@@ -65,12 +58,6 @@ async def ask(fake: FakeDiscord, user: FakeUser, prompt: str, within_s: float) -
     with contextlib.suppress(AssertionError):  # timed out: reported as unanswered
         await fake.wait_for(lambda: timing(fake, channel, sent_at).final_s, within_s)
     return timing(fake, channel, sent_at)
-
-
-def report(label: str, timings: list[Timing]) -> None:
-    firsts = [t.first_text_s for t in timings if t.first_text_s is not None]
-    finals = [t.final_s for t in timings if t.final_s is not None]
-    print(f"{label}: first visible text {percentiles(firsts)}; final reply {percentiles(finals)}")
 
 
 async def direct(core: Core, n: int, prompt: str) -> Timing:
@@ -106,10 +93,7 @@ async def crowd(fake: FakeDiscord, core: Core, count: int, within_s: float) -> N
     )
     took = time.monotonic() - began
     answered = sum(t.final_s is not None for t in timings)
-    stored = 0
-    for user in users:
-        history = await core.repo.history(f"discord:{fake.dm_channel(user)}", 4)
-        stored += [m.role for m in history] == ["user", "assistant"]
+    stored = await stored_pairs(core.repo, (f"discord:{fake.dm_channel(u)}" for u in users))
     report(f"{count} users at once", timings)
     print(f"{count} users at once: answered {answered}, stored {stored}, {took:.1f} s in all")
 

@@ -27,18 +27,18 @@ import logging
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapters.telegram import TelegramAdapter
-from bench.common import PROMPTS, percentiles
+from bench.common import PROMPTS, Timing, report, stored_pairs
 from bot.app import Core, build_core
 from bot.config import Settings, TelegramSettings, load_settings
 from bot.generation import DEFAULT_SLOT, Generator
 from bot.model import TransformersGenerator
 from bot.types import GenerationParams, Turn
-from tests.fakes.telegram_server import FakeTelegram, bot_settings, running
+from tests.fakes.common import running
+from tests.fakes.telegram_server import FakeTelegram, bot_settings
 
 
 class TimedGenerator:
@@ -82,14 +82,6 @@ class TimedGenerator:
         await self.inner.aclose()
 
 
-@dataclass(frozen=True)
-class Timing:
-    first_text_s: float | None  # None: no text appeared
-    final_s: float | None  # None: never finished
-    after_first_piece_s: float | None = None  # first visible text − the model's first piece
-    after_last_piece_s: float | None = None  # final reply − the model's last piece
-
-
 def _since(at: float | None, start: float | None) -> float | None:
     return None if at is None or start is None else at - start
 
@@ -127,25 +119,13 @@ async def ask(
     return timing(fake, user["id"], sent_at, model.pieces.get(prompt))
 
 
-def report(label: str, timings: list[Timing]) -> None:
-    def values(name: str) -> list[float]:
-        return [v for t in timings if (v := getattr(t, name)) is not None]
-
-    print(
-        f"{label}:\n  first visible text {percentiles(values('first_text_s'))} "
-        f"(after the model's first piece: {percentiles(values('after_first_piece_s'))})\n"
-        f"  final reply {percentiles(values('final_s'))} "
-        f"(after the model's last piece: {percentiles(values('after_last_piece_s'))})"
-    )
-
-
 async def sequential(fake: FakeTelegram, model: TimedGenerator, count: int, within: float) -> None:
     await ask(fake, model, fake.user(9_999, "warm"), "Hi! This warms the model up.", within)
     timings = []
     for n in range(count):
         user = fake.user(10_000 + n, f"bench{n}")
         timings.append(await ask(fake, model, user, PROMPTS[n % len(PROMPTS)], within))
-    report(f"{count} messages one after another", timings)
+    report(f"{count} messages one after another", timings, model_pieces=True)
 
 
 async def crowd(
@@ -161,11 +141,8 @@ async def crowd(
     )
     took = time.monotonic() - began
     answered = sum(t.final_s is not None for t in timings)
-    stored = 0
-    for user in users:
-        history = await core.repo.history(f"telegram:{user['id']}", 4)
-        stored += [m.role for m in history] == ["user", "assistant"]
-    report(f"{count} users at once", timings)
+    stored = await stored_pairs(core.repo, (f"telegram:{u['id']}" for u in users))
+    report(f"{count} users at once", timings, model_pieces=True)
     print(f"{count} users at once: answered {answered}, stored {stored}, {took:.1f} s in all")
 
 

@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -19,6 +20,7 @@ from migrations import upgrade_database
 from storage.db import create_engine
 from storage.repository import Repository
 from tests.pg import PostgresUnavailable, start_temp_postgres
+from tests.records import Script
 
 
 @pytest.fixture
@@ -36,9 +38,25 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> Any:
+    """The tiny model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
 @pytest.fixture
-def scripted() -> ScriptedGenerator:
-    return ScriptedGenerator()
+def script() -> Script:
+    """Set ``script.text`` for what the model says next; unset, it echoes as always."""
+    return Script()
+
+
+@pytest.fixture
+def scripted(request: pytest.FixtureRequest, script: Script) -> ScriptedGenerator:
+    """The core's model, saying what ``script`` says; seconds per word come from ``indirect``
+    parametrisation (none by default)."""
+    return ScriptedGenerator(script, delay_s=getattr(request, "param", 0.0))
 
 
 @pytest.fixture

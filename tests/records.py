@@ -3,13 +3,26 @@ with only what a test cares about spelled out."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bot.app import Core
-from bot.types import AdapterVersion, Incoming, Reply, Vote
+from bot.generation import _echo
+from bot.types import AdapterVersion, Incoming, Reply, Turn, Vote
 from storage.repository import Repository
+
+
+class Script:
+    """What the scripted model (the ``scripted`` fixture) says: ``text`` if a test sets it, else
+    the ScriptedGenerator's own echo of the last turn."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+
+    def __call__(self, turns: Sequence[Turn], adapter: Path | None) -> str:
+        return self.text if self.text is not None else _echo(turns, adapter)
 
 
 async def add_version(repo: Repository, path: str | Path, **fields: Any) -> AdapterVersion:

@@ -13,8 +13,8 @@ import torch
 from bot.app import build_core
 from bot.config import LoraSettings, Settings
 from bot.model import TransformersGenerator
-from bot.types import GenerationParams, Incoming, Reply, Turn
-from tests.records import add_version
+from bot.types import GenerationParams, Incoming, Turn
+from tests.records import add_version, say
 from tests.test_model import make_adapter
 
 ME = Incoming("console", "local", "local", "Ann", "")
@@ -53,14 +53,12 @@ async def test_ab_test_on_the_real_engine(
             await probe.aclose()
         assert expected[1] != expected[2]
 
-        items = [i async for i in core.service.respond(replace(ME, text="/ab start 2 0.5"))]
-        assert isinstance(items[-1], Reply) and "A/B test #1 started" in items[-1].text
+        assert "A/B test #1 started" in (await say(core, ME, "/ab start 2 0.5")).text
         seen = set()
         for i in range(12):
             who = replace(ME, chat_id=f"c{i}", user_id=f"u{i}")
-            items = [x async for x in core.service.respond(replace(who, text="hello sea"))]
-            reply = items[-1]
-            assert isinstance(reply, Reply) and reply.adapter_version in (1, 2)
+            reply = await say(core, who, "hello sea")
+            assert reply.adapter_version in (1, 2)
             assert reply.text == expected[reply.adapter_version]
             seen.add(reply.adapter_version)
         assert seen == {1, 2}

@@ -7,36 +7,24 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
-from bot.app import Core, build_core
+from bot.app import Core
 from bot.commands import BY_NAME
 from bot.config import Settings
-from bot.generation import ScriptedGenerator
-from bot.types import Incoming, Reply, ReplyKind, Vote
+from bot.types import Incoming, Reply, ReplyKind
 from tests.records import say
-from tests.test_finetune import GOOD, FakeTrainer
+from tests.trainers import trained_core
 
 Sent = list[tuple[str, str]]
 
 
 async def _core(settings: Settings, platform: str, sent: Sent) -> Core:
-    gate = settings.gate.model_copy(update={"min_heldout": 4})
-    core = await build_core(
-        settings.model_copy(update={"gate": gate}),
-        generator=ScriptedGenerator(),
-        model_dir=Path("/m"),
-        trainer=FakeTrainer(candidate=GOOD | {"reward_margin": 0.5}),
-        progress=False,
-    )
+    # Private chats of many users (under the rate limit).
+    core = await trained_core(settings, platform)
 
     async def send(chat_key: str, text: str) -> None:
         sent.append((chat_key, text))
 
     core.outbox.register(platform, send)
-    for i in range(40):  # private chats of many users (under the rate limit)
-        who = Incoming(platform, f"{100 + i}", f"{100 + i}", f"U{i}", "")
-        reply = await say(core, who, f"message {i}")
-        assert reply.exchange_id is not None
-        await core.service.rate(reply.exchange_id, who.user_key, Vote.UP if i % 2 else Vote.DOWN)
     return core
 
 

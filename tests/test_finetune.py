@@ -1,8 +1,8 @@
 """Fine-tuning orchestration: data, lock, gate, registration, activation, failure, interruption.
 
-The trainer here is a stand-in that writes an adapter folder and reports the numbers the real
-one would; the real subprocess trainer and the tiny model run in tests/test_loop.py and
-tests/test_gate.py.
+The trainer here (tests/trainers.py) is a stand-in that writes an adapter folder and reports the
+numbers the real one would; the real subprocess trainer and the tiny model run in
+tests/test_loop.py and tests/test_gate.py.
 """
 
 from __future__ import annotations
@@ -15,80 +15,21 @@ from typing import Any
 
 import pytest
 
-from bot.app import Core, build_core
+from bot.app import Core
 from bot.config import Settings
-from bot.finetune import NothingToTrain, choose_method
-from bot.generation import ScriptedGenerator
-from bot.trainer_process import ProgressFn, TrainingFailed, TrainResult
-from bot.types import AdapterStatus, Incoming, Reply, RunStatus, Vote
+from bot.finetune import FinetuneOutcome, NothingToTrain, choose_method
+from bot.trainer_process import TrainResult
+from bot.types import AdapterStatus, AdapterVersion, Incoming, RunStatus, Vote
 from storage.training_runs import TrainingAlreadyRunning
-from tests.records import rated
+from tests.records import rated, say
+from tests.trainers import GOOD, FakeTrainer, trainer_core
 
 ME = Incoming("console", "local", "local", "Ann", "")
-GOOD = {"preference_accuracy": 0.8, "liked_nll": 2.0, "reward_margin": 0.3}
 BAD = {"preference_accuracy": 0.3, "liked_nll": 3.0, "reward_margin": -0.2}
-
-
-class FakeTrainer:
-    """Writes the adapter folder the real trainer would, after reporting a few steps; its
-    held-out evaluation says the candidate scores ``candidate`` (the serving adapter GOOD)."""
-
-    def __init__(
-        self,
-        *,
-        fail: str | None = None,
-        hold: asyncio.Event | None = None,
-        candidate: dict[str, float] | None = None,
-    ) -> None:
-        self.fail = fail
-        self.hold = hold
-        self.candidate = candidate
-        self.specs: list[dict[str, Any]] = []
-        self.datasets: list[list[dict[str, Any]]] = []
-
-    async def run(self, spec: dict[str, Any], spec_path: Path, progress: ProgressFn) -> TrainResult:
-        self.specs.append(json.loads(spec_path.read_text(encoding="utf-8")))
-        rows = [json.loads(line) for line in Path(spec["dataset"]).read_text().splitlines()]
-        self.datasets.append(rows)
-        await progress({"event": "start", "examples": len(rows), "total_steps": 2})
-        partial = Path(spec["output_dir"] + ".partial")
-        partial.mkdir(parents=True)
-        await progress({"event": "step", "step": 1, "total_steps": 2, "loss": 2.5})
-        if self.hold is not None:
-            await self.hold.wait()
-        if self.fail:
-            raise TrainingFailed(self.fail)
-        await progress({"event": "step", "step": 2, "total_steps": 2, "loss": 1.5})
-        (partial / "adapter_config.json").write_text("{}", encoding="utf-8")
-        partial.rename(spec["output_dir"])
-        evaluation = {}
-        heldout = [r for r in rows if r.get("split") == "heldout"]
-        if self.candidate is not None:
-            liked = sum(1 for r in heldout if r["label"])
-            evaluation = {
-                "base": GOOD,
-                "current": GOOD,
-                "candidate": self.candidate,
-                "heldout": {"liked": liked, "disliked": len(heldout) - liked},
-            }
-        metrics = {"train_loss": 1.5, "steps": 2}
-        return TrainResult(
-            Path(spec["output_dir"]), metrics, evaluation, {"method": spec["method"]}
-        )
 
 
 def _settings(settings: Settings, **gate: Any) -> Settings:
     return settings.model_copy(update={"gate": settings.gate.model_copy(update=gate)})
-
-
-async def _core(settings: Settings, trainer: FakeTrainer) -> Core:
-    return await build_core(
-        settings,
-        generator=ScriptedGenerator(),
-        model_dir=Path("/m"),
-        trainer=trainer,
-        progress=False,
-    )
 
 
 async def _rated(core: Core, text: str, vote: Vote = Vote.UP, who: Incoming = ME) -> int:
@@ -106,7 +47,7 @@ def _recorder() -> tuple[list[str], Any]:
 
 async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) -> None:
     trainer = FakeTrainer()
-    core = await _core(_settings(settings, when_undecided="activate"), trainer)
+    core = await trainer_core(_settings(settings, when_undecided="activate"), trainer)
     notes, notify = _recorder()
     try:
         liked = await _rated(core, "good one")
@@ -139,9 +80,9 @@ async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) ->
         )
         assert any("step 2/2 (100%), loss 1.500" in n for n in notes)
         assert "adapter v1 is live" in notes[-1].lower()
-        items = [i async for i in core.service.respond(replace(ME, text="again"))]
-        assert isinstance(items[-1], Reply) and "[v0001]" in items[-1].text
-        assert items[-1].adapter_version == 1
+        reply = await say(core, ME, "again")
+        assert "[v0001]" in reply.text
+        assert reply.adapter_version == 1
         await _rated(core, "more")
         await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         second = await core.finetuner.wait()
@@ -154,7 +95,7 @@ async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) ->
 
 
 async def test_undecided_keeps_the_candidate_ready_by_default(settings: Settings) -> None:
-    core = await _core(settings, FakeTrainer())
+    core = await trainer_core(settings, FakeTrainer())
     notes, notify = _recorder()
     try:
         await _rated(core, "x")
@@ -175,7 +116,7 @@ async def _many_ratings(core: Core, count: int = 40) -> None:
 
 async def test_the_gate_lets_a_better_candidate_go_live(settings: Settings) -> None:
     trainer = FakeTrainer(candidate=GOOD | {"reward_margin": 0.29, "preference_accuracy": 0.5})
-    core = await _core(_settings(settings, min_heldout=4), trainer)
+    core = await trainer_core(_settings(settings, min_heldout=4), trainer)
     notes, notify = _recorder()
     try:
         await _many_ratings(core)
@@ -196,7 +137,7 @@ async def test_the_gate_lets_a_better_candidate_go_live(settings: Settings) -> N
 
 
 async def test_the_gate_rejects_a_worse_candidate_and_says_why(settings: Settings) -> None:
-    core = await _core(_settings(settings, min_heldout=4), FakeTrainer(candidate=BAD))
+    core = await trainer_core(_settings(settings, min_heldout=4), FakeTrainer(candidate=BAD))
     notes, notify = _recorder()
     try:
         await _many_ratings(core)
@@ -210,9 +151,9 @@ async def test_the_gate_rejects_a_worse_candidate_and_says_why(settings: Setting
         assert version.metrics["preference_accuracy"] == 0.3  # kept with its numbers
         runs = await core.repo.runs.recent()
         assert runs[0].status is RunStatus.REJECTED and runs[0].adapter_version == 1
-        items = [i async for i in core.service.respond(replace(ME, text="/adapters"))]
-        assert isinstance(items[-1], Reply) and "v1 [rejected]" in items[-1].text
-        assert "gate: fail" in items[-1].text
+        reply = await say(core, ME, "/adapters")
+        assert "v1 [rejected]" in reply.text
+        assert "gate: fail" in reply.text
     finally:
         await core.aclose()
 
@@ -221,7 +162,7 @@ async def test_a_candidate_that_passes_can_go_to_an_ab_test(settings: Settings) 
     settings = _settings(settings, min_heldout=4).model_copy(
         update={"ab": settings.ab.model_copy(update={"share": 0.5})}
     )
-    core = await _core(settings, FakeTrainer(candidate=GOOD))
+    core = await trainer_core(settings, FakeTrainer(candidate=GOOD))
     notes, notify = _recorder()
     try:
         await _many_ratings(core)
@@ -241,7 +182,7 @@ def test_method_choice() -> None:
 
 async def test_nothing_to_train_and_no_overlap(settings: Settings) -> None:
     hold = asyncio.Event()
-    core = await _core(settings, FakeTrainer(hold=hold))
+    core = await trainer_core(settings, FakeTrainer(hold=hold))
     notify = core.outbox.notifier("console:local")
     try:
         with pytest.raises(NothingToTrain, match="0 liked replies"):
@@ -251,8 +192,7 @@ async def test_nothing_to_train_and_no_overlap(settings: Settings) -> None:
         with pytest.raises(TrainingAlreadyRunning):
             await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         # Chat stays usable while training runs.
-        items = [i async for i in core.service.respond(replace(ME, text="still there?"))]
-        assert isinstance(items[-1], Reply) and items[-1].rateable
+        assert (await say(core, ME, "still there?")).rateable
         hold.set()
         await core.finetuner.wait()
     finally:
@@ -262,7 +202,7 @@ async def test_nothing_to_train_and_no_overlap(settings: Settings) -> None:
 async def test_finetune_while_the_last_run_still_reports(settings: Settings) -> None:
     """The run's row is finished but its task still sends the last message: /finetune then
     waits for that message and starts the next run (it used to fail an assert)."""
-    core = await _core(settings, FakeTrainer())
+    core = await trainer_core(settings, FakeTrainer())
     reporting, release = asyncio.Event(), asyncio.Event()
     notes: list[str] = []
 
@@ -292,7 +232,7 @@ async def test_finetune_while_the_last_run_still_reports(settings: Settings) -> 
 
 
 async def test_a_failed_run_activates_nothing(settings: Settings) -> None:
-    core = await _core(settings, FakeTrainer(fail="CUDA exploded"))
+    core = await trainer_core(settings, FakeTrainer(fail="CUDA exploded"))
     notes, notify = _recorder()
     try:
         await _rated(core, "x")
@@ -310,7 +250,7 @@ async def test_a_failed_run_activates_nothing(settings: Settings) -> None:
 
 
 async def test_stopping_mid_run_leaves_nothing_partial(settings: Settings) -> None:
-    core = await _core(settings, FakeTrainer(hold=asyncio.Event()))
+    core = await trainer_core(settings, FakeTrainer(hold=asyncio.Event()))
     try:
         await _rated(core, "x")
         await core.finetuner.start(
@@ -327,7 +267,7 @@ async def test_stopping_mid_run_leaves_nothing_partial(settings: Settings) -> No
 
 
 async def test_an_orphaned_adapter_folder_does_not_block_training(settings: Settings) -> None:
-    core = await _core(_settings(settings, when_undecided="activate"), FakeTrainer())
+    core = await trainer_core(_settings(settings, when_undecided="activate"), FakeTrainer())
     try:
         orphan = settings.adapters_dir / "v0001"  # a trainer finished after its server died
         orphan.mkdir(parents=True)
@@ -340,21 +280,29 @@ async def test_an_orphaned_adapter_folder_does_not_block_training(settings: Sett
         await core.aclose()
 
 
+async def _forget_while_training(
+    core: Core, hold: asyncio.Event, user_key: str
+) -> tuple[FinetuneOutcome | None, AdapterVersion | None]:
+    """Start a run whose trainer waits for ``hold``, let ``user_key`` /forget while it trains,
+    then let it finish: how it ended, and version 1 (what it registered)."""
+    await core.finetuner.start(
+        trigger="command", requested_by=None, notify=core.outbox.notifier("console:local")
+    )
+    await asyncio.sleep(0.05)
+    await core.repo.forget_user(user_key)
+    hold.set()
+    outcome = await core.finetuner.wait()
+    return outcome, await core.repo.adapters.get(1)
+
+
 async def test_a_forget_during_the_run_taints_the_new_version(settings: Settings) -> None:
     hold = asyncio.Event()
-    core = await _core(settings, FakeTrainer(hold=hold))
+    core = await trainer_core(settings, FakeTrainer(hold=hold))
     other = replace(ME, chat_id="bob", user_id="bob", user_name="Bob")
     try:
         await _rated(core, "x")
         await _rated(core, "mine", who=other)
-        await core.finetuner.start(
-            trigger="command", requested_by=None, notify=core.outbox.notifier("console:local")
-        )
-        await asyncio.sleep(0.05)
-        await core.repo.forget_user(other.user_key)
-        hold.set()
-        await core.finetuner.wait()
-        version = await core.repo.adapters.get(1)
+        _, version = await _forget_while_training(core, hold, other.user_key)
         assert version is not None and version.tainted
     finally:
         await core.aclose()
@@ -366,21 +314,14 @@ async def test_a_forget_of_a_rater_during_the_run_taints_the_new_version(
     """Bob only rated Ann's reply: his /forget deletes the rating, not the exchange, and the
     version trained on his rating is still marked."""
     hold = asyncio.Event()
-    core = await _core(settings, FakeTrainer(hold=hold))
+    core = await trainer_core(settings, FakeTrainer(hold=hold))
     bob = replace(ME, user_id="bob", user_name="Bob")
     try:
         exchange = await _rated(core, "x")
         await core.service.rate(exchange, bob.user_key, Vote.UP)
-        await core.finetuner.start(
-            trigger="command", requested_by=None, notify=core.outbox.notifier("console:local")
-        )
-        await asyncio.sleep(0.05)
-        await core.repo.forget_user(bob.user_key)
+        outcome, version = await _forget_while_training(core, hold, bob.user_key)
         assert await core.repo.exchange(exchange) is not None  # Ann's exchange stays
-        hold.set()
-        outcome = await core.finetuner.wait()
         assert outcome is not None and outcome.status is RunStatus.SUCCEEDED
-        version = await core.repo.adapters.get(1)
         assert version is not None and version.tainted
         runs = await core.repo.runs.recent()
         assert runs[0].adapter_version == 1
@@ -390,20 +331,13 @@ async def test_a_forget_of_a_rater_during_the_run_taints_the_new_version(
 
 async def test_a_forget_of_someone_else_does_not_taint(settings: Settings) -> None:
     hold = asyncio.Event()
-    core = await _core(settings, FakeTrainer(hold=hold))
+    core = await trainer_core(settings, FakeTrainer(hold=hold))
     carl = replace(ME, chat_id="carl", user_id="carl", user_name="Carl")
     try:
         await _rated(core, "x")
-        items = [i async for i in core.service.respond(replace(carl, text="hello"))]
-        assert isinstance(items[-1], Reply)
-        await core.finetuner.start(
-            trigger="command", requested_by=None, notify=core.outbox.notifier("console:local")
-        )
-        await asyncio.sleep(0.05)
-        await core.repo.forget_user(carl.user_key)  # never rated anything trained on
-        hold.set()
-        await core.finetuner.wait()
-        version = await core.repo.adapters.get(1)
+        await say(core, carl, "hello")
+        # Carl never rated anything trained on.
+        _, version = await _forget_while_training(core, hold, carl.user_key)
         assert version is not None and not version.tainted
     finally:
         await core.aclose()
@@ -415,7 +349,7 @@ async def test_an_admin_change_during_the_run_is_not_undone(settings: Settings) 
     is told why."""
     hold = asyncio.Event()
     trainer = FakeTrainer()
-    core = await _core(_settings(settings, when_undecided="activate"), trainer)
+    core = await trainer_core(_settings(settings, when_undecided="activate"), trainer)
     notes, notify = _recorder()
     try:
         await _rated(core, "x")
@@ -424,8 +358,8 @@ async def test_an_admin_change_during_the_run_is_not_undone(settings: Settings) 
         trainer.hold = hold
         await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         await asyncio.sleep(0.05)
-        items = [i async for i in core.service.respond(replace(ME, text="/rollback"))]
-        assert isinstance(items[-1], Reply) and core.versions.current is None
+        await say(core, ME, "/rollback")
+        assert core.versions.current is None
         hold.set()
         outcome = await core.finetuner.wait()
         assert outcome is not None and outcome.status is RunStatus.SUCCEEDED
@@ -447,7 +381,7 @@ async def test_an_activation_during_the_run_sets_the_parent(settings: Settings) 
     """The parent is the version the run started from, not the one serving at release."""
     hold = asyncio.Event()
     trainer = FakeTrainer()
-    core = await _core(_settings(settings, when_undecided="activate"), trainer)
+    core = await trainer_core(_settings(settings, when_undecided="activate"), trainer)
     notes, notify = _recorder()
     try:
         await _rated(core, "x")
@@ -468,7 +402,7 @@ async def test_an_activation_during_the_run_sets_the_parent(settings: Settings) 
 
 
 async def test_rollback_and_activate(settings: Settings) -> None:
-    core = await _core(_settings(settings, when_undecided="activate"), FakeTrainer())
+    core = await trainer_core(_settings(settings, when_undecided="activate"), FakeTrainer())
     try:
         await _rated(core, "x")
         for _ in range(2):
@@ -476,17 +410,14 @@ async def test_rollback_and_activate(settings: Settings) -> None:
                 trigger="cli", requested_by=None, notify=core.outbox.notifier("console:local")
             )
         assert core.versions.current == 2
-        items = [i async for i in core.service.respond(replace(ME, text="/rollback"))]
-        assert isinstance(items[-1], Reply) and "adapter v1" in items[-1].text
+        assert "adapter v1" in (await say(core, ME, "/rollback")).text
         assert core.versions.current == 1
-        items = [i async for i in core.service.respond(replace(ME, text="/rollback"))]
-        assert isinstance(items[-1], Reply) and "base model" in items[-1].text
-        items = [i async for i in core.service.respond(replace(ME, text="/activate 2"))]
+        assert "base model" in (await say(core, ME, "/rollback")).text
+        await say(core, ME, "/activate 2")
         assert core.versions.current == 2
-        items = [i async for i in core.service.respond(replace(ME, text="/adapters"))]
-        assert isinstance(items[-1], Reply)
-        assert "▶ v2 [active]" in items[-1].text and "parent v1" in items[-1].text
-        items = [i async for i in core.service.respond(replace(ME, text="/rollback 0"))]
+        listed = await say(core, ME, "/adapters")
+        assert "▶ v2 [active]" in listed.text and "parent v1" in listed.text
+        await say(core, ME, "/rollback 0")
         assert core.versions.current is None
     finally:
         await core.aclose()

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from bot.app import build_core
 from bot.config import Settings
-from bot.generation import ScriptedGenerator
 from bot.types import Incoming, Reply, Vote
 from tests.records import rated
-from tests.test_finetune import FakeTrainer
+from tests.trainers import FakeTrainer, trainer_core
 
 ANN = Incoming("telegram", "1", "1", "Ann", "")
 BOB = Incoming("telegram", "2", "2", "Bob", "")
@@ -33,13 +30,7 @@ async def test_forgotten_and_opted_out_users_are_in_no_future_training_set(
     settings: Settings,
 ) -> None:
     trainer = FakeTrainer()
-    core = await build_core(
-        settings,
-        generator=ScriptedGenerator(),
-        model_dir=Path("/m"),
-        trainer=trainer,
-        progress=False,
-    )
+    core = await trainer_core(settings, trainer)
     notify = core.outbox.notifier("telegram:1")
     try:
         ann = await rated(core, ANN, "Ann likes the sea", Vote.UP)

@@ -10,37 +10,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bot.app import Core, build_core
+from bot.app import Core
 from bot.config import Settings
-from bot.model import TransformersGenerator
 from bot.types import Incoming, Reply, RunStatus
 from tests.records import say
+from tests.tinymodel import tiny_core, tiny_settings
 
 ME = Incoming("console", "local", "local", "Ann", "")
 PROBE = replace(ME, chat_id="probe", user_id="probe")  # its own chat: same prompt every time
 
 
 def _settings(settings: Settings, model_dir: Path) -> Settings:
-    return settings.model_copy(
-        update={
-            "model": settings.model.model_copy(
-                update={"name": str(model_dir), "dtype": "float32", "max_context_tokens": 256}
-            ),
-            "generation": settings.generation.model_copy(
-                update={"temperature": 0.0, "max_new_tokens": 12}
-            ),
-            "training": settings.training.model_copy(
-                update={"epochs": 8.0, "learning_rate": 5e-3, "batch_size": 2, "max_length": 128}
-            ),
-            # Three ratings are too few for the gate to judge; serve the new adapter anyway.
-            "gate": settings.gate.model_copy(update={"when_undecided": "activate"}),
-        }
+    # Three ratings are too few for the gate to judge; it serves the new adapter anyway.
+    return tiny_settings(
+        settings, model_dir, max_new_tokens=12, epochs=8.0, learning_rate=5e-3, max_length=128
     )
-
-
-async def _core(settings: Settings) -> Core:
-    generator = await TransformersGenerator.load(settings.model, settings.lora)
-    return await build_core(settings, generator=generator, model_dir=generator.model_dir)
 
 
 async def _say(core: Core, text: str, who: Incoming = ME) -> Reply:
@@ -61,7 +45,7 @@ async def test_rate_finetune_swap_rollback_restart(
     settings: Settings, tiny_model_dir: Path
 ) -> None:
     settings = _settings(settings, tiny_model_dir)
-    core = await _core(settings)
+    core = await tiny_core(settings)
     try:
         before = await _probe(core)
         base = _base_weights(core)
@@ -99,7 +83,7 @@ async def test_rate_finetune_swap_rollback_restart(
     finally:
         await core.aclose()
 
-    restarted = await _core(settings)
+    restarted = await tiny_core(settings)
     try:
         assert restarted.versions.current == 1
         assert await _probe(restarted) == after

@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from bot.app import Core, build_core
+from bot.app import Core
 from bot.config import ScheduleSettings, Settings
-from bot.generation import ScriptedGenerator
 from bot.outbox import Outbox
 from bot.schedule import Scheduler
 from bot.types import Incoming, RunStatus
 from tests.records import rated
-from tests.test_finetune import FakeTrainer
+from tests.trainers import FakeTrainer, trainer_core
 
 ME = Incoming("console", "local", "local", "Ann", "")
 
@@ -25,12 +23,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-async def _core(settings: Settings, trainer: FakeTrainer) -> Core:
-    return await build_core(
-        settings, generator=ScriptedGenerator(), model_dir=Path("/m"), trainer=trainer
-    )
 
 
 async def _rate(core: Core, count: int) -> None:
@@ -45,7 +37,7 @@ def _scheduler(core: Core, clock: Clock, outbox: Outbox, **settings: object) -> 
 
 
 async def test_after_m_new_ratings(settings: Settings) -> None:
-    core = await _core(settings, FakeTrainer())
+    core = await trainer_core(settings, FakeTrainer(), progress=True)
     outbox, sent = Outbox(), []
 
     async def send(chat_key: str, text: str) -> None:
@@ -71,7 +63,7 @@ async def test_after_m_new_ratings(settings: Settings) -> None:
 
 
 async def test_every_n_hours_and_nothing_to_train(settings: Settings) -> None:
-    core = await _core(settings, FakeTrainer())
+    core = await trainer_core(settings, FakeTrainer(), progress=True)
     clock = Clock()
     scheduler = _scheduler(core, clock, Outbox(), every_hours=2)
     try:
@@ -90,7 +82,7 @@ async def test_every_n_hours_and_nothing_to_train(settings: Settings) -> None:
 
 async def test_never_two_at_once_and_the_task_stops(settings: Settings) -> None:
     hold = asyncio.Event()
-    core = await _core(settings, FakeTrainer(hold=hold))
+    core = await trainer_core(settings, FakeTrainer(hold=hold), progress=True)
     scheduler = _scheduler(core, Clock(), Outbox(), after_ratings=1, check_interval_s=0.01)
     try:
         await _rate(core, 2)

@@ -13,45 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import Core, build_core
+from bot.app import Core
 from bot.config import Settings
-from bot.model import TransformersGenerator
 from bot.trainer_process import SubprocessTrainer
 from bot.types import Incoming, Reply, RunStatus, Vote
+from tests.records import say
+from tests.tinymodel import tiny_core, tiny_settings
 
 ME = Incoming("console", "local", "local", "Ann", "")
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
 
 def _settings(settings: Settings, model_dir: Path, epochs: float) -> Settings:
-    return settings.model_copy(
-        update={
-            "model": settings.model.model_copy(
-                update={"name": str(model_dir), "dtype": "float32", "max_context_tokens": 256}
-            ),
-            "generation": settings.generation.model_copy(
-                update={"temperature": 0.0, "max_new_tokens": 8}
-            ),
-            "training": settings.training.model_copy(
-                update={"epochs": epochs, "batch_size": 2, "max_length": 96}
-            ),
-            "gate": settings.gate.model_copy(update={"when_undecided": "activate"}),
-        }
-    )
-
-
-async def _core(settings: Settings, trainer: SubprocessTrainer) -> Core:
-    generator = await TransformersGenerator.load(settings.model, settings.lora)
-    return await build_core(
-        settings, generator=generator, model_dir=generator.model_dir, trainer=trainer
-    )
+    return tiny_settings(settings, model_dir, max_new_tokens=8, epochs=epochs, max_length=96)
 
 
 async def _chat(core: Core, i: int, vote: Vote | None = Vote.UP) -> Reply:
     who = replace(ME, chat_id=f"chat{i}", user_id=f"user{i}")
-    items = [x async for x in core.service.respond(replace(who, text=f"hello number {i}"))]
-    reply = items[-1]
-    assert isinstance(reply, Reply) and reply.rateable, reply
+    reply = await say(core, who, f"hello number {i}")
+    assert reply.rateable, reply
     if vote is not None:
         assert reply.exchange_id is not None
         await core.service.rate(reply.exchange_id, who.user_key, vote)
@@ -70,7 +50,7 @@ async def _wait_for_steps(core: Core, trainer: SubprocessTrainer) -> int:
 
 async def test_killing_the_trainer_mid_run(settings: Settings, tiny_model_dir: Path) -> None:
     trainer = SubprocessTrainer(nice=10)
-    core = await _core(_settings(settings, tiny_model_dir, epochs=2000.0), trainer)
+    core = await tiny_core(_settings(settings, tiny_model_dir, epochs=2000.0), trainer)
     notes: list[str] = []
 
     async def notify(text: str) -> None:
@@ -104,7 +84,7 @@ async def test_killing_the_trainer_mid_run(settings: Settings, tiny_model_dir: P
         await core.aclose()
 
     # A fresh start (a restart after the kill) trains on everything, the new ratings included.
-    core = await _core(_settings(settings, tiny_model_dir, epochs=1.0), SubprocessTrainer())
+    core = await tiny_core(_settings(settings, tiny_model_dir, epochs=1.0), SubprocessTrainer())
     try:
         retry = await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
         assert retry.status is RunStatus.SUCCEEDED, retry.message

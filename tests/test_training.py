@@ -14,7 +14,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from bot.config import LoraSettings, ModelSettings, TrainingSettings
 from bot.model import TransformersGenerator, chat_ids
@@ -57,11 +57,6 @@ ROWS = [
     row(5, "Sing a song.", "The wind and the waves sing."),
     row(6, "Hi", "No.", label=False),
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> Any:
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def write_spec(

@@ -53,13 +53,6 @@ def test_both_labels_get_the_reply_and_end_of_turn_as_labels(tokenizer: Any) -> 
     assert not {ex.exchange_id for ex in heldout} & {ex.exchange_id for ex in examples}
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 def test_kto_subprocess_evaluates_base_serving_and_candidate(
     tiny_model_dir: Path, tmp_path: Path

@@ -8,10 +8,16 @@ end of turn, a generation config, and LoRA target modules named ``q_proj``... ``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from bot.app import Core, build_core
+from bot.config import Settings
+from bot.model import TransformersGenerator
+from bot.trainer_process import Trainer
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -96,3 +102,33 @@ def build_tiny_model(path: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def tiny_settings(
+    settings: Settings, model_dir: Path, *, max_new_tokens: int, **training: Any
+) -> Settings:
+    """``settings`` for the tiny model at ``model_dir``: float32, a 256-token context, greedy
+    replies of at most ``max_new_tokens`` tokens, training in batches of 2 with ``training``'s
+    other values (epochs, max_length, ...), and a gate that serves a candidate it cannot judge
+    (a few ratings are too few for it)."""
+    return settings.model_copy(
+        update={
+            "model": settings.model.model_copy(
+                update={"name": str(model_dir), "dtype": "float32", "max_context_tokens": 256}
+            ),
+            "generation": settings.generation.model_copy(
+                update={"temperature": 0.0, "max_new_tokens": max_new_tokens}
+            ),
+            "training": settings.training.model_copy(update={"batch_size": 2, **training}),
+            "gate": settings.gate.model_copy(update={"when_undecided": "activate"}),
+        }
+    )
+
+
+async def tiny_core(settings: Settings, trainer: Trainer | None = None) -> Core:
+    """The real core on the real engine loading ``settings.model`` (the tiny one), training with
+    ``trainer`` (by default the real subprocess trainer)."""
+    generator = await TransformersGenerator.load(settings.model, settings.lora)
+    return await build_core(
+        settings, generator=generator, model_dir=generator.model_dir, trainer=trainer
+    )

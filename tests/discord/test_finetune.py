@@ -5,40 +5,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from adapters.discord import DiscordAdapter
-from bot.app import Core, build_core, make_adapters
+from bot.app import Core, make_adapters
 from bot.config import Settings
-from bot.generation import ScriptedGenerator
-from bot.types import Incoming, Reply, RunStatus, Vote
+from bot.types import RunStatus
 from tests.fakes.discord_server import EPHEMERAL, FakeDiscord, Json, run_bot
-from tests.test_finetune import GOOD, FakeTrainer
+from tests.trainers import trained_core
 
 
 @pytest.fixture
 async def trained(settings: Settings) -> AsyncIterator[Core]:
     """A core that can fine-tune (a fake trainer whose candidate passes the gate), with 40
     rated replies in Discord DMs to train on."""
-    gate = settings.gate.model_copy(update={"min_heldout": 4})
-    core = await build_core(
-        settings.model_copy(update={"gate": gate}),
-        generator=ScriptedGenerator(),
-        model_dir=Path("/m"),
-        trainer=FakeTrainer(candidate=GOOD | {"reward_margin": 0.5}),
-        progress=False,
-    )
+    core = await trained_core(settings, "discord", first_chat=900)
     try:
-        for i in range(40):
-            who = Incoming("discord", f"{900 + i}", f"{100 + i}", f"U{i}", f"message {i}")
-            items = [item async for item in core.service.respond(who)]
-            reply = items[-1]
-            assert isinstance(reply, Reply) and reply.exchange_id is not None
-            await core.service.rate(
-                reply.exchange_id, who.user_key, Vote.UP if i % 2 else Vote.DOWN
-            )
         yield core
     finally:
         await core.aclose()

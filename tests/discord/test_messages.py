@@ -8,35 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
 from adapters.discord_replies import ChannelEdits
 from bot.app import Core
 from bot.generation import ScriptedGenerator
-from bot.types import Turn
 from tests.fakes.discord_server import FakeDiscord, FakeUser, Json
-
-
-class Script:
-    """What the scripted model answers: ``text`` if set, else an echo of the last turn."""
-
-    text: str | None = None
-
-    def reply(self, turns: Sequence[Turn], _adapter: Path | None) -> str:
-        return self.text or f"You said: {turns[-1].content}"
-
-
-@pytest.fixture
-def script() -> Script:
-    return Script()
-
-
-@pytest.fixture
-def scripted(script: Script, request: pytest.FixtureRequest) -> ScriptedGenerator:
-    return ScriptedGenerator(script.reply, delay_s=getattr(request, "param", 0.0))
+from tests.records import Script
 
 
 async def final_reply(fake: FakeDiscord, channel_id: int, count: int = 1) -> list[Json]:

@@ -17,7 +17,7 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import WSMsgType, web
 
 from bot.config import Settings, load_settings
+from tests.fakes.common import running
 
 if TYPE_CHECKING:
     from adapters.discord import DiscordAdapter
@@ -722,13 +723,5 @@ async def run_bot(
     from adapters.discord import DiscordAdapter
 
     adapter = adapter if adapter is not None else DiscordAdapter(service, settings.discord)
-    task = asyncio.create_task(adapter.run(), name="discord-under-test")
-    try:
-        await fake.wait_for(lambda: adapter.ready.is_set() or task.done())
-        if task.done():
-            task.result()  # raises the adapter's start-up error
+    async with running(adapter, within=5.0, name="discord-under-test"):
         yield adapter
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task

@@ -19,7 +19,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
@@ -660,24 +660,3 @@ def bot_settings(fake: FakeTelegram, **overrides: Any) -> Any:
         **overrides,
     }
     return TelegramSettings.model_validate(values)
-
-
-@contextlib.asynccontextmanager
-async def running(adapter: Any, within: float = 10.0) -> AsyncIterator[asyncio.Task[None]]:
-    """Run ``adapter.run()`` as a task until the block ends, then cancel it and wait for it.
-    The adapter sets ``adapter.ready`` (an asyncio.Event) once it receives updates."""
-    task: asyncio.Task[None] = asyncio.create_task(adapter.run())
-    ready = asyncio.create_task(adapter.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=within, return_when="FIRST_COMPLETED")
-    if ready not in done:
-        ready.cancel()
-        if task in done:
-            task.result()  # raises what stopped it
-        task.cancel()
-        raise TimeoutError("the adapter did not become ready")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

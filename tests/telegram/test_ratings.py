@@ -3,24 +3,15 @@ buttons keep working after a restart."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from adapters.telegram import FORGED, TelegramAdapter
 from bot.app import Core, build_core
 from bot.config import Settings
 from bot.generation import ScriptedGenerator
 from bot.types import Vote
-from tests.fakes.telegram_server import FakeTelegram, bot_settings, running
-
-
-@pytest.fixture
-async def bot(core: Core, tg: FakeTelegram) -> AsyncIterator[TelegramAdapter]:
-    adapter = TelegramAdapter(core.service, bot_settings(tg))
-    async with running(adapter):
-        yield adapter
+from tests.fakes.common import running
+from tests.fakes.telegram_server import FakeTelegram, bot_settings
 
 
 async def press(tg: FakeTelegram, user: dict[str, Any], message: dict[str, Any], vote: Vote) -> str:

@@ -14,7 +14,8 @@ from adapters import telegram_app
 from adapters.telegram import TelegramAdapter, TelegramStartupError
 from bot.app import Core
 from bot.generation import ScriptedGenerator
-from tests.fakes.telegram_server import FakeTelegram, bot_settings, running
+from tests.fakes.common import running
+from tests.fakes.telegram_server import FakeTelegram, bot_settings
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 
 import pytest
 
@@ -16,29 +14,14 @@ from adapters.telegram_stream import CURSOR
 from bot.app import Core, build_core
 from bot.config import Settings
 from bot.generation import ScriptedGenerator
-from bot.types import Turn
-from tests.fakes.telegram_server import (
-    BOT_USERNAME,
-    FakeTelegram,
-    bot_settings,
-    running,
-    utf16_len,
-)
+from tests.fakes.common import running
+from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram, bot_settings, utf16_len
+from tests.records import Script
 
 ADMIN = 1
 # PTB 22 builds its own RetryAfter through a deprecated property, which warns; in production a
 # warning is only printed, here warnings are errors. The adapter reads the timedelta underneath.
 PTB_RETRY_AFTER_WARNING = "ignore:.*`retry_after`:DeprecationWarning"
-
-
-class Script:
-    """What the scripted model says: ``text`` if set, else an echo of the last turn."""
-
-    def __init__(self) -> None:
-        self.text: str | None = None
-
-    def __call__(self, turns: Sequence[Turn], _adapter: Path | None) -> str:
-        return self.text if self.text is not None else f"You said: {turns[-1].content}"
 
 
 @pytest.fixture
@@ -47,21 +30,8 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def script() -> Script:
-    return Script()
-
-
-@pytest.fixture
-def scripted(request: pytest.FixtureRequest, script: Script) -> ScriptedGenerator:
-    """Seconds per word come from ``indirect`` parametrisation (none by default)."""
-    return ScriptedGenerator(script, delay_s=getattr(request, "param", 0.0))
-
-
-@pytest.fixture
-async def bot(core: Core, tg: FakeTelegram) -> AsyncIterator[TelegramAdapter]:
-    adapter = TelegramAdapter(core.service, bot_settings(tg, edit_interval_s=0.05))
-    async with running(adapter):
-        yield adapter
+def edit_interval_s() -> float:
+    return 0.05
 
 
 @pytest.mark.parametrize("scripted", [0.01], indirect=True)
