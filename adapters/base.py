@@ -4,17 +4,49 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
-from bot.types import Vote
+from bot.types import Draft, Incoming, RateOutcome, Reply, Vote
 
 RATING_PREFIX = "rate"
 _RATING = re.compile(r"^rate:(\d{1,18}):(1|-1)$")
 
 
+class ChatCore(Protocol):
+    """What an adapter may ask of the core (``bot.chat.ChatService`` implements it).
+
+    Adapters never reach past it into storage, settings or the learning loop.
+    """
+
+    @property
+    def admins(self) -> Sequence[str]:
+        """The configured admin user keys (e.g. for a platform's per-user command menus)."""
+        ...
+
+    def should_answer(self, incoming: Incoming, bot_username: str | None = None) -> bool:
+        """Private chats always; groups when mentioned, replied to, or given a command."""
+        ...
+
+    def respond(
+        self, incoming: Incoming, *, bot_username: str | None = None
+    ) -> AsyncIterator[Draft | Reply]:
+        """Drafts of the growing reply, then one final Reply."""
+        ...
+
+    async def rate(
+        self, exchange_id: int, user_key: str, vote: Vote, *, chat_key: str | None = None
+    ) -> RateOutcome:
+        """A 👍/👎 press: one vote per user per reply (again: retract; the other: change)."""
+        ...
+
+    async def reply_shown(self, exchange_id: int, platform_id: str) -> None:
+        """Record the platform's id of the message that shows a reply (for reply chains)."""
+        ...
+
+
 class Adapter(Protocol):
-    """One platform. It holds the ChatService (composition); it is not the bot."""
+    """One platform. It holds the ChatCore (composition); it is not the bot."""
 
     platform: str
 

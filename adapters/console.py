@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from bot.chat import ChatService
+from bot.chat.service import ChatService
 from bot.types import Draft, Incoming, Reply, ReplyKind
 
 PLATFORM = "console"

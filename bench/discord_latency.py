@@ -25,8 +25,8 @@ from pathlib import Path
 
 from bench.common import PROMPTS, Timing, report, stored_pairs
 from bot.app import Core, build_core
-from bot.config import Settings
-from bot.model import TransformersGenerator
+from bot.engine.generator import TransformersGenerator
+from bot.settings import Settings
 from bot.types import Draft, Incoming
 from tests.fakes.discord_server import FakeDiscord, FakeUser, discord_settings, run_bot
 

@@ -35,11 +35,11 @@ from serving_chats import PeakMemory, Request, RunResult, run_chats
 from serving_report import print_report
 
 from bot.app import build_core
-from bot.config import LoraSettings, ModelSettings, Settings, load_settings
+from bot.engine.generator import TransformersGenerator
+from bot.engine.runtime import default_threads
 from bot.generation import Generator
-from bot.model import TransformersGenerator
-from bot.model_runtime import default_threads
-from bot.model_source import default_gguf_path
+from bot.generation.source import default_gguf_path
+from bot.settings import LoraSettings, ModelSettings, Settings, load_settings
 
 
 def bandwidth_gbs(

@@ -1,7 +1,7 @@
 """``bench/serving.py --profile``: where a batch-1 decoding step spends its time.
 
 The engine runs on its own thread, which torch.profiler does not follow, so this steps a
-:class:`bot.model_batch.Batch` the way the engine does, on this thread, with the engine's
+:class:`bot.engine.batch.Batch` the way the engine does, on this thread, with the engine's
 model and router (the engine is idle meanwhile).
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import DynamicCache
 
-from bot.model_batch import Batch, EngineRequest, Prompt, SequenceState
+from bot.engine.batch import Batch, EngineRequest, Prompt, SequenceState
 from bot.types import GenerationParams, Turn
 
 

@@ -29,7 +29,7 @@ from bench.common import QUESTIONS  # noqa: E402
 from bot.types import GenerationParams, Turn  # noqa: E402 - standard library only: cheap
 
 if TYPE_CHECKING:
-    from bot.model import TransformersGenerator
+    from bot.engine.generator import TransformersGenerator
 
 PROMPT = QUESTIONS[0]
 BATCH_PROMPTS = QUESTIONS[:8]
@@ -58,10 +58,10 @@ async def main(args: argparse.Namespace) -> None:
 
     import torch
 
-    from bot.config import LoraSettings, ModelSettings
-    from bot.model import TransformersGenerator, resolve_model
+    from bot.engine.generator import TransformersGenerator, resolve_model
+    from bot.settings import LoraSettings, ModelSettings
 
-    mark("import torch, transformers, peft, bot.model")
+    mark("import torch, transformers, peft, bot.engine.generator")
     settings = ModelSettings(
         dtype=args.dtype,
         threads=args.threads,

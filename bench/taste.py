@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.taste_data import HELDOUT_TOPICS, TRAIN_TOPICS, Taste, prompts, taste, words
 from bot.app import Core, build_core
-from bot.config import Settings, load_settings
+from bot.settings import Settings, load_settings
 from bot.types import Incoming, Reply, Turn, Vote
 
 

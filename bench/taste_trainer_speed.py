@@ -1,6 +1,6 @@
 """Seconds per KTO step: selftune's loop (bot/training_kto.py) vs TRL's KTOTrainer, on the real
 default model, the same rows, batch size, length cap and precision; both precompute the
-reference log-probabilities (the base model) first. tests/test_kto.py checks the two compute
+reference log-probabilities (the base model) first. tests/trainer/test_kto.py checks the two compute
 the same loss. Then what each keeps of rows whose stored context is longer than max_length
 (group chats with long histories): TRL truncates on the right, selftune drops old turns.
 
@@ -25,13 +25,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from bot.config import LoraSettings, TrainingSettings, load_settings
-from bot.model import resolve_model
-from bot.model_adapter import lora_config, wrap_lora
-from bot.model_runtime import cpu_bf16_supported
-from bot.training_data import build_examples
-from bot.training_kto import kto_step, kto_weights, reference_items
-from bot.training_loop import Runtime, optimize
+from bot.engine.generator import resolve_model
+from bot.engine.lora import lora_config, wrap_lora
+from bot.engine.runtime import cpu_bf16_supported
+from bot.settings import LoraSettings, TrainingSettings, load_settings
+from bot.trainer.examples import build_examples
+from bot.trainer.kto import kto_step, kto_weights, reference_items
+from bot.trainer.loop import Runtime, optimize
 
 LONG = (
     "Here is a careful answer. First consider the context and what you want to achieve; then "

@@ -30,12 +30,12 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from adapters.telegram import TelegramAdapter
+from adapters.telegram.adapter import TelegramAdapter
 from bench.common import PROMPTS, Timing, report, stored_pairs
 from bot.app import Core, build_core
-from bot.config import Settings, TelegramSettings, load_settings
+from bot.engine.generator import TransformersGenerator
 from bot.generation import DEFAULT_SLOT, Generator
-from bot.model import TransformersGenerator
+from bot.settings import Settings, TelegramSettings, load_settings
 from bot.types import GenerationParams, Turn
 from tests.fakes.common import running
 from tests.fakes.telegram_server import FakeTelegram, bot_settings

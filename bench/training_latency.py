@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bot.app import Core, build_core
-from bot.config import Settings, load_settings
+from bot.settings import Settings, load_settings
 from bot.types import Draft, Incoming, Turn, Vote
 
 QUESTIONS = [

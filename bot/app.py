@@ -18,23 +18,20 @@ from pathlib import Path
 from typing import IO, Literal
 
 from adapters.base import Adapter
-from bot.chat import ChatService
-from bot.config import Settings
-from bot.finetune import Finetuner
+from bot.chat.service import ChatService
+from bot.errors import StartupError
 from bot.generation import Generator
+from bot.learning.finetune import Finetuner
+from bot.learning.schedule import Scheduler
+from bot.learning.trainer_process import Trainer
+from bot.learning.versions import AdapterVersions
 from bot.outbox import Outbox
-from bot.schedule import Scheduler
-from bot.trainer_process import Trainer
-from bot.versions import AdapterVersions
+from bot.settings import Settings
 from migrations import upgrade_database
 from storage.db import create_engine
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(RuntimeError):
-    """The bot cannot start; the message says what to fix."""
 
 
 def prepare_data_dir(settings: Settings) -> Path:
@@ -125,11 +122,11 @@ async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[
     OpenAI-compatible server generates; the local model directory is still resolved, for
     training and for counting tokens with the same tokenizer.
     """
-    from bot.model_source import ModelLoadError
+    from bot.errors import ModelLoadError
 
     try:
         if settings.backend.kind == "openai":
-            from bot.openai_backend import OpenAIGenerator
+            from bot.generation.openai_api import OpenAIGenerator
 
             model_dir = await resolve_model_dir(settings, progress=progress)
             remote = await OpenAIGenerator.connect(
@@ -139,7 +136,7 @@ async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[
                 adapters_dir=settings.adapters_dir,
             )
             return remote, model_dir
-        from bot.model import TransformersGenerator
+        from bot.engine.generator import TransformersGenerator
 
         generator = await TransformersGenerator.load(
             settings.model, settings.lora, progress=progress
@@ -151,7 +148,8 @@ async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[
 
 async def resolve_model_dir(settings: Settings, *, progress: bool = True) -> Path:
     """Only the model directory (conversion cached), for training without serving."""
-    from bot.model_source import ModelLoadError, resolve_model
+    from bot.errors import ModelLoadError
+    from bot.generation.source import resolve_model
 
     try:
         return await asyncio.to_thread(resolve_model, settings.model, progress=progress)
@@ -241,11 +239,11 @@ def make_adapters(core: Core, mode: Literal["run", "chat"]) -> list[Adapter]:
     settings = core.settings
     adapters: list[Adapter] = []
     if mode == "run" and settings.telegram.token is not None:
-        from adapters.telegram import TelegramAdapter
+        from adapters.telegram.adapter import TelegramAdapter
 
         adapters.append(TelegramAdapter(core.service, settings.telegram))
     if mode == "run" and settings.discord.token is not None:
-        from adapters.discord import DiscordAdapter
+        from adapters.discord.adapter import DiscordAdapter
 
         discord_adapter = DiscordAdapter(core.service, settings.discord)
         # Admin output for a user (training progress after /finetune in a server) goes by DM.

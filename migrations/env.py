@@ -31,7 +31,7 @@ def _url() -> str:
         url = config.get_main_option("sqlalchemy.url")
         if url:
             return url
-    from bot.config import load_settings
+    from bot.settings import load_settings
 
     return load_settings()[0].database_url
 

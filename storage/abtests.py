@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.errors import ABTestRunning
 from storage.db import aware, insert_running
 from storage.models import ABTestRow, AdapterVersionRow, Rating, utcnow
 from storage.models import Exchange as ExchangeRow
@@ -45,10 +46,6 @@ class VersionVotes:
     @property
     def total(self) -> int:
         return self.ups + self.downs
-
-
-class ABTestRunning(RuntimeError):
-    """An A/B test is already running; finish it first."""
 
 
 def _test(row: ABTestRow) -> ABTest:

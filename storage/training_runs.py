@@ -10,17 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.errors import TrainingAlreadyRunning
 from bot.types import RunStatus, TrainingRun
 from storage.db import aware, insert_running
 from storage.models import TrainingRunRow, User, utcnow
-
-
-class TrainingAlreadyRunning(RuntimeError):
-    """Another training run holds the lock (in this process or another one)."""
-
-    def __init__(self, run: TrainingRun) -> None:
-        super().__init__(f"training run {run.id} is already running since {run.started_at:%H:%M}")
-        self.run = run
 
 
 def _run(row: TrainingRunRow) -> TrainingRun:

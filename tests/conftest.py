@@ -14,13 +14,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.app import Core, build_core
-from bot.config import Settings, load_settings
 from bot.generation import ScriptedGenerator
+from bot.settings import Settings, load_settings
 from migrations import upgrade_database
 from storage.db import create_engine
 from storage.repository import Repository
-from tests.pg import PostgresUnavailable, start_temp_postgres
-from tests.records import Script
+from tests.support.pg import PostgresUnavailable, start_temp_postgres
+from tests.support.records import Script
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama with a small BPE tokenizer and a chat template, saved to a directory."""
-    from tests.tinymodel import build_tiny_model
+    from tests.support.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 

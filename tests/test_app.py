@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import StartupError, build_core
+from bot.app import build_core
 from bot.cli import main
-from bot.config import Settings
+from bot.errors import StartupError
 from bot.generation import ScriptedGenerator
+from bot.settings import Settings
 from bot.types import Incoming, Vote
-from tests.records import add_version, say
+from tests.support.records import add_version, say
 
 ME = Incoming("console", "local", "local", "Ann", "")
 

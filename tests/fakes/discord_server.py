@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import WSMsgType, web
 
-from bot.config import Settings, load_settings
+from bot.settings import Settings, load_settings
 from tests.fakes.common import running
 
 if TYPE_CHECKING:
-    from adapters.discord import DiscordAdapter
-    from bot.chat import ChatService
+    from adapters.discord.adapter import DiscordAdapter
+    from bot.chat.service import ChatService
 
 TOKEN = "fake-discord-token.abc.xyz"
 API = "/api/v10"
@@ -720,7 +720,7 @@ async def run_bot(
 ) -> AsyncIterator[DiscordAdapter]:
     """Run the real Discord adapter (``adapter``, say one from ``make_adapters``, else a new
     one) against ``fake`` until the block ends; ready on entry."""
-    from adapters.discord import DiscordAdapter
+    from adapters.discord.adapter import DiscordAdapter
 
     adapter = adapter if adapter is not None else DiscordAdapter(service, settings.discord)
     async with running(adapter, within=5.0, name="discord-under-test"):

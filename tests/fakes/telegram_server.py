@@ -648,7 +648,7 @@ def _error(exc: ApiError) -> web.Response:
 
 def bot_settings(fake: FakeTelegram, **overrides: Any) -> Any:
     """TelegramSettings that point the bot at ``fake`` (no waiting between edits by default)."""
-    from bot.config import TelegramSettings
+    from bot.settings import TelegramSettings
 
     values: dict[str, Any] = {
         "token": fake.token,

@@ -1,0 +1,164 @@
+"""The Discord adapter (discord.py 2.x): one ``discord.Client`` run inside selftune's event loop.
+
+``run()`` logs in and connects with ``Client.start`` (never ``Client.run``, which owns the loop),
+so Discord, Telegram and the core share one asyncio loop. The pieces live in small modules:
+
+- discord_incoming: message/interaction → Incoming (chat keys, addressing, text)
+- discord_messages: which messages to answer, and answering them (streamed, split)
+- discord_replies: edits paced per channel, 2000-character pieces, typing indicator
+- discord_rating: the persistent 👍/👎 buttons (``ui.DynamicItem``)
+- discord_slash: slash commands from the core's command table
+- discord_private: the core's private messages to a user (training progress) by DM
+
+The REST base and gateway URLs are settings (``discord.api_base``, ``discord.gateway_url``), so
+the bot can talk to a Discord-compatible server, and the tests to a fake one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import yarl
+
+from adapters.discord.incoming import PLATFORM, target_channel_id
+from adapters.discord.messages import MessageHandler
+from adapters.discord.private import DirectMessages
+from adapters.discord.rating import RateButton, RatingHandler
+from adapters.discord.replies import send_pieces
+from adapters.discord.sdk import app_commands, discord
+from adapters.discord.slash import SlashCommands
+from bot.chat.service import ChatService
+from bot.errors import StartupError
+from bot.settings import DiscordSettings
+
+log = logging.getLogger(__name__)
+
+NEEDS_MESSAGE_CONTENT = (
+    "Discord refused the connection: this bot needs the privileged Message Content intent to "
+    "read messages. Enable it in the Discord developer portal: Applications → (your bot) → "
+    "Bot → Privileged Gateway Intents → turn on 'Message Content Intent' → Save Changes; then "
+    "start selftune again."
+)
+BAD_TOKEN = (
+    "Discord rejected the bot token. Copy it again from the developer portal (Applications → "
+    "(your bot) → Bot → Reset Token) into DISCORD_BOT_TOKEN or discord.token."
+)
+
+
+class DiscordStartupError(StartupError):
+    """Discord cannot be served; the message says what the operator should do."""
+
+
+def configure_endpoints(settings: DiscordSettings) -> None:
+    """Point discord.py at the configured REST base and gateway (Discord's own by default).
+
+    Both are class attributes in discord.py, so this holds for the whole process: one Discord
+    server per process, which is what a deployment has.
+    """
+    discord.http.Route.BASE = settings.api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
+
+
+class SelftuneClient(discord.Client):
+    """The discord.py client: event plumbing only; the adapter's handlers do the work."""
+
+    def __init__(self, adapter: DiscordAdapter, settings: DiscordSettings) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True  # privileged: without it every message text is empty
+        super().__init__(
+            intents=intents,
+            # Model output must never ping @everyone, a role or a user.
+            allowed_mentions=discord.AllowedMentions.none(),
+            guild_ready_timeout=settings.guild_ready_timeout_s,
+        )
+        self.tree: app_commands.CommandTree[SelftuneClient] = app_commands.CommandTree(self)
+        self.ratings = adapter.ratings  # where RateButton finds its handler
+        self._adapter = adapter
+        self._settings = settings
+
+    async def setup_hook(self) -> None:
+        """After login, before the gateway: persistent buttons and slash commands."""
+        self.add_dynamic_items(RateButton)
+        names = self._adapter.slash.register(self.tree)
+        if not self._settings.sync_commands:
+            return
+        try:
+            await self.tree.sync()
+        except discord.HTTPException as exc:
+            # Messages and buttons still work; only the slash menu is missing.
+            log.warning("could not register the slash commands with Discord: %s", exc)
+        else:
+            log.info("slash commands registered: /%s", ", /".join(names))
+
+    async def on_ready(self) -> None:
+        log.info("connected to Discord as %s (%d servers)", self.user, len(self.guilds))
+        self._adapter.ready.set()
+
+    async def on_message(self, message: discord.Message) -> None:
+        if self.user is not None:
+            await self._adapter.messages.handle(message, self.user)
+
+    async def on_interaction(self, interaction: discord.Interaction[discord.Client]) -> None:
+        await self.ratings.answer_stray(interaction)
+
+
+class DiscordAdapter:
+    """selftune on Discord. It holds the ChatService (composition); the client is its transport."""
+
+    platform = PLATFORM
+
+    def __init__(self, service: ChatService, settings: DiscordSettings) -> None:
+        if settings.token is None:
+            raise ValueError("the Discord adapter needs a token (DISCORD_BOT_TOKEN)")
+        self._token = settings.token  # a SecretStr: never in a log line or a repr
+        self._settings = settings
+        self.ratings = RatingHandler(service)
+        self.direct = DirectMessages()
+        self.slash = SlashCommands(service, settings.admin_role_id, self.direct.remember)
+        self.messages = MessageHandler(service, settings, self.direct.remember)
+        self.ready = asyncio.Event()
+        self.client: SelftuneClient | None = None
+
+    async def run(self) -> None:
+        """Log in, connect and serve until cancelled; a fatal refusal becomes a clear error."""
+        configure_endpoints(self._settings)
+        client = self.client = SelftuneClient(self, self._settings)
+        try:
+            await client.start(self._token.get_secret_value())
+        except discord.PrivilegedIntentsRequired:
+            raise self._fail(NEEDS_MESSAGE_CONTENT) from None
+        except discord.LoginFailure:
+            raise self._fail(BAD_TOKEN) from None
+        except discord.ConnectionClosed as exc:
+            message = f"Discord closed the connection for good (code {exc.code}: {exc.reason})."
+            raise self._fail(BAD_TOKEN if exc.code == 4004 else message) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            where = self._settings.api_base
+            raise self._fail(f"cannot reach Discord at {where} ({exc}).") from None
+        finally:
+            self.ready.clear()
+            await self.messages.aclose()
+            await client.close()
+
+    @staticmethod
+    def _fail(message: str) -> DiscordStartupError:
+        log.error("%s", message)
+        return DiscordStartupError(message)
+
+    def _connected(self) -> SelftuneClient:
+        client = self.client
+        if client is None or not client.is_ready():
+            raise RuntimeError("not connected to Discord")
+        return client
+
+    async def send(self, chat_key: str, text: str) -> None:
+        """Post a message the core wants to say on its own (training progress)."""
+        channel = self._connected().get_partial_messageable(target_channel_id(chat_key))
+        await send_pieces(channel, text)
+
+    async def send_private(self, user_key: str, text: str) -> None:
+        """Write to a user privately (``discord:<user id>``): a DM, or where DMs are closed a
+        note in the channel of their last command (the outbox's private sender)."""
+        await self.direct.send(self._connected(), user_key, text)

@@ -1,0 +1,149 @@
+"""python-telegram-bot's Application as the adapter uses it: built from TelegramSettings,
+initialised patiently, receiving by long polling or webhook, with the command menu set."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from telegram import Bot, BotCommand, BotCommandScopeChat, Update
+from telegram.error import InvalidToken, NetworkError, TelegramError
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+
+from bot.commands.table import COMMANDS
+from bot.errors import StartupError
+from bot.settings import TelegramSettings
+
+log = logging.getLogger(__name__)
+
+App = Application[Any, Any, Any, Any, Any, Any]
+ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
+STOP_RECEIVING_S = 5.0  # bound on stopping the updater (see stop_receiving)
+Redact = Callable[[BaseException], str]  # an error as text for the log, token masked
+
+
+class TelegramStartupError(StartupError):
+    """Telegram cannot be served; the message says what to fix (and never holds the token)."""
+
+
+class _HandledFloods(logging.Filter):
+    """PTB's rate limiter logs every flood wait it passes on as an error with a traceback;
+    TelegramIO waits them out, so they are not errors here (TelegramIO logs them at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Rate limit hit after maximum of 0 retries")
+
+
+_HANDLED_FLOODS = _HandledFloods()
+
+
+def build_application(settings: TelegramSettings, token: str) -> App:
+    """The Application: concurrent updates, PTB's limiter for Telegram's global limits, and
+    ``base_url`` passed through (a self-hosted Bot API server, or a test's fake)."""
+    builder = (
+        ApplicationBuilder()
+        .token(token)
+        .concurrent_updates(settings.concurrent_updates)
+        .rate_limiter(
+            AIORateLimiter(
+                overall_max_rate=settings.max_requests_per_second,
+                group_max_rate=settings.max_requests_per_minute_per_group,
+                max_retries=0,  # flood waits are handled per call (TelegramIO.patient)
+            )
+        )
+    )
+    logging.getLogger("telegram.ext.AIORateLimiter").addFilter(_HANDLED_FLOODS)
+    if settings.base_url:
+        builder = builder.base_url(settings.base_url)
+    if settings.base_file_url:
+        builder = builder.base_file_url(settings.base_file_url)
+    app: App = builder.build()
+    return app
+
+
+async def initialize(app: App, redact: Redact) -> None:
+    """``getMe``; a network failure is retried with backoff, a refused token is fatal."""
+    try:
+        await _get_me(app, redact)
+    except BaseException:
+        # Application.shutdown() skips an app that never finished initializing, but the bot's
+        # HTTP clients are open by now: close them.
+        await app.bot.shutdown()
+        raise
+
+
+async def _get_me(app: App, redact: Redact) -> None:
+    delay = 1.0
+    while True:
+        try:
+            await app.initialize()
+            return
+        except InvalidToken:
+            # PTB's message quotes the token: never pass it on.
+            raise TelegramStartupError(
+                "Telegram refused the bot token: check telegram.token / TELEGRAM_BOT_TOKEN "
+                "(a token from @BotFather)"
+            ) from None
+        except NetworkError as exc:
+            log.warning("cannot reach Telegram (%s); again in %.0f s", redact(exc), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+
+async def receive(
+    app: App, settings: TelegramSettings, on_error: Callable[[TelegramError], None]
+) -> None:
+    """Start taking updates: long polling, or a webhook server when so configured."""
+    updater = app.updater
+    assert updater is not None  # ApplicationBuilder always makes one
+    if settings.mode == "webhook":
+        assert settings.webhook_url is not None  # the settings validate this
+        secret = settings.secret_token
+        await updater.start_webhook(
+            listen=settings.listen,
+            port=settings.port,
+            url_path=urlsplit(settings.webhook_url).path.lstrip("/"),
+            webhook_url=settings.webhook_url,
+            secret_token=secret.get_secret_value() if secret else None,
+            allowed_updates=ALLOWED_UPDATES,
+            bootstrap_retries=3,
+        )
+    else:
+        await updater.start_polling(
+            allowed_updates=ALLOWED_UPDATES, bootstrap_retries=3, error_callback=on_error
+        )
+
+
+async def stop_receiving(app: App) -> None:
+    """``updater.stop()``, bounded. While Telegram is unreachable PTB's polling loop sleeps up
+    to 30 s between tries and sees the stop only then; a shutdown should not wait for that."""
+    updater = app.updater
+    if updater is None or not updater.running:
+        return
+    try:
+        # On timeout wait_for cancels stop(), which cancels the polling task it awaits.
+        await asyncio.wait_for(updater.stop(), STOP_RECEIVING_S)
+    except TimeoutError:
+        log.warning("Telegram did not answer while stopping; recent updates may come again")
+
+
+async def register_commands(bot: Bot, admins: Sequence[str], redact: Redact) -> None:
+    """The command menu (setMyCommands): user commands for everyone, and all of them in the
+    private chat of each admin configured as ``telegram:<user id>``."""
+    users = [BotCommand(c.name, c.help) for c in COMMANDS if not c.admin]
+    everything = [BotCommand(c.name, c.help) for c in COMMANDS]
+    try:
+        await bot.set_my_commands(users)
+    except TelegramError as exc:
+        log.warning("could not register the command menu: %s", redact(exc))
+    for key in admins:
+        platform, _, user_id = key.partition(":")
+        if platform != "telegram" or not user_id.isdigit():
+            continue
+        try:
+            await bot.set_my_commands(everything, scope=BotCommandScopeChat(int(user_id)))
+        except TelegramError as exc:  # e.g. the admin has not opened a chat with the bot
+            log.info("admin menu not set for %s: %s", key, redact(exc))

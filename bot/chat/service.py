@@ -1,0 +1,207 @@
+"""ChatService: incoming message → stored → prompt → streamed reply → stored; ratings; commands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import unicodedata
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+
+from bot.chat.prompt import fit_prompt, to_turns
+from bot.chat.ratelimit import RateLimiter
+from bot.commands.router import CommandHandlers
+from bot.commands.table import VOTES, parse_command
+from bot.errors import GenerationError, PromptTooLong
+from bot.generation import Generator
+from bot.learning.finetune import Finetuner
+from bot.learning.versions import AdapterVersions
+from bot.outbox import Outbox
+from bot.settings import Settings
+from bot.types import Draft, GenerationParams, Incoming, RateOutcome, Reply, ReplyKind, Vote
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+_KEEP = {"\n", "\t"}
+
+
+def clean_text(text: str) -> str:
+    """Drop control characters (keeping newlines and tabs) and surrounding whitespace."""
+    return "".join(
+        ch for ch in text if ch in _KEEP or unicodedata.category(ch) not in ("Cc", "Cs")
+    ).strip()
+
+
+class ChatService:
+    """The conversation core every adapter talks to."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        repo: Repository,
+        generator: Generator,
+        versions: AdapterVersions,
+        finetuner: Finetuner | None = None,
+        outbox: Outbox | None = None,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.generator = generator
+        self.versions = versions
+        self.finetuner = finetuner
+        self.outbox = outbox or Outbox()
+        self._limiter = RateLimiter(settings.chat.user_messages_per_minute)
+        self.commands = CommandHandlers(self)
+
+    def default_params(self) -> GenerationParams:
+        g = self.settings.generation
+        return GenerationParams(
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            top_k=g.top_k,
+            repetition_penalty=g.repetition_penalty,
+        )
+
+    @property
+    def admins(self) -> tuple[str, ...]:
+        """The configured admin user keys."""
+        return tuple(self.settings.admins)
+
+    async def reply_shown(self, exchange_id: int, platform_id: str) -> None:
+        """Record the platform's id of the message that shows a reply."""
+        await self.repo.set_reply_platform_id(exchange_id, platform_id)
+
+    def is_admin(self, incoming: Incoming) -> bool:
+        """Configured admin user keys, or a platform-vouched admin (``incoming.is_admin``)."""
+        return incoming.is_admin or self.settings.is_admin(incoming.user_key)
+
+    @staticmethod
+    def should_answer(incoming: Incoming, bot_username: str | None = None) -> bool:
+        """Private chats: always. Groups: when mentioned, replied to, or given a command."""
+        if incoming.is_private or incoming.mentions_bot or incoming.reply_to_bot:
+            return True
+        return parse_command(incoming.text, bot_username) is not None
+
+    async def respond(
+        self, incoming: Incoming, *, bot_username: str | None = None
+    ) -> AsyncIterator[Draft | Reply]:
+        """Answer one message: drafts of the growing reply, then one final Reply."""
+        text = clean_text(incoming.text)
+        if not text:
+            yield Reply(
+                "Empty message: nothing to answer. Type /help to see what I can do.",
+                ReplyKind.NOTICE,
+            )
+            return
+        command = parse_command(text, bot_username)
+        if command is not None:
+            yield await self.commands.handle(incoming, command)
+            return
+        message_id = await self.repo.add_user_message(
+            incoming.chat_key, incoming.user_key, incoming.user_name, text, incoming.message_id
+        )
+        wait = self._limiter.check(incoming.user_key)
+        if wait > 0:
+            yield Reply(
+                f"Slow down a little: at most {self.settings.chat.user_messages_per_minute} "
+                f"messages a minute. Your message is saved; try again in {wait:.0f} s.",
+                ReplyKind.NOTICE,
+            )
+            return
+        async for item in self._generate(incoming, message_id):
+            yield item
+
+    async def _generate(self, incoming: Incoming, message_id: int) -> AsyncIterator[Draft | Reply]:
+        try:
+            await self.versions.sync()
+        except RuntimeError:  # an adapter the generator refuses, or its server is unreachable
+            log.exception("cannot serve the active adapter; answering with the current one")
+        params = self.default_params()
+        try:
+            prompt = await self._prompt(incoming, params)
+        except PromptTooLong as exc:
+            yield Reply(
+                f"Your message is too long for me: {exc.tokens} tokens, and I can read at most "
+                f"{exc.budget}. It is saved; please send a shorter one.",
+                ReplyKind.ERROR,
+            )
+            return
+        except (GenerationError, RuntimeError, ValueError) as exc:  # e.g. a server's /tokenize
+            log.exception("cannot build the prompt")
+            yield Reply(_sorry(exc), ReplyKind.ERROR)
+            return
+        slot = self.versions.slot_for(incoming.chat_key)  # an A/B test's candidate, or default
+        exchange_id = await self.repo.start_exchange(
+            incoming.chat_key,
+            incoming.user_key,
+            message_id,
+            prompt,
+            self.versions.serving(slot),
+            self.generator.model_name,
+            asdict(params),
+        )
+        # The generator orders requests against adapter swaps when the stream starts, and there
+        # is no await between here and then: the reply records exactly the adapter that wrote it.
+        version = self.versions.serving(slot)
+        stream = self.generator.stream(prompt, params, slot=slot)
+        text = ""
+        try:
+            async for piece in stream:
+                text += piece
+                yield Draft(text)
+        except (GenerationError, RuntimeError, ValueError) as exc:
+            log.exception("generation failed for exchange %s", exchange_id)
+            await self.repo.fail_exchange(exchange_id, str(exc), text)
+            yield Reply(_sorry(exc), ReplyKind.ERROR)
+            return
+        except (asyncio.CancelledError, GeneratorExit):
+            await asyncio.shield(self.repo.fail_exchange(exchange_id, "cancelled", text))
+            raise
+        text = text.strip()
+        await self.repo.finish_exchange(exchange_id, text, adapter_version=version)
+        yield Reply(text or "…", ReplyKind.ANSWER, exchange_id=exchange_id, adapter_version=version)
+
+    async def _prompt(self, incoming: Incoming, params: GenerationParams) -> list:  # type: ignore[type-arg]
+        chat = await self.repo.chat(incoming.chat_key)
+        history = await self.repo.history(incoming.chat_key, self.settings.chat.history_messages)
+        system = chat.persona or self.settings.chat.system_prompt
+        budget = self.generator.context_window - params.max_new_tokens
+        turns = to_turns(history, group=not incoming.is_private)
+        return await fit_prompt(system, turns, self.generator, budget)
+
+    async def rate(
+        self, exchange_id: int, user_key: str, vote: Vote, *, chat_key: str | None = None
+    ) -> RateOutcome:
+        """Store a 👍/👎 press: one vote per user per reply; the other button changes it, the
+        same button again retracts it. ``chat_key`` (when the platform tells) must match the
+        reply's chat, so a forged button from another chat changes nothing."""
+        exchange = await self.repo.exchange(exchange_id)
+        if exchange is None or (chat_key is not None and exchange.chat_key != chat_key):
+            from bot.types import RateAction
+
+            return RateOutcome(
+                RateAction.REFUSED,
+                exchange_id,
+                None,
+                "That reply is unknown here; nothing changed.",
+            )
+        return await self.repo.rate(exchange_id, user_key, vote)
+
+    async def rate_last(self, incoming: Incoming, name: str) -> Reply:
+        exchange_id = await self.repo.last_exchange_id(incoming.chat_key)
+        if exchange_id is None:
+            return Reply("There is no reply of mine to rate yet.", ReplyKind.NOTICE)
+        outcome = await self.rate(
+            exchange_id, incoming.user_key, VOTES[name], chat_key=incoming.chat_key
+        )
+        return Reply(outcome.message, ReplyKind.COMMAND)
+
+
+def _sorry(exc: Exception) -> str:
+    return (
+        f"Sorry, I could not write a reply ({exc}). Your message is saved; "
+        "send it again, or /new to start over."
+    )

@@ -1,0 +1,157 @@
+"""The non-serving subcommands: train, adapters, export, db. They print to stdout/stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from bot.app import open_repository, prepare_data_dir, resolve_model_dir
+from bot.commands.learning import format_version
+from bot.errors import NothingToTrain, TrainingAlreadyRunning, VersionError
+from bot.learning.dataset import kto_rows, write_jsonl
+from bot.learning.finetune import Finetuner
+from bot.learning.versions import AdapterVersions, describe
+from bot.settings import Settings
+from bot.types import RunStatus
+from migrations import head_revision, upgrade_database
+from storage.db import create_engine
+from storage.repository import Repository
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def _repo(settings: Settings) -> Repository:
+    prepare_data_dir(settings)
+    return await open_repository(settings)
+
+
+class _ProgressBar:
+    """The terminal's view of a run: a tqdm bar over the steps, named after the phase, and
+    the admin messages written above it."""
+
+    def __init__(self, quiet: bool) -> None:
+        self._quiet = quiet
+        self.bar: Any = None
+
+    async def on_event(self, event: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        kind = event.get("event")
+        if kind == "start" and not self._quiet:
+            total = event.get("total_steps")
+            self.bar = tqdm(total=total, desc="fine-tuning", unit="step", file=sys.stderr)
+        elif kind == "phase" and self.bar is not None:
+            self.bar.set_description(str(event.get("phase")))  # reference, training, ...
+        elif kind == "step" and self.bar is not None:
+            self.bar.n = int(event.get("step", 0))
+            self.bar.set_postfix(loss=event.get("loss"))
+            self.bar.refresh()
+
+    async def notify(self, text: str) -> None:
+        if not text.startswith("Training: step"):  # the bar shows those
+            (self.bar.write if self.bar is not None else _err)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+async def train(settings: Settings, args: argparse.Namespace) -> int:
+    """Fine-tune in the foreground with a progress bar; a running bot picks the result up at
+    its next reply (it follows the active version in the database).
+
+    Exit status: 0 trained (live, in an A/B test, or kept), 3 rejected by the gate, 1 failed,
+    interrupted or nothing to train.
+    """
+    repo = await _repo(settings)
+    progress = _ProgressBar(args.quiet)
+    try:
+        versions = AdapterVersions(repo, None)
+        await versions.sync()
+
+        async def model_dir() -> Path:
+            # Only once there is something to train: a clear "nothing to train" comes first.
+            return await resolve_model_dir(settings, progress=not args.quiet)
+
+        finetuner = Finetuner(settings, repo, versions, model_dir)
+        outcome = await finetuner.run(
+            trigger="cli", requested_by="cli", notify=progress.notify, on_event=progress.on_event
+        )
+    except (NothingToTrain, TrainingAlreadyRunning) as exc:
+        _err(f"selftune: {exc}")
+        return 1
+    finally:
+        progress.close()
+        await repo.aclose()
+    if outcome.status is RunStatus.REJECTED:
+        return 3
+    return 0 if outcome.status is RunStatus.SUCCEEDED else 1
+
+
+async def adapters(settings: Settings, args: argparse.Namespace) -> int:
+    repo = await _repo(settings)
+    versions = AdapterVersions(repo, None)
+    try:
+        action = args.action or "list"
+        if action == "activate":
+            target = None if args.version == 0 else args.version
+            await versions.activate(target)
+            print(f"now serving {describe(target)}")
+        elif action == "rollback":
+            await versions.sync()
+            now = await versions.rollback(None if args.version in (None, 0) else args.version)
+            print(f"rolled back: now serving {describe(now)}")
+        else:
+            active = await repo.adapters.active()
+            rows = await repo.adapters.all()
+            for version in rows:
+                print(("* " if version.active else "  ") + format_version(version))
+            print(("* " if active is None else "  ") + "base model (version 0)")
+        return 0
+    except VersionError as exc:
+        _err(f"selftune: {exc}")
+        return 1
+    finally:
+        await repo.aclose()
+
+
+async def export(settings: Settings, args: argparse.Namespace) -> int:
+    repo = await _repo(settings)
+    try:
+        rated = await repo.training.rated()
+    finally:
+        await repo.aclose()
+    output: Path | None = args.output
+    if output is None:
+        count = write_jsonl(kto_rows(rated), sys.stdout)
+        sys.stdout.flush()
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w", encoding="utf-8") as handle:
+            count = write_jsonl(kto_rows(rated), handle)
+    _err(f"exported {count} rated exchange(s)" + (f" to {output}" if output else ""))
+    return 0
+
+
+async def db(settings: Settings, args: argparse.Namespace) -> int:
+    prepare_data_dir(settings)
+    engine = create_engine(settings.database_url)
+    try:
+        if args.action == "upgrade":
+            before = await upgrade_database(engine)
+            print(f"database at revision {head_revision()} (was {before or 'empty'})")
+        else:
+            from alembic.runtime.migration import MigrationContext
+
+            async with engine.connect() as connection:
+                current = await connection.run_sync(
+                    lambda sync: MigrationContext.configure(sync).get_current_revision()
+                )
+            print(f"database revision {current or 'none'}; latest {head_revision()}")
+    finally:
+        await engine.dispose()
+    return 0

@@ -1,0 +1,60 @@
+"""Turning a GGUF model into a transformers directory (torch), and transformers' progress bars.
+
+:mod:`bot.generation.source` decides where a model comes from without torch; when a GGUF file
+must be converted, it imports this module then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ModelLoadError
+
+
+def convert_gguf(source: str, gguf_file: str, dest: Path, *, progress: bool = True) -> None:
+    """Dequantize a GGUF model to float32 safetensors with its tokenizer and generation config."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stages = tqdm(total=3, desc=f"Preparing {gguf_file}", disable=not progress, file=sys.stderr)
+    try:
+        with stages, transformers_progress(progress):
+            stages.set_postfix_str("tokenizer")
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+            stages.update()
+            stages.set_postfix_str("dequantizing weights")
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                source, gguf_file=gguf_file, dtype=torch.float32
+            )
+            stages.update()
+            stages.set_postfix_str("saving")
+            # The weights are plain float32 now, but transformers still marks the model as
+            # GGUF-quantized and refuses to serialize it; drop those marks before saving.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(dest)
+            tokenizer.save_pretrained(dest)
+            stages.update()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot convert {source}/{gguf_file}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def transformers_progress(enabled: bool) -> Iterator[None]:
+    """Show transformers' own progress bars (GGUF dequantizing, weight loading) only if enabled."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]

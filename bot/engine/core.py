@@ -1,0 +1,286 @@
+"""The decode engine: one thread owns the model and decodes all running sequences together.
+
+Requests from many chats arrive on a queue. Between decoding steps the engine admits new
+requests (each prompt is prefilled alone, then its KV cache joins the running batch), drops
+finished and cancelled sequences, and applies adapter swaps. A swap fills a pooled adapter no
+running sequence uses (:mod:`bot.engine.slots`), so no sequence ever sees two adapters and no
+swap waits for the batch to drain. Every step feeds one token per sequence through the model
+in a single forward pass (continuous batching); each row adds its own slot's adapter.
+
+The model should use :data:`bot.engine.attention.ROWWISE_ATTENTION`, so a sequence decodes
+to exactly the same tokens whether it runs alone or in a batch.
+
+Commands are handled in arrival order: a request submitted after a swap is served with the new
+adapter, one submitted before it with the old one.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bot.engine.batch import Batch, Decode, EngineRequest, SequenceState, deliver
+from bot.engine.lora import Weights
+from bot.engine.prefill import Prefiller, PrefixStats
+from bot.engine.slots import SlotTable
+from bot.errors import GenerationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """Counters for tests, benchmarks and status output (written by the engine thread only)."""
+
+    steps: int = 0  # batched decoding steps
+    tokens: int = 0  # tokens sampled, stop tokens included
+    active: int = 0  # sequences in the running batch now
+    max_batch: int = 0  # the largest batch so far
+
+
+@dataclass
+class _Swap:
+    slot: str
+    weights: Weights | None  # None: empty the slot (the zero adapter)
+    future: concurrent.futures.Future[None]
+
+
+_STOP = object()
+_Command = EngineRequest | _Swap | object
+
+
+class DecodeEngine:
+    """Runs ``model`` on a dedicated thread; see the module docstring for the schedule."""
+
+    def __init__(
+        self,
+        model: Any,
+        decode: Decode,
+        *,
+        slots: SlotTable,
+        stop_ids: frozenset[int],
+        context_window: int,
+        max_batch_size: int,
+        device: torch.device,
+        min_rows: int = 1,
+        prefix_cache_tokens: int = 0,
+        prefill_threads: int | None = None,
+    ) -> None:
+        """``min_rows``: rows every decoding step computes, fillers included (see Batch);
+        ``prefix_cache_tokens``: most prompt-prefix tokens whose KV cache is kept (0: none);
+        ``prefill_threads``: torch threads while prefilling (None: as decoding)."""
+        self._model = model
+        self._decode = decode
+        self._slots = slots
+        self._stop_ids = stop_ids
+        self._context_window = context_window
+        self._max_batch = max_batch_size
+        self._device = device
+        self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._pending: collections.deque[EngineRequest | _Swap] = collections.deque()
+        self._batch = Batch(min_rows, slots.router)
+        self._prefiller = Prefiller(model, device, prefix_cache_tokens, prefill_threads)
+        self.stats = EngineStats()
+        self._thread = threading.Thread(target=self._run, name="selftune-decode", daemon=True)
+        self._lock = threading.Lock()  # orders submit/swap against stop
+        self._stopped = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: EngineRequest) -> None:
+        """Queue a request; its sink gets pieces, then None (or an exception)."""
+        with self._lock:
+            if self._stopped:
+                deliver(request, GenerationError("the model is shutting down"))
+                return
+            self._inbox.put(request)
+
+    def swap(self, slot: str, weights: Weights | None) -> concurrent.futures.Future[None]:
+        """Serve ``slot`` with ``weights`` (None: the zero adapter) from the next request on.
+
+        The future fails (the slot unchanged) if the weights do not fit the model, or at once
+        once the engine is stopping.
+        """
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._lock:
+            if self._stopped:
+                future.set_exception(GenerationError("the model is shutting down"))
+            else:
+                self._inbox.put(_Swap(slot, weights, future))
+        return future
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Fail what is running or queued and end the thread (blocking up to ``timeout``)."""
+        with self._lock:
+            self._stopped = True  # nothing is queued after _STOP: it would never be answered
+            self._inbox.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def prefix_stats(self) -> PrefixStats:
+        return self._prefiller.stats
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            while self._receive(block=not self._batch.rows and not self._pending):
+                try:
+                    self._admit()
+                    if self._batch.rows:
+                        self._step()
+                except Exception as exc:  # the engine outlives any one failure
+                    log.exception("decoding failed; failing %d sequences", len(self._batch.rows))
+                    for seq in self._batch.rows:
+                        deliver(seq.request, _as_generation_error(exc))
+                    self._batch.reset()
+                    self._note_batch()
+        finally:
+            self._shutdown()
+
+    def _receive(self, *, block: bool) -> bool:
+        """Move commands from the inbox to the pending queue; False once stop was requested."""
+        try:
+            command = self._inbox.get(block=block)
+            while True:
+                if command is _STOP:
+                    return False
+                assert isinstance(command, EngineRequest | _Swap)
+                self._pending.append(command)
+                command = self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _admit(self) -> None:
+        while self._pending:
+            head = self._pending[0]
+            if isinstance(head, _Swap):
+                self._pending.popleft()
+                self._run_swap(head)
+                continue
+            if len(self._batch.rows) >= self._max_batch:
+                return
+            self._pending.popleft()
+            if not head.cancelled.is_set():
+                self._start(head)
+
+    def _run_swap(self, swap: _Swap) -> None:
+        in_use = [seq.adapter for seq in self._batch.rows]
+        try:
+            self._slots.load(swap.slot, swap.weights, in_use)
+        except BaseException as exc:  # handed to the caller, who decides what it means
+            swap.future.set_exception(exc)
+        else:
+            swap.future.set_result(None)
+
+    def _start(self, request: EngineRequest) -> None:
+        """Prefill one prompt alone, sample its first token, and join it to the batch."""
+        try:
+            prompt = request.prompt()
+            seq = self._sequence(request, prompt.ids)
+            seq.adapter = self._slots.resolve(request.slot)
+            self._slots.router.route_all(seq.adapter)
+            with torch.inference_mode():
+                logits, cache = self._prefiller.prefill(
+                    prompt, self._slots.weights_key(seq.adapter)
+                )
+                done = seq.advance(_cpu_float(logits), self._stop_ids)
+        except Exception as exc:
+            self._fail_one(request, exc, "prefill failed")
+            return
+        self.stats.tokens += 1
+        if done:
+            seq.finish()
+            return
+        try:  # leaves the running batch as it was when it fails (e.g. out of memory)
+            self._batch.join(seq, cache, len(prompt.ids))
+        except Exception as exc:
+            self._fail_one(request, exc, "joining the batch failed")
+        self._note_batch()
+
+    @staticmethod
+    def _fail_one(request: EngineRequest, exc: Exception, what: str) -> None:
+        """This request ends with an error; the others go on."""
+        if not isinstance(exc, GenerationError):
+            log.exception(what)
+        deliver(request, _as_generation_error(exc))
+
+    def _sequence(self, request: EngineRequest, prompt_ids: list[int]) -> SequenceState:
+        if request.params.max_new_tokens < 1:
+            raise GenerationError("max_new_tokens must be at least 1")
+        room = self._context_window - len(prompt_ids)
+        if room <= 0 or not prompt_ids:
+            raise GenerationError(
+                f"the conversation is too long for the model: {len(prompt_ids)} tokens, "
+                f"and the context window holds {self._context_window}"
+            )
+        limit = len(prompt_ids) + min(request.params.max_new_tokens, room)
+        return SequenceState(request, prompt_ids, limit, self._decode)
+
+    def _step(self) -> None:
+        """One decoding step for every running sequence."""
+        rows = self._batch.rows
+        self._batch.keep([i for i, seq in enumerate(rows) if not seq.request.cancelled.is_set()])
+        rows = self._batch.rows
+        if not rows:
+            self._note_batch()
+            return
+        with torch.inference_mode():
+            logits = _cpu_float(self._batch.step(self._model))
+            done = [seq.advance(logits[i : i + 1], self._stop_ids) for i, seq in enumerate(rows)]
+        for seq, finished in zip(rows, done, strict=True):
+            if finished:
+                seq.finish()
+        self._batch.keep([i for i, finished in enumerate(done) if not finished])
+        self.stats.steps += 1
+        self.stats.tokens += len(rows)
+        self._note_batch()
+
+    def _note_batch(self) -> None:
+        self.stats.active = len(self._batch.rows)
+        self.stats.max_batch = max(self.stats.max_batch, self.stats.active)
+
+    def _shutdown(self) -> None:
+        with self._lock:  # also when the thread ends abnormally: nothing more is queued
+            self._stopped = True
+        error = GenerationError("the model is shutting down")
+        for seq in self._batch.rows:
+            deliver(seq.request, error)
+        self._batch.reset()
+        self._note_batch()
+        while True:  # what was queued before the stop flag was set
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, EngineRequest | _Swap):
+                self._pending.append(command)
+        while self._pending:
+            pending = self._pending.popleft()
+            if isinstance(pending, _Swap):
+                pending.future.set_exception(error)
+            else:
+                deliver(pending, error)
+
+
+def _cpu_float(logits: torch.Tensor) -> torch.Tensor:
+    # Sampling is a few vector ops per row: on the CPU, in float32, it costs microseconds, and
+    # seeded draws come out the same whatever device and precision run the model.
+    return logits.float().cpu()
+
+
+def _as_generation_error(exc: Exception) -> GenerationError:
+    if isinstance(exc, GenerationError):
+        return exc
+    return GenerationError(f"the model failed to generate ({type(exc).__name__}: {exc})")

@@ -1,0 +1,202 @@
+"""Data checks before training: which ratings a run learns from, which it holds out, and why
+the rest were dropped. No torch: the trainer does the token-level checks (see training_data).
+
+In order: empty replies go; each user keeps only their newest ``max_per_user`` ratings (nobody
+dominates); ratings of the same text (prompt and reply) merge into one row labelled by the
+majority of its votes (a tie drops it); then a stable hash of the text puts a row in the
+held-out pool or the training set. The hash never changes, so a held-out row is never trained
+on by any run, and the adapter serving now is compared with a candidate on rows neither saw.
+While the pool is smaller than ``gate.min_heldout`` it cannot judge anything and is trained
+on instead. Pool rows the serving adapter was trained on are not scored (they would flatter
+it) nor trained on (so they can judge a later adapter that did not see them); the pool can judge
+only if at least ``gate.min_heldout`` rows remain. Every rating is accounted for: trained on,
+scored, or in ``dropped`` with a reason ("held out: …" for pool rows this run leaves unused).
+Opted-out and forgotten users never reach this module: the repository leaves them out, and
+their words in group members' prompts arrive already replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.learning.dataset import kto_row
+from bot.settings import GateSettings, TrainingSettings
+from bot.types import RatedExchange
+
+_SPLIT_SALT = "selftune-heldout-v1"  # fixed: changing it would move rows between the splits
+SEEN_BY_SERVING = "held out: seen by serving adapter"
+NOT_SAMPLED = "held out: not sampled this run"
+
+
+@dataclass(frozen=True)
+class Dropped:
+    exchange_id: int
+    user_key: str
+    reason: str
+
+
+@dataclass
+class Curated:
+    """The rows of one run (TRL's KTO shape plus ``exchange_ids``, ``users``, ``split``)."""
+
+    train: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
+    dropped: list[Dropped] = field(default_factory=list)
+    ratings: int = 0
+    heldout_pool: int = 0  # held-out rows in all; ``heldout`` is this run's sample of them
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.train + self.heldout
+
+    def sample_heldout(self, run_id: int, most: int) -> None:
+        """Fix run ``run_id``'s held-out slice: at most ``most`` rows of the pool, a sample
+        seeded by the run id. The rest of the pool stays held out: neither trained nor scored."""
+        if len(self.heldout) > most:
+            sample = random.Random(f"heldout:{run_id}").sample(self.heldout, most)
+            chosen = {id(r) for r in sample}
+            for row in self.heldout:
+                if id(row) not in chosen:
+                    _drop_row(self.dropped, row, NOT_SAMPLED)
+            self.heldout = sample
+
+    def counts(self, split: str) -> tuple[int, int]:
+        rows = self.train if split == "train" else self.heldout
+        liked = sum(1 for r in rows if r["label"])
+        return liked, len(rows) - liked
+
+    def report(self) -> dict[str, Any]:
+        """What was used and what was dropped, and why (stored in the run report)."""
+        reasons = Counter(d.reason for d in self.dropped)
+        return {
+            "ratings": self.ratings,
+            "train": dict(zip(("liked", "disliked"), self.counts("train"), strict=True)),
+            "heldout": dict(zip(("liked", "disliked"), self.counts("heldout"), strict=True)),
+            "heldout_pool": self.heldout_pool,
+            "heldout_exchange_ids": sorted(i for r in self.heldout for i in r["exchange_ids"]),
+            "dropped": dict(sorted(reasons.items())),
+            "users": len({u for r in self.rows for u in r["users"]}),
+        }
+
+    def summary(self) -> str:
+        """One line for the admin."""
+        liked, disliked = self.counts("train")
+        held_l, held_d = self.counts("heldout")
+        unused = Counter(d.reason for d in self.dropped if d.reason.startswith("held out:"))
+        reasons = Counter(d.reason for d in self.dropped if not d.reason.startswith("held out:"))
+        dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        idle = ", ".join(
+            f"{n} {reason.removeprefix('held out: ')}" for reason, n in sorted(unused.items())
+        )
+        return (
+            f"{self.ratings} ratings → training on {liked} 👍 / {disliked} 👎, "
+            f"held out {held_l} 👍 / {held_d} 👎"
+            + (f" (+{sum(unused.values())} held out, unused: {idle})" if idle else "")
+            + (f"; dropped {sum(reasons.values())}: {dropped}" if dropped else "")
+        )
+
+
+def content_key(rated: RatedExchange) -> str:
+    """Identity of a row's text: the same prompt and reply are the same example."""
+    text = json.dumps(
+        [[t.role, t.content] for t in rated.prompt] + [["assistant", rated.completion]],
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def is_heldout(key: str, fraction: float) -> bool:
+    """Stable split by the text's hash: the same row lands on the same side in every run."""
+    digest = hashlib.sha256(f"{_SPLIT_SALT}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def curate(
+    rated: Sequence[RatedExchange],
+    training: TrainingSettings,
+    gate: GateSettings,
+    seen_by_serving: Iterable[int] = (),
+) -> Curated:
+    """Apply the checks to ``rated`` (newest first). ``seen_by_serving``: the exchanges the
+    adapter serving now was trained on; held-out rows among them are not scored (they would
+    flatter it). :meth:`Curated.sample_heldout` then fixes the run's slice."""
+    dropped: list[Dropped] = []
+    kept = [r for r in rated if r.completion.strip() or _drop(dropped, r, "empty replies")]
+    kept = _cap_per_user(kept, training.max_per_user, dropped)
+    rows = _merge_duplicates(kept, dropped)
+    fraction = gate.heldout_fraction if gate.enabled else 0.0
+    seen = set(seen_by_serving)
+    train = [r for r in rows if not is_heldout(r["key"], fraction)]
+    pool = [r for r in rows if is_heldout(r["key"], fraction)]
+    heldout = [r for r in pool if not seen.intersection(r["exchange_ids"])]
+    if len(heldout) < gate.min_heldout:
+        # Too few rows the serving adapter did not see to judge with: better trained on than
+        # wasted (the gate then cannot judge this run).
+        train, heldout, pool = rows, [], []
+    else:
+        for row in pool:
+            if seen.intersection(row["exchange_ids"]):
+                _drop_row(dropped, row, SEEN_BY_SERVING)
+    for row in train:
+        row["split"] = "train"
+    for row in heldout:
+        row["split"] = "heldout"
+    return Curated(train, heldout, dropped, len(rated), len(pool))
+
+
+def _drop(dropped: list[Dropped], rated: RatedExchange, reason: str) -> bool:
+    dropped.append(Dropped(rated.exchange_id, rated.user_key, reason))
+    return False
+
+
+def _drop_row(dropped: list[Dropped], row: dict[str, Any], reason: str) -> None:
+    """A merged row left unused: it stands for one rating (the others are "duplicates")."""
+    dropped.append(Dropped(int(row["exchange_id"]), str(row["user_key"]), reason))
+
+
+def _cap_per_user(
+    rated: Iterable[RatedExchange], cap: int, dropped: list[Dropped]
+) -> list[RatedExchange]:
+    seen: Counter[str] = Counter()
+    kept = []
+    for item in rated:  # newest first: a user keeps their newest ratings
+        seen[item.user_key] += 1
+        if seen[item.user_key] <= cap:
+            kept.append(item)
+        else:
+            _drop(dropped, item, f"over the per-user cap of {cap}")
+    return kept
+
+
+def _merge_duplicates(
+    rated: Sequence[RatedExchange], dropped: list[Dropped]
+) -> list[dict[str, Any]]:
+    """One row per distinct text, labelled by the majority of its votes; ties are dropped."""
+    groups: dict[str, list[RatedExchange]] = {}
+    for item in rated:
+        groups.setdefault(content_key(item), []).append(item)
+    rows = []
+    for key, items in groups.items():
+        ups = sum(1 for i in items if i.label)
+        if ups * 2 == len(items):
+            for item in items:
+                _drop(dropped, item, "conflicting votes")
+            continue
+        label = ups * 2 > len(items)
+        first = next(i for i in items if i.label == label)
+        for item in items:
+            if item is not first:
+                _drop(dropped, item, "duplicates (merged)")
+        row = kto_row(first, with_meta=True)
+        row["label"] = label
+        row["key"] = key
+        row["exchange_ids"] = sorted({i.exchange_id for i in items})
+        row["users"] = sorted({i.user_key for i in items})
+        rows.append(row)
+    return rows

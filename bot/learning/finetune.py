@@ -1,0 +1,274 @@
+"""When and what to train: gather rated exchanges, run the trainer, hand the result to the gate.
+No torch.
+
+A run: check the data (bot.learning.curation) and that there is something to learn from → take the
+training lock (a ``running`` row in the database, so two processes never train at once) →
+write the dataset and spec → run the trainer subprocess (it trains, then scores the held-out
+slice) → the release step (bot.learning.release) registers the version and lets the gate
+decide whether it goes live. Whatever happens, the run row ends as succeeded, rejected, failed or
+interrupted, nothing partial goes live, and the dataset file (users' words) is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bot.errors import NothingToTrain, TrainingAlreadyRunning, TrainingFailed
+from bot.learning.ab import ABTesting
+from bot.learning.curation import Curated, curate
+from bot.learning.dataset import write_jsonl_file
+from bot.learning.evaluation import GateDecision
+from bot.learning.progress import reporter
+from bot.learning.release import Releaser, Trained
+from bot.learning.trainer_process import ProgressFn, SubprocessTrainer, Trainer
+from bot.learning.versions import AdapterVersions
+from bot.outbox import Notify
+from bot.settings import Settings
+from bot.types import AdapterVersion, RunStatus, messages
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneOutcome:
+    run_id: int
+    version: int | None
+    status: RunStatus
+    message: str
+    metrics: dict[str, Any]
+    decision: GateDecision | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run that holds the lock, and its data."""
+
+    run_id: int
+    method: str
+    curated: Curated
+    serving: AdapterVersion | None  # the adapter the candidate starts from and is judged against
+    read_at: datetime  # when the ratings were read: a /forget after it is checked at release
+
+
+def choose_method(method: str, disliked: int, kto_min_disliked: int) -> str:
+    """KTO when asked, or under ``auto`` when there are enough 👎; else SFT on the 👍."""
+    if method != "auto":
+        return method
+    return "kto" if disliked >= kto_min_disliked else "sft"
+
+
+class Finetuner:
+    """Starts training in the background (chat stays usable) or runs it in the foreground."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Repository,
+        versions: AdapterVersions,
+        model_dir: Callable[[], Awaitable[Path]],
+        trainer: Trainer | None = None,
+    ) -> None:
+        self._settings = settings
+        self._repo = repo
+        self._versions = versions
+        self._model_dir = model_dir
+        self._trainer = trainer or SubprocessTrainer(nice=settings.training.nice)
+        self.ab = ABTesting(settings, repo, versions)
+        self._releaser = Releaser(settings, repo, versions, self.ab)
+        self._task: asyncio.Task[FinetuneOutcome] | None = None
+        self.progress: dict[str, Any] = {}
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self, *, trigger: str, requested_by: str | None, notify: Notify) -> str:
+        """Start a background run; returns what to tell the admin. Raises NothingToTrain or
+        TrainingAlreadyRunning when it cannot start."""
+        await self._settle()
+        plan = await self._prepare(trigger, requested_by)
+        self._task = asyncio.create_task(self._run(plan, notify), name=f"train-{plan.run_id}")
+        return (
+            f"Fine-tuning started (run #{plan.run_id}, {plan.method.upper()}): "
+            f"{plan.curated.summary()}. I will report progress as it goes; the chat stays usable."
+        )
+
+    async def _settle(self) -> None:
+        """Refuse while this process trains; but a run whose row is already finished may still
+        be sending its last message: let it (nothing else of it is left) before the next one."""
+        task = self._task
+        if task is None or task.done():
+            return
+        running = await self._repo.runs.running()
+        if running is not None:
+            raise TrainingAlreadyRunning(running)
+        # Shielded: a caller that gives up must not cut the last run's report short.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(task)
+
+    async def wait(self) -> FinetuneOutcome | None:
+        """Wait for the background run, if any, and return how it ended."""
+        if self._task is None:
+            return None
+        return await self._task
+
+    async def run(
+        self,
+        *,
+        trigger: str,
+        requested_by: str | None,
+        notify: Notify,
+        on_event: ProgressFn | None = None,
+    ) -> FinetuneOutcome:
+        """Train in the foreground (``selftune train``); ``on_event`` sees every trainer event."""
+        plan = await self._prepare(trigger, requested_by)
+        await notify(
+            f"Training run #{plan.run_id} ({plan.method.upper()}): {plan.curated.summary()}"
+        )
+        return await self._run(plan, notify, on_event)
+
+    async def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _prepare(self, trigger: str, requested_by: str | None) -> Plan:
+        cfg = self._settings.training
+        read_at = datetime.now(UTC)
+        rated = await self._repo.training.rated(limit=cfg.max_examples)
+        serving = await self._repo.adapters.active()
+        seen = serving.exchange_ids if serving else ()
+        curated = curate(rated, cfg, self._settings.gate, seen)
+        liked, disliked = curated.counts("train")
+        method = choose_method(cfg.method, disliked, cfg.kto_min_disliked)
+        usable = liked if method == "sft" else liked + disliked
+        if usable < cfg.min_examples:
+            what = "liked repl" + ("y" if liked == 1 else "ies") if method == "sft" else "ratings"
+            raise NothingToTrain(
+                f"Nothing to fine-tune on yet: {usable} {what} (need {cfg.min_examples}). "
+                f"{curated.summary()}. Rate replies with 👍/👎 first."
+            )
+        run_id = await self._repo.runs.start(trigger, requested_by, os.getpid())
+        curated.sample_heldout(run_id, self._settings.gate.heldout_max)
+        return Plan(run_id, method, curated, serving, read_at)
+
+    async def _run(
+        self, plan: Plan, notify: Notify, on_event: ProgressFn | None = None
+    ) -> FinetuneOutcome:
+        started = time.monotonic()
+        run_id = plan.run_id
+        version = await self._repo.adapters.next_version()
+        output = self._settings.adapters_dir / f"v{version:04d}"
+        work = self._settings.data_dir / "training" / f"run-{run_id:04d}"
+        try:
+            await self._clear_orphan(output)
+            spec = await self._write_inputs(work, output, plan)
+            report = reporter(self, notify, on_event, run_id)
+            result = await self._trainer.run(spec, work / "spec.json", report)
+            trained = Trained(
+                run_id,
+                version,
+                plan.method,
+                plan.curated,
+                result,
+                spec,
+                time.monotonic() - started,
+                compared=plan.serving.version if plan.serving else None,
+                read_at=plan.read_at,
+            )
+            released = await self._releaser.release(trained)
+            summary = json.dumps(released.report, indent=2, ensure_ascii=False)
+            (work / "report.json").write_text(summary, encoding="utf-8")  # ids and numbers only
+            await notify(released.message)
+            return FinetuneOutcome(
+                run_id,
+                version,
+                released.status,
+                released.message,
+                released.metrics,
+                released.decision,
+            )
+        except asyncio.CancelledError:
+            await self._end(run_id, RunStatus.INTERRUPTED, "stopped before it finished", output)
+            raise
+        except Exception as exc:
+            # Whatever broke, the run must end as failed, with the reason, and nothing swapped.
+            message = f"Training run #{run_id} failed: {exc}"
+            log.warning(message, exc_info=not isinstance(exc, TrainingFailed))
+            await self._end(run_id, RunStatus.FAILED, message, output)
+            await notify(message + " Nothing changed: the serving adapter is the same.")
+            return FinetuneOutcome(run_id, None, RunStatus.FAILED, message, {})
+        finally:
+            # The dataset holds users' words: keep only the spec and the ids in the run report.
+            for name in ("dataset.jsonl", "unrated.jsonl"):
+                (work / name).unlink(missing_ok=True)
+
+    async def _clear_orphan(self, output: Path) -> None:
+        """A folder at the new version's path that no version points at was left by a trainer
+        whose server died before registering it: nothing refers to it, so it goes."""
+        if output.exists() and await self._repo.adapters.get(int(output.name[1:])) is None:
+            log.warning(
+                "removing %s: an adapter never registered (its run was interrupted)", output
+            )
+            shutil.rmtree(output, ignore_errors=True)
+
+    async def _write_inputs(self, work: Path, output: Path, plan: Plan) -> dict[str, Any]:
+        work.mkdir(parents=True, exist_ok=True)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl_file(plan.curated.rows, work / "dataset.jsonl")
+        cfg = self._settings.training
+        lm_dataset = None
+        if cfg.lm_weight > 0:
+            unrated = await self._repo.training.unrated(cfg.lm_max_examples)
+            rows = [
+                {
+                    "prompt": messages(e.prompt),
+                    "exchange_id": e.id,
+                }
+                for e in unrated
+            ]
+            write_jsonl_file(rows, work / "unrated.jsonl")
+            lm_dataset = str(work / "unrated.jsonl")
+        current = plan.serving
+        spec = {
+            "model_dir": str(await self._model_dir()),
+            "dataset": str(work / "dataset.jsonl"),
+            "output_dir": str(output),
+            "method": plan.method,
+            "current_adapter": current.path if current else None,
+            "current_version": current.version if current else None,  # for the record
+            "lm_dataset": lm_dataset,
+            "lora": self._settings.lora.model_dump(),
+            "training": cfg.model_dump(),
+            "threads": self._settings.model.threads,
+        }
+        (work / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
+        return spec
+
+    async def _end(self, run_id: int, status: RunStatus, message: str, output: Path) -> None:
+        partial = output.with_name(output.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        await asyncio.shield(self._repo.runs.finish(run_id, status, message))
+
+
+__all__ = [
+    "FinetuneOutcome",
+    "Finetuner",
+    "NothingToTrain",
+    "Notify",
+    "TrainingAlreadyRunning",
+    "choose_method",
+]

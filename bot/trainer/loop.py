@@ -1,0 +1,176 @@
+"""The optimisation machinery both objectives share: batches, micro-batches, log-probabilities,
+AdamW with linear decay, and the supervised (SFT) step.
+
+Micro-batches bound peak memory: a batch of 8 long examples is cut into forward passes of at
+most MICRO_BATCH_TOKENS padded tokens, with the same gradient as one pass.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+
+from bot.engine.runtime import cpu_bf16_supported
+from bot.settings import TrainingSettings
+from bot.trainer.examples import IGNORE, Example
+
+MICRO_BATCH_TOKENS = 2048  # padded tokens per forward pass: bounds peak memory (~7 GB fp32)
+Emit = Callable[[dict[str, Any]], None]
+StepFn = Callable[[list[Any]], dict[str, float]]  # forward + backward of one batch; its stats
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the model computes."""
+
+    device: torch.device
+    pad_id: int
+    bf16: bool  # bfloat16 autocast (weights stay float32)
+
+
+def total_steps(examples: int, settings: TrainingSettings) -> int:
+    """Optimizer steps: ``epochs`` passes of ``batch_size`` examples, capped by ``max_steps``."""
+    steps = max(1, math.ceil(settings.epochs * math.ceil(examples / settings.batch_size)))
+    return min(steps, settings.max_steps) if settings.max_steps else steps
+
+
+def batches(items: Sequence[T], size: int, total: int, seed: int) -> Iterator[list[T]]:
+    """``total`` batches: each epoch a fresh seeded shuffle, the last batch of an epoch short."""
+    rng = random.Random(seed)
+    produced = 0
+    while True:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        for start in range(0, len(order), size):
+            yield [items[i] for i in order[start : start + size]]
+            produced += 1
+            if produced == total:
+                return
+
+
+def micro_batches(batch: Sequence[Example]) -> Iterator[list[Example]]:
+    # Same gradient as one pass, less memory: activations scale with padded tokens per pass.
+    group: list[Example] = []
+    for example in batch:
+        longest = max([len(ex.input_ids) for ex in group] + [len(example.input_ids)])
+        if group and longest * (len(group) + 1) > MICRO_BATCH_TOKENS:
+            yield group
+            group = []
+        group.append(example)
+    if group:
+        yield group
+
+
+def collate(
+    group: Sequence[Example], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest example: ids, attention mask, labels (IGNORE on padding)."""
+    width = max(len(ex.input_ids) for ex in group)
+    ids = [ex.input_ids + [pad_id] * (width - len(ex.input_ids)) for ex in group]
+    mask = [[1] * len(ex.input_ids) + [0] * (width - len(ex.input_ids)) for ex in group]
+    labels = [ex.labels + [IGNORE] * (width - len(ex.labels)) for ex in group]
+    return (
+        torch.tensor(ids, device=device),
+        torch.tensor(mask, device=device),
+        torch.tensor(labels, device=device),
+    )
+
+
+def token_nll(
+    model: Any, group: Sequence[Example], rt: Runtime
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token negative log-likelihood of the labels (0 elsewhere) and the label mask."""
+    ids, mask, labels = collate(group, rt.pad_id, rt.device)
+    with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    targets = labels[:, 1:]
+    nll = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        targets.flatten(),
+        ignore_index=IGNORE,
+        reduction="none",
+    ).view(targets.shape)
+    return nll, targets != IGNORE
+
+
+def sequence_logps(model: Any, group: Sequence[Example], rt: Runtime) -> torch.Tensor:
+    """Summed log-probability of each example's labelled tokens (the reply), one forward."""
+    nll, _ = token_nll(model, group, rt)
+    return -nll.sum(-1)
+
+
+@torch.no_grad()
+def score(model: Any, examples: Sequence[Example], rt: Runtime) -> list[tuple[float, int]]:
+    """(summed reply log-prob, reply tokens) of each example, in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    out: list[tuple[float, int]] = []
+    try:
+        for group in micro_batches(examples):
+            nll, labelled = token_nll(model, group, rt)
+            out.extend(zip((-nll.sum(-1)).tolist(), labelled.sum(-1).tolist(), strict=True))
+    finally:
+        model.train(was_training)
+    return [(float(logp), int(tokens)) for logp, tokens in out]
+
+
+def sft_step(model: Any, rt: Runtime) -> StepFn:
+    """Supervised step: mean NLL over the batch's label tokens (the liked replies)."""
+
+    def step(batch: list[Example]) -> dict[str, float]:
+        label_count = sum(1 for ex in batch for label in ex.labels[1:] if label != IGNORE)
+        total = 0.0
+        for group in micro_batches(batch):
+            nll, _ = token_nll(model, group, rt)
+            loss = nll.sum() / max(label_count, 1)
+            loss.backward()  # type: ignore[no-untyped-call]
+            total += float(loss.item())
+        return {"loss": total}
+
+    return step
+
+
+def optimize(
+    model: Any,
+    items: Sequence[Any],
+    settings: TrainingSettings,
+    total: int,
+    step: StepFn,
+    emit: Emit,
+    extra: Callable[[], dict[str, float]] | None = None,
+) -> list[float]:
+    """AdamW with linear decay over ``total`` steps; returns each step's loss.
+
+    ``extra`` runs after each step's backward (an additional loss term adding its gradient).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1.0 - done / total)
+    losses = []
+    for number, batch in enumerate(batches(items, settings.batch_size, total, settings.seed), 1):
+        stats = step(batch)
+        if extra is not None:
+            stats.update(extra())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(stats["loss"])
+        rounded = {k: round(v, 6) for k, v in stats.items()}
+        emit({"event": "step", "step": number, "total_steps": total, **rounded})
+    return losses
+
+
+def use_bf16(dtype: str, device: torch.device) -> bool:
+    if dtype != "auto":
+        return dtype == "bfloat16"
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_bf16_supported()

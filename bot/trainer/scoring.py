@@ -1,0 +1,67 @@
+"""Scoring the held-out slice under the base model, the adapter serving now and the candidate.
+
+The trainer has the model loaded, so it evaluates too: the base and the serving adapter before
+training (a broken serving adapter shows up before any time is spent), the candidate after.
+The serving adapter is loaded next to the one being trained and removed again, so the saved
+candidate holds only its own weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.errors import TrainingError
+from bot.learning.evaluation import RowScore, metrics
+from bot.trainer.examples import Example
+from bot.trainer.loop import Runtime, score
+
+CURRENT = "serving"  # adapter name of the serving version while it is evaluated
+Scores = list[tuple[float, int]]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    base: Scores
+    current: Scores
+
+
+def baseline(model: Any, heldout: Sequence[Example], rt: Runtime, current: Path | None) -> Baseline:
+    """Scores of the base model and of the adapter serving now (the base if none)."""
+    with model.disable_adapter():
+        base = score(model, heldout, rt)
+    if current is None:
+        return Baseline(base, base)
+    try:
+        model.load_adapter(str(current), adapter_name=CURRENT)
+    except (OSError, ValueError, KeyError) as exc:
+        raise TrainingError(f"cannot load the serving adapter {current}: {exc}") from None
+    model.set_adapter(CURRENT)
+    try:
+        served = score(model, heldout, rt)
+    finally:
+        model.set_adapter("default")  # the adapter being trained, trainable again
+        model.delete_adapter(CURRENT)
+    return Baseline(base, served)
+
+
+def evaluation(
+    heldout: Sequence[Example], before: Baseline, candidate: Scores, beta: float
+) -> dict[str, Any]:
+    """Metrics of base, serving and candidate on the held-out slice, and the slice's size."""
+
+    def rows(scores: Scores) -> list[RowScore]:
+        return [
+            RowScore(ex.label, logp, tokens, base_logp)
+            for ex, (logp, tokens), (base_logp, _) in zip(heldout, scores, before.base, strict=True)
+        ]
+
+    liked = sum(1 for ex in heldout if ex.label)
+    return {
+        "base": metrics(rows(before.base), beta),
+        "current": metrics(rows(before.current), beta),
+        "candidate": metrics(rows(candidate), beta),
+        "heldout": {"liked": liked, "disliked": len(heldout) - liked},
+    }

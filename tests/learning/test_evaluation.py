@@ -1,0 +1,80 @@
+"""Held-out metrics and the gate's decision (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.learning.evaluation import (
+    RowScore,
+    decide,
+    liked_nll,
+    metrics,
+    preference_accuracy,
+    reward_margin,
+)
+from bot.settings import GateSettings
+
+
+def score(label: bool, per_token: float, tokens: int = 4, base: float = -8.0) -> RowScore:
+    return RowScore(label, per_token * tokens, tokens, base)
+
+
+def test_preference_accuracy_counts_pairs_ranked_right_ties_half() -> None:
+    rows = [score(True, -1.0), score(True, -3.0), score(False, -2.0), score(False, -1.0)]
+    # Pairs (liked, disliked): (-1,-2) right, (-1,-1) tie, (-3,-2) wrong, (-3,-1) wrong.
+    assert preference_accuracy(rows) == pytest.approx(1.5 / 4)
+    assert preference_accuracy([score(True, -1.0)]) is None  # nothing to rank against
+
+
+def test_accuracy_is_length_normalised() -> None:
+    long_liked = RowScore(True, -40.0, 40, 0.0)  # -1 per token, but a low total
+    short_disliked = RowScore(False, -4.0, 2, 0.0)  # -2 per token
+    assert preference_accuracy([long_liked, short_disliked]) == 1.0
+
+
+def test_nll_and_reward_margin() -> None:
+    rows = [
+        RowScore(True, -6.0, 3, -9.0),
+        RowScore(True, -2.0, 1, -2.0),
+        RowScore(False, -10.0, 5, -8.0),
+    ]
+    assert liked_nll(rows) == pytest.approx(8.0 / 4)
+    # Liked log-ratios 3 and 0 (mean 1.5), disliked -2: margin 0.1 * (1.5 + 2).
+    assert reward_margin(rows, beta=0.1) == pytest.approx(0.35)
+    assert set(metrics(rows, 0.1)) == {"preference_accuracy", "liked_nll", "reward_margin"}
+    assert set(metrics(rows[:2], 0.1)) == {"liked_nll"}
+
+
+GATE = GateSettings(metric="preference_accuracy", margin=0.02, min_heldout=4)
+
+
+def test_the_gate_passes_a_candidate_not_worse_by_more_than_the_margin() -> None:
+    current = {"preference_accuracy": 0.70, "liked_nll": 2.0}
+    assert decide(current, {"preference_accuracy": 0.69}, 10, GATE).verdict == "pass"
+    failed = decide(current, {"preference_accuracy": 0.60}, 10, GATE)
+    assert failed.verdict == "fail" and failed.metric == "preference_accuracy"
+    assert "0.600 vs 0.700" in failed.reason and "worse by 0.100 > margin 0.02" in failed.reason
+
+
+def test_lower_is_better_for_nll_and_fallback_without_disliked_rows() -> None:
+    gate = GATE.model_copy(update={"metric": "liked_nll"})
+    assert decide({"liked_nll": 2.0}, {"liked_nll": 2.01}, 10, gate).verdict == "pass"
+    assert decide({"liked_nll": 2.0}, {"liked_nll": 2.5}, 10, gate).verdict == "fail"
+    # Accuracy asked for, but no disliked rows held out: NLL decides instead.
+    fallback = decide({"liked_nll": 2.0}, {"liked_nll": 1.5}, 10, GATE)
+    assert (fallback.verdict, fallback.metric) == ("pass", "liked_nll")
+
+
+def test_too_few_rows_is_undecided() -> None:
+    decision = decide({"preference_accuracy": 0.5}, {"preference_accuracy": 0.9}, 3, GATE)
+    assert decision.verdict == "undecided" and "too few to judge" in decision.reason
+    assert decide({}, {}, 10, GATE).verdict == "undecided"
+
+
+def test_the_default_gate_metric_is_the_reward_margin() -> None:
+    gate = GateSettings(min_heldout=4)
+    assert gate.metric == "reward_margin"
+    current = {"reward_margin": 0.0, "preference_accuracy": 0.6}
+    better = decide(current, {"reward_margin": 1.9, "preference_accuracy": 0.55}, 10, gate)
+    assert better.verdict == "pass" and better.reason.startswith("reward margin 1.900 vs 0.000")
+    assert decide(current, {"reward_margin": -0.5}, 10, gate).verdict == "fail"
