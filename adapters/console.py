@@ -56,7 +56,6 @@ class ConsoleAdapter:
             if not raw:
                 break
             await self.handle_line(raw)
-        await self._finish()
 
     async def handle_line(self, raw: bytes) -> None:
         """Answer one input line (bytes, as read): decode, then through the ChatService."""
@@ -120,12 +119,6 @@ class ConsoleAdapter:
     async def send(self, chat_key: str, text: str) -> None:
         async with self._write_lock:
             self._say(f"[{text}]")
-
-    async def _finish(self) -> None:
-        finetuner = self._service.finetuner
-        if finetuner is not None and finetuner.running:
-            self._say("[waiting for fine-tuning to finish before exiting; Ctrl-C stops it]")
-            await finetuner.wait()
 
     def _say(self, text: str) -> None:
         self._out.write(text + "\n")

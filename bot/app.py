@@ -19,6 +19,8 @@ from typing import IO, Literal
 
 from adapters.base import Adapter
 from bot.chat.service import ChatService
+from bot.commands.context import CommandContext
+from bot.commands.router import CommandRouter
 from bot.errors import StartupError
 from bot.generation import Generator
 from bot.learning.finetune import Finetuner
@@ -212,13 +214,21 @@ async def build_core(
 
     finetuner = Finetuner(settings, repo, versions, model_path, trainer)
     outbox = Outbox()
-    service = ChatService(
+    commands = CommandContext(
         settings=settings,
         repo=repo,
         generator=generator,
         versions=versions,
         finetuner=finetuner,
+        ab=finetuner.ab,
         outbox=outbox,
+    )
+    service = ChatService(
+        settings=settings,
+        repo=repo,
+        generator=generator,
+        versions=versions,
+        route=CommandRouter(commands),
     )
     scheduler = Scheduler(settings.schedule, repo, finetuner, outbox)
     return Core(

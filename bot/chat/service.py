@@ -1,27 +1,29 @@
-"""ChatService: incoming message → stored → prompt → streamed reply → stored; ratings; commands."""
+"""ChatService: incoming message → stored → prompt → streamed reply → stored; ratings; commands
+handed to the command router it is given."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 
+from bot.chat import rating
 from bot.chat.prompt import fit_prompt, to_turns
 from bot.chat.ratelimit import RateLimiter
-from bot.commands.router import CommandHandlers
-from bot.commands.table import VOTES, parse_command
-from bot.errors import GenerationError, PromptTooLong
+from bot.commands.table import ParsedCommand, parse_command
+from bot.errors import GenerationError, ModelLoadError, PromptTooLong
 from bot.generation import Generator
-from bot.learning.finetune import Finetuner
 from bot.learning.versions import AdapterVersions
-from bot.outbox import Outbox
 from bot.settings import Settings
-from bot.types import Draft, GenerationParams, Incoming, RateOutcome, Reply, ReplyKind, Vote
+from bot.types import Draft, GenerationParams, Incoming, RateOutcome, Reply, ReplyKind, Turn, Vote
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
+
+Route = Callable[[Incoming, ParsedCommand], Awaitable[Reply]]
+"""Answers a parsed command (``bot.commands.router.CommandRouter``, built in ``bot/app.py``)."""
 
 _KEEP = {"\n", "\t"}
 
@@ -43,19 +45,17 @@ class ChatService:
         repo: Repository,
         generator: Generator,
         versions: AdapterVersions,
-        finetuner: Finetuner | None = None,
-        outbox: Outbox | None = None,
+        route: Route,
     ) -> None:
         self.settings = settings
         self.repo = repo
         self.generator = generator
         self.versions = versions
-        self.finetuner = finetuner
-        self.outbox = outbox or Outbox()
+        self._route = route
         self._limiter = RateLimiter(settings.chat.user_messages_per_minute)
-        self.commands = CommandHandlers(self)
 
     def default_params(self) -> GenerationParams:
+        """The configured sampling parameters of a reply."""
         g = self.settings.generation
         return GenerationParams(
             max_new_tokens=g.max_new_tokens,
@@ -73,10 +73,6 @@ class ChatService:
     async def reply_shown(self, exchange_id: int, platform_id: str) -> None:
         """Record the platform's id of the message that shows a reply."""
         await self.repo.set_reply_platform_id(exchange_id, platform_id)
-
-    def is_admin(self, incoming: Incoming) -> bool:
-        """Configured admin user keys, or a platform-vouched admin (``incoming.is_admin``)."""
-        return incoming.is_admin or self.settings.is_admin(incoming.user_key)
 
     @staticmethod
     def should_answer(incoming: Incoming, bot_username: str | None = None) -> bool:
@@ -98,7 +94,7 @@ class ChatService:
             return
         command = parse_command(text, bot_username)
         if command is not None:
-            yield await self.commands.handle(incoming, command)
+            yield await self._route(incoming, command)
             return
         message_id = await self.repo.add_user_message(
             incoming.chat_key, incoming.user_key, incoming.user_name, text, incoming.message_id
@@ -117,7 +113,7 @@ class ChatService:
     async def _generate(self, incoming: Incoming, message_id: int) -> AsyncIterator[Draft | Reply]:
         try:
             await self.versions.sync()
-        except RuntimeError:  # an adapter the generator refuses, or its server is unreachable
+        except (ModelLoadError, GenerationError):  # an adapter it refuses, or its server is down
             log.exception("cannot serve the active adapter; answering with the current one")
         params = self.default_params()
         try:
@@ -129,10 +125,17 @@ class ChatService:
                 ReplyKind.ERROR,
             )
             return
-        except (GenerationError, RuntimeError, ValueError) as exc:  # e.g. a server's /tokenize
+        except GenerationError as exc:  # e.g. a server's /tokenize
             log.exception("cannot build the prompt")
             yield Reply(_sorry(exc), ReplyKind.ERROR)
             return
+        async for item in self._answer(incoming, message_id, prompt, params):
+            yield item
+
+    async def _answer(
+        self, incoming: Incoming, message_id: int, prompt: list[Turn], params: GenerationParams
+    ) -> AsyncIterator[Draft | Reply]:
+        """Record the exchange, stream the reply into it, and finish (or fail) it."""
         slot = self.versions.slot_for(incoming.chat_key)  # an A/B test's candidate, or default
         exchange_id = await self.repo.start_exchange(
             incoming.chat_key,
@@ -152,7 +155,7 @@ class ChatService:
             async for piece in stream:
                 text += piece
                 yield Draft(text)
-        except (GenerationError, RuntimeError, ValueError) as exc:
+        except GenerationError as exc:
             log.exception("generation failed for exchange %s", exchange_id)
             await self.repo.fail_exchange(exchange_id, str(exc), text)
             yield Reply(_sorry(exc), ReplyKind.ERROR)
@@ -160,11 +163,14 @@ class ChatService:
         except (asyncio.CancelledError, GeneratorExit):
             await asyncio.shield(self.repo.fail_exchange(exchange_id, "cancelled", text))
             raise
+        except Exception as exc:  # a bug, not a generation failure: recorded, then it goes on
+            await self.repo.fail_exchange(exchange_id, f"{type(exc).__name__}: {exc}", text)
+            raise
         text = text.strip()
         await self.repo.finish_exchange(exchange_id, text, adapter_version=version)
         yield Reply(text or "…", ReplyKind.ANSWER, exchange_id=exchange_id, adapter_version=version)
 
-    async def _prompt(self, incoming: Incoming, params: GenerationParams) -> list:  # type: ignore[type-arg]
+    async def _prompt(self, incoming: Incoming, params: GenerationParams) -> list[Turn]:
         chat = await self.repo.chat(incoming.chat_key)
         history = await self.repo.history(incoming.chat_key, self.settings.chat.history_messages)
         system = chat.persona or self.settings.chat.system_prompt
@@ -178,26 +184,7 @@ class ChatService:
         """Store a 👍/👎 press: one vote per user per reply; the other button changes it, the
         same button again retracts it. ``chat_key`` (when the platform tells) must match the
         reply's chat, so a forged button from another chat changes nothing."""
-        exchange = await self.repo.exchange(exchange_id)
-        if exchange is None or (chat_key is not None and exchange.chat_key != chat_key):
-            from bot.types import RateAction
-
-            return RateOutcome(
-                RateAction.REFUSED,
-                exchange_id,
-                None,
-                "That reply is unknown here; nothing changed.",
-            )
-        return await self.repo.rate(exchange_id, user_key, vote)
-
-    async def rate_last(self, incoming: Incoming, name: str) -> Reply:
-        exchange_id = await self.repo.last_exchange_id(incoming.chat_key)
-        if exchange_id is None:
-            return Reply("There is no reply of mine to rate yet.", ReplyKind.NOTICE)
-        outcome = await self.rate(
-            exchange_id, incoming.user_key, VOTES[name], chat_key=incoming.chat_key
-        )
-        return Reply(outcome.message, ReplyKind.COMMAND)
+        return await rating.rate(self.repo, exchange_id, user_key, vote, chat_key=chat_key)
 
 
 def _sorry(exc: Exception) -> str:

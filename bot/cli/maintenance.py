@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import open_repository, prepare_data_dir, resolve_model_dir
-from bot.commands.learning import format_version
+from bot.commands.views import format_version
 from bot.errors import NothingToTrain, TrainingAlreadyRunning, VersionError
 from bot.learning.dataset import kto_rows, write_jsonl
 from bot.learning.finetune import Finetuner

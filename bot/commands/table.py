@@ -1,67 +1,87 @@
 """One platform-independent command table: user commands and admin commands.
 
-Adapters register these names with their platform (Telegram's setMyCommands, Discord's slash
-commands); the core parses and answers them the same way everywhere.
+Every command is declared here once: its name, help, who may use it, who sees the answer, and
+the function that answers it. Adapters register these names with their platform (Telegram's
+setMyCommands, Discord's slash commands); the core parses and answers them the same way
+everywhere; ``python -m bot.commands.docs`` writes README's command table from it.
+
+Adding a command is one ``CommandSpec`` here plus one handler function (``handler`` names it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
-from bot.types import Incoming, Reply, Vote
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class CommandSpec:
-    """One command, declared once: every platform's menu, /help and the router read it."""
+    """One command, declared once: every platform's menu, /help, README and the router read it."""
 
     name: str
     help: str
-    admin: bool = False
+    admin: bool = False  # only admins may use it
+    private: bool = False  # only the asker sees the answer (admin output, /forget, …)
+    # ``module:function`` under ``bot.commands`` that answers it: ``(context, incoming, args)``.
+    handler: str = field(kw_only=True)
     args: str = ""  # usage of the argument, shown in /help; empty when it takes none
     arg_help: str = ""  # one-line description of the argument (Discord's option description)
-    private_answer: bool = False  # only the asker sees the answer (admin answers always are)
-    handler: str = ""  # the handler's name; default: the command's name
-
-    @property
-    def private(self) -> bool:
-        """Whether the answer is for the asker only: admin output, and what says so."""
-        return self.admin or self.private_answer
-
-    @property
-    def handler_name(self) -> str:
-        """The name of the function that answers this command."""
-        return self.handler or self.name
 
 
 COMMANDS: tuple[CommandSpec, ...] = (
-    CommandSpec("start", "Say hello and show what I can do"),
-    CommandSpec("help", "List the commands"),
-    CommandSpec("new", "Start a new conversation (I forget the context, not your ratings)"),
+    CommandSpec("start", "Say hello and show what I can do", handler="conversation:start"),
+    CommandSpec("help", "List the commands", handler="conversation:help"),
+    CommandSpec(
+        "new",
+        "Start a new conversation (I forget the context, not your ratings)",
+        handler="conversation:new",
+    ),
     CommandSpec(
         "persona",
         "Show or set my persona in this chat",
+        handler="conversation:persona",
         args="[text | reset]",
         arg_help="How I should behave here; 'reset' returns to the default",
     ),
-    CommandSpec("good", "Rate my last reply 👍"),
-    CommandSpec("bad", "Rate my last reply 👎"),
+    CommandSpec("good", "Rate my last reply 👍", handler="conversation:good"),
+    CommandSpec("bad", "Rate my last reply 👎", handler="conversation:bad"),
     CommandSpec(
         "forget",
         "Delete your messages and ratings; they are never trained on again",
-        private_answer=True,
+        private=True,
+        handler="conversation:forget",
     ),
     CommandSpec(
-        "optout", "Keep your messages and ratings out of training from now on", private_answer=True
+        "optout",
+        "Keep your messages and ratings out of training from now on",
+        private=True,
+        handler="conversation:optout",
     ),
-    CommandSpec("optin", "Allow your messages and ratings in training again", private_answer=True),
-    CommandSpec("finetune", "Fine-tune on the rated replies now", admin=True),
-    CommandSpec("status", "Model, adapter, training and counts", admin=True),
+    CommandSpec(
+        "optin",
+        "Allow your messages and ratings in training again",
+        private=True,
+        handler="conversation:optin",
+    ),
+    CommandSpec(
+        "finetune",
+        "Fine-tune on the rated replies now",
+        admin=True,
+        private=True,
+        handler="learning:finetune",
+    ),
+    CommandSpec(
+        "status",
+        "Model, adapter, training and counts",
+        admin=True,
+        private=True,
+        handler="learning:status",
+    ),
     CommandSpec(
         "adapters",
         "List the adapter versions (or show version N in full)",
         admin=True,
+        private=True,
+        handler="learning:adapters",
         args="[N]",
         arg_help="Version to show: hyperparameters, the gate's reasons, metrics, exchanges",
     ),
@@ -69,6 +89,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "rollback",
         "Go back to the previous adapter (or to version N)",
         admin=True,
+        private=True,
+        handler="learning:rollback",
         args="[N]",
         arg_help="Version to return to; 0 is the base model",
     ),
@@ -76,6 +98,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "activate",
         "Serve adapter version N (0 = base model)",
         admin=True,
+        private=True,
+        handler="learning:activate",
         args="N",
         arg_help="Adapter version; 0 is the base model",
     ),
@@ -83,21 +107,30 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "ab",
         "A/B test: show it, start one, promote or retire the candidate",
         admin=True,
+        private=True,
+        handler="learning:ab",
         args="[start N [share] | promote | retire]",
         arg_help="'start 3 0.2' serves v3 to 20% of chats; 'promote' or 'retire' ends the test",
     ),
-    CommandSpec("stats", "Ratings over time per adapter version, as a chart", admin=True),
+    CommandSpec(
+        "stats",
+        "Ratings over time per adapter version, as a chart",
+        admin=True,
+        private=True,
+        handler="learning:stats",
+    ),
 )
 
 BY_NAME = {spec.name: spec for spec in COMMANDS}
 
 # Rating shortcuts the console accepts as whole lines.
 SHORTCUTS = {"+": "/good", "-": "/bad", "👍": "/good", "👎": "/bad"}
-VOTES = {"good": Vote.UP, "bad": Vote.DOWN}
 
 
 @dataclass(frozen=True)
 class ParsedCommand:
+    """A command as typed: its name, its argument text, and its spec (None: unknown)."""
+
     name: str
     args: str
     spec: CommandSpec | None  # None: not a command we know
@@ -120,6 +153,7 @@ def parse_command(text: str, bot_username: str | None = None) -> ParsedCommand |
 
 
 def help_text(is_admin: bool) -> str:
+    """The /help answer: the commands this user may use, with their usage."""
     lines = ["Talk to me in plain text. Rate my replies with 👍/👎 — I learn from them.", ""]
     for spec in COMMANDS:
         if spec.admin and not is_admin:
@@ -127,6 +161,3 @@ def help_text(is_admin: bool) -> str:
         usage = f"/{spec.name}" + (f" {spec.args}" if spec.args else "")
         lines.append(f"{usage} — {spec.help}" + (" (admin)" if spec.admin else ""))
     return "\n".join(lines)
-
-
-Handler = Callable[[Incoming, str], Awaitable[Reply]]

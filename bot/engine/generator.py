@@ -213,7 +213,12 @@ class TransformersGenerator:
         return Prompt(ids, len(head) if ids[: len(head)] == head else 0)
 
     async def count_tokens(self, turns: Sequence[Turn]) -> int:
-        return len(await asyncio.to_thread(self._chat_ids, messages(turns)))
+        try:
+            return len(await asyncio.to_thread(self._chat_ids, messages(turns)))
+        except Exception as exc:  # the chat template's own errors (jinja, ValueError, …)
+            raise GenerationError(
+                f"cannot render the prompt ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def _chat_ids(self, chat: list[dict[str, str]]) -> list[int]:
         with self._tokenizer_lock:
@@ -269,7 +274,12 @@ class TransformersGenerator:
                     self._paths[slot] = path
 
             future.add_done_callback(served)
-            await asyncio.shield(asyncio.wrap_future(future))
+            try:
+                await asyncio.shield(asyncio.wrap_future(future))
+            except (GenerationError, AdapterError):
+                raise
+            except Exception as exc:  # the copy failed on the engine thread (e.g. out of memory)
+                raise AdapterError(f"cannot serve adapter {path}: {exc}") from exc
         log.info("slot %s serves adapter %s", slot, path or "none (base model)")
 
     async def aclose(self) -> None:

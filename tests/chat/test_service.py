@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bot.app import Core, build_core
-from bot.errors import GenerationError
+from bot.errors import AdapterError, GenerationError
 from bot.generation import ScriptedGenerator
 from bot.settings import Settings
 from bot.types import Draft, Incoming, RateAction, Reply, ReplyKind, Turn, Vote
@@ -148,6 +148,23 @@ async def test_generation_failure_is_explained_and_the_message_kept(
     assert later.rateable
 
 
+async def test_a_bug_in_the_generator_is_not_taken_for_a_generation_failure(
+    core: Core, scripted: ScriptedGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the generators' own errors become an apology; anything else is a bug that must
+    surface (the exchange is still recorded as failed)."""
+
+    async def broken(*_args: object, **_kwargs: object) -> AsyncIterator[str]:
+        yield "half"
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(scripted, "stream", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await say(core, "hello")
+    counts = await core.repo.stats.counts()
+    assert counts.failed_exchanges == 1
+
+
 async def test_cancelled_reply_is_recorded_as_failed(settings: Settings) -> None:
     core = await build_core(settings, generator=ScriptedGenerator(delay_s=0.05), progress=False)
     try:
@@ -271,14 +288,22 @@ async def test_a_failing_token_count_is_a_clear_error_and_the_message_is_kept(
     assert [m.content for m in history] == ["Are you there?"]
 
 
+@pytest.mark.parametrize(
+    "error",
+    [AdapterError("adapter does not fit the model"), GenerationError("the server is down")],
+)
 async def test_an_adapter_the_generator_refuses_does_not_stop_replies(
-    core: Core, scripted: ScriptedGenerator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    core: Core,
+    scripted: ScriptedGenerator,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    error: Exception,
 ) -> None:
     await add_version(core.repo, tmp_path / "v1")
     await core.repo.adapters.set_active(1)
 
     async def refuse(_path: Path | None, *, slot: str = "default") -> None:
-        raise RuntimeError("adapter does not fit the model")
+        raise error
 
     monkeypatch.setattr(scripted, "swap_adapter", refuse)
     _, reply = await say(core, "Hello")

@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.engine import batch as model_batch
 from bot.engine import convert as engine_convert
+from bot.engine import generator as generator_module
 from bot.engine import runtime as model_runtime
 from bot.engine.batch import IncrementalDecoder
 from bot.engine.generator import (
@@ -303,6 +304,34 @@ async def test_invalid_adapters_are_refused_and_old_one_stays(
         assert str(path) in str(info.value), case
         assert generator.active_adapter == random_adapter, case
         assert await reply(generator, HELLO) == adapted, case
+
+
+async def test_a_copy_failing_on_the_engine_thread_is_an_adapter_error(
+    generator: TransformersGenerator, random_adapter: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core catches the generators' own errors only: a failure on the engine thread (out
+    of memory while copying the weights) must not leak as a bare RuntimeError."""
+    base_text = await reply(generator, HELLO)
+
+    def out_of_memory(*_args: Any) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(generator._engine._slots, "load", out_of_memory)
+    with pytest.raises(AdapterError, match="out of memory"):
+        await generator.swap_adapter(random_adapter)
+    assert generator.active_adapter is None
+    assert await reply(generator, HELLO) == base_text
+
+
+async def test_a_chat_template_error_is_a_generation_error(
+    generator: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def strict_template(*_args: Any, **_kwargs: Any) -> list[int]:
+        raise ValueError("Conversation roles must alternate user/assistant")
+
+    monkeypatch.setattr(generator_module, "chat_ids", strict_template)
+    with pytest.raises(GenerationError, match="roles must alternate"):
+        await generator.count_tokens(HELLO)
 
 
 async def test_count_tokens_matches_the_chat_template(
