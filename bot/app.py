@@ -48,6 +48,7 @@ class Core:
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     async def aclose(self) -> None:
+        """Stop the schedule and any training run, then close the model and the database."""
         await self.scheduler.stop()
         await self.finetuner.cancel()
         await self.generator.aclose()

@@ -53,6 +53,7 @@ class InstanceLock:
         self._handle: IO[str] | None = None
 
     def acquire(self) -> None:
+        """Take the lock (non-blocking) and write this pid into the lock file for the next one."""
         handle = self.path.open("a+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -71,6 +72,7 @@ class InstanceLock:
         self._handle = handle
 
     def release(self) -> None:
+        """Let the next process serve from this data dir."""
         if self._handle is not None:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
@@ -78,6 +80,7 @@ class InstanceLock:
 
 
 def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still exists (a training run's, for runs left marked running)."""
     if pid is None:
         return False
     try:
