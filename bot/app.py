@@ -1,162 +1,38 @@
 """Composition root: settings → data dir → database → model → services → adapters.
 
-Heavy modules (torch, the platform SDKs) are imported here lazily, only when needed.
+``build_core`` wires the services (start-up itself is ``bot.startup``), ``make_adapters`` builds
+one adapter per configured platform of ``bot.settings.PLATFORMS`` (or the console), ``serve``
+runs them. Heavy modules (torch, the platform SDKs) are imported lazily, only when needed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import importlib
 import logging
-import os
-import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from types import TracebackType
+from typing import Literal
 
 from adapters.base import Adapter
 from bot.chat.service import ChatService
 from bot.commands.context import CommandContext
 from bot.commands.router import CommandRouter
-from bot.errors import StartupError
 from bot.generation import Generator
 from bot.learning.finetune import Finetuner
 from bot.learning.schedule import Scheduler
 from bot.learning.trainer_process import Trainer
 from bot.learning.versions import AdapterVersions
 from bot.outbox import Outbox
-from bot.settings import Settings
-from migrations import upgrade_database
-from storage.db import create_engine
+from bot.settings import PLATFORMS, Platform, Settings
+from bot.startup import InstanceLock, load_generator, open_repository, prepare_data_dir
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
-
-
-def prepare_data_dir(settings: Settings) -> Path:
-    """Create the data dir if needed and check that it is writable."""
-    data = settings.data_dir.expanduser()
-    try:
-        data.mkdir(parents=True, exist_ok=True)
-        (data / "adapters").mkdir(exist_ok=True)
-        probe = data / ".write-test"
-        probe.write_text("ok", encoding="utf-8")
-        probe.unlink()
-    except OSError as exc:
-        raise StartupError(
-            f"data dir {data} is not usable ({exc.strerror or exc}). Set data_dir in the config "
-            "or SELFTUNE_DATA_DIR to a writable directory."
-        ) from None
-    # A trainer killed mid-run leaves a *.partial folder; it was never registered: remove it.
-    for partial in (data / "adapters").glob("*.partial"):
-        shutil.rmtree(partial, ignore_errors=True)
-    return data
-
-
-class InstanceLock:
-    """One serving process per data dir: a second one is told who holds it, not silently run."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / "selftune.lock"
-        self._handle: IO[str] | None = None
-
-    def acquire(self) -> None:
-        handle = self.path.open("a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise StartupError(
-                f"another selftune process (pid {holder}) is already serving from "
-                f"{self.path.parent}. Stop it first, or give this one its own data_dir."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._handle = handle
-
-    def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-
-def pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-async def open_repository(settings: Settings) -> Repository:
-    """Connect and apply pending migrations."""
-    engine = create_engine(settings.database_url, echo=settings.database.echo)
-    try:
-        before = await upgrade_database(engine)
-    except Exception as exc:
-        await engine.dispose()
-        raise StartupError(f"cannot open the database ({type(exc).__name__}: {exc})") from None
-    if before is None:
-        log.info("database created")
-    repo = Repository(engine)
-    stale = await repo.runs.interrupt_stale(pid_alive)
-    if stale:
-        log.warning("%d training run(s) had been interrupted; marked as such", stale)
-    return repo
-
-
-async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[Generator, Path]:
-    """The configured generator and the directory of its model (training loads it from there).
-
-    ``backend.kind = "local"``: the transformers generator (imports torch). ``"openai"``: an
-    OpenAI-compatible server generates; the local model directory is still resolved, for
-    training and for counting tokens with the same tokenizer.
-    """
-    from bot.errors import ModelLoadError
-
-    try:
-        if settings.backend.kind == "openai":
-            from bot.generation.openai_api import OpenAIGenerator
-
-            model_dir = await resolve_model_dir(settings, progress=progress)
-            remote = await OpenAIGenerator.connect(
-                settings.backend,
-                settings.model,
-                model_dir=model_dir,
-                adapters_dir=settings.adapters_dir,
-            )
-            return remote, model_dir
-        from bot.engine.generator import TransformersGenerator
-
-        generator = await TransformersGenerator.load(
-            settings.model, settings.lora, progress=progress
-        )
-    except ModelLoadError as exc:
-        raise StartupError(str(exc)) from None
-    return generator, generator.model_dir
-
-
-async def resolve_model_dir(settings: Settings, *, progress: bool = True) -> Path:
-    """Only the model directory (conversion cached), for training without serving."""
-    from bot.errors import ModelLoadError
-    from bot.generation.source import resolve_model
-
-    try:
-        return await asyncio.to_thread(resolve_model, settings.model, progress=progress)
-    except ModelLoadError as exc:
-        raise StartupError(str(exc)) from None
 
 
 @dataclass
@@ -174,6 +50,7 @@ class Core:
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     async def aclose(self) -> None:
+        """Stop the schedule and any training run, then close the model and the database."""
         await self.scheduler.stop()
         await self.finetuner.cancel()
         await self.generator.aclose()
@@ -213,7 +90,7 @@ async def build_core(
         return directory
 
     finetuner = Finetuner(settings, repo, versions, model_path, trainer)
-    outbox = Outbox()
+    outbox = Outbox(private_chats=[p.name for p in PLATFORMS if p.private == "chat"])
     commands = CommandContext(
         settings=settings,
         repo=repo,
@@ -245,20 +122,13 @@ async def build_core(
 
 
 def make_adapters(core: Core, mode: Literal["run", "chat"]) -> list[Adapter]:
-    """The console for ``chat`` (or ``run`` with no platform token); else each configured one."""
-    settings = core.settings
+    """The console for ``chat`` (or ``run`` with no platform token); else one adapter for each
+    platform whose token is set, registered with the outbox."""
     adapters: list[Adapter] = []
-    if mode == "run" and settings.telegram.token is not None:
-        from adapters.telegram.adapter import TelegramAdapter
-
-        adapters.append(TelegramAdapter(core.service, settings.telegram))
-    if mode == "run" and settings.discord.token is not None:
-        from adapters.discord.adapter import DiscordAdapter
-
-        discord_adapter = DiscordAdapter(core.service, settings.discord)
-        # Admin output for a user (training progress after /finetune in a server) goes by DM.
-        core.outbox.register_private(discord_adapter.platform, discord_adapter.send_private)
-        adapters.append(discord_adapter)
+    if mode == "run":
+        for platform in PLATFORMS:
+            if core.settings.platform(platform).configured:
+                adapters.append(_platform_adapter(core, platform))
     if not adapters:
         from adapters.console import ConsoleAdapter
 
@@ -268,34 +138,86 @@ def make_adapters(core: Core, mode: Literal["run", "chat"]) -> list[Adapter]:
     return adapters
 
 
+def _platform_adapter(core: Core, platform: Platform) -> Adapter:
+    """Import the platform's adapter (and with it its SDK) and build it on its section."""
+    module, _, name = platform.adapter.partition(":")
+    factory = getattr(importlib.import_module(module), name)
+    built = factory(core.service, core.settings.platform(platform))
+    if platform.private == "dm":
+        # Admin output for a user (training progress after /finetune in a server) goes by DM.
+        core.outbox.register_private(platform.name, built.send_private)
+    adapter: Adapter = built
+    return adapter
+
+
 async def serve(settings: Settings, mode: Literal["run", "chat"]) -> None:
     """Run every adapter in one event loop until they end (console EOF) or a signal arrives."""
     core = await build_core(settings)
-    adapters = make_adapters(core, mode)
-    names = ", ".join(a.platform for a in adapters)
-    log.info("serving on %s", names)
+    await serve_core(core, make_adapters(core, mode))
+
+
+async def serve_core(core: Core, adapters: Sequence[Adapter]) -> None:
+    """Run ``adapters`` in one TaskGroup, then close ``core``.
+
+    When they all end by themselves (the console's input ended), a fine-tuning run still going
+    is let finish, with its messages, before the core closes. SIGTERM stops at once, in either
+    phase: the run is interrupted and the core closed cleanly.
+    """
+    log.info("serving on %s", ", ".join(a.platform for a in adapters))
     core.scheduler.start()
-    main = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    terminated = False
-
-    def terminate() -> None:
-        nonlocal terminated
-        terminated = True
-        if main is not None:
-            main.cancel()
-
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGTERM, terminate)
     try:
-        async with asyncio.TaskGroup() as group:
-            for adapter in adapters:
-                group.create_task(adapter.run(), name=adapter.platform)
-    except asyncio.CancelledError:
-        if not terminated:
-            raise
-        log.info("stopped by SIGTERM")
+        with _SigtermStops() as sigterm:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for adapter in adapters:
+                        group.create_task(adapter.run(), name=adapter.platform)
+                await _finish_training(core)
+            except asyncio.CancelledError:
+                if not sigterm.received:
+                    raise
+                sigterm.uncancel()
+                log.info("stopped by SIGTERM")
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
         await core.aclose()
+
+
+async def _finish_training(core: Core) -> None:
+    """Every adapter has ended: start no scheduled run, and let a running one finish (its
+    progress and verdict still reach the chat that asked for it)."""
+    await core.scheduler.stop()
+    if core.finetuner.running:
+        log.info("waiting for the fine-tuning run to finish before exiting (Ctrl-C stops it)")
+        await core.finetuner.wait()
+
+
+class _SigtermStops:
+    """While entered, SIGTERM cancels the current task (where the loop can handle signals)."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+
+    def __enter__(self) -> _SigtermStops:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self._loop.add_signal_handler(signal.SIGTERM, self._stop)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self._loop.remove_signal_handler(signal.SIGTERM)
+
+    def uncancel(self) -> None:
+        """The stop was handled: the task goes on to close the core, no longer cancelling."""
+        if self._task is not None:
+            self._task.uncancel()
+
+    def _stop(self) -> None:
+        self.received = True
+        if self._task is not None:
+            self._task.cancel()

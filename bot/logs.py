@@ -1,5 +1,5 @@
-"""Logging set-up; secrets (platform tokens, the model server's api key) are masked in every
-record before it is written."""
+"""Logging set-up; secrets (the fields each settings section declares secret: platform tokens,
+the model server's api key) are masked in every record before it is written."""
 
 from __future__ import annotations
 
@@ -17,15 +17,9 @@ _TELEGRAM_TOKEN = re.compile(r"(?<!\d)\d{5,}:[A-Za-z0-9_-]{20,}")
 
 
 def settings_secrets(settings: Settings) -> list[str]:
-    """The secrets in ``settings`` that logs must never show: the platforms' tokens and the
-    OpenAI backend's api key."""
-    candidates = (
-        settings.telegram.token,
-        settings.telegram.secret_token,
-        settings.discord.token,
-        settings.backend.api_key,
-    )
-    return [secret.get_secret_value() for secret in candidates if secret]
+    """The secrets in ``settings`` that logs must never show: every field a section names in
+    its ``secret_fields`` (the platforms' tokens, the OpenAI backend's api key)."""
+    return settings.secrets()
 
 
 class RedactSecrets(logging.Filter):

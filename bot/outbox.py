@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
 Sender = Callable[[str, str], Awaitable[None]]  # (chat_key, text)
 PrivateSender = Callable[[str, str], Awaitable[None]]  # (user_key, text)
 Notify = Callable[[str], Awaitable[None]]
-# Platforms on which a user's private chat with the bot has the user's id as its id, so its chat
-# key is the user key: Telegram (a bot can write there once the user has opened the chat).
-_PRIVATE_CHAT_IS_USER_KEY = frozenset({"telegram"})
 
 
 class Outbox:
-    """Adapters register a sender for their platform; the core sends by chat key."""
+    """Adapters register a sender for their platform; the core sends by chat key.
 
-    def __init__(self) -> None:
+    How the core reaches a user privately is the platforms' to say (``bot.settings.PLATFORMS``):
+    ``private_chats`` names those whose private chat with a user has the user key as its chat
+    key (Telegram), and ``register_private`` gives the others' way (a Discord DM).
+    """
+
+    def __init__(self, private_chats: Iterable[str] = ()) -> None:
         self._senders: dict[str, Sender] = {}
         self._private: dict[str, PrivateSender] = {}
+        self._private_chats = frozenset(private_chats)
 
     def register(self, platform: str, sender: Sender) -> None:
+        """How to send to a chat on ``platform``, by chat key."""
         self._senders[platform] = sender
 
     def register_private(self, platform: str, sender: PrivateSender) -> None:
@@ -42,6 +46,8 @@ class Outbox:
             log.exception("could not deliver a message to %s", chat_key)
 
     def notifier(self, chat_key: str) -> Notify:
+        """Messages to the chat ``chat_key``, as one callable."""
+
         async def notify(text: str) -> None:
             await self.send(chat_key, text)
 
@@ -60,6 +66,6 @@ class Outbox:
                     log.exception("could not deliver a private message to %s", user_key)
 
             return notify
-        if platform in _PRIVATE_CHAT_IS_USER_KEY:
+        if platform in self._private_chats:
             return self.notifier(user_key)
         return None

@@ -1,21 +1,30 @@
-"""Start-up and the `selftune` command: data dir, one process per data dir, restart, CLI."""
+"""Start-up, the composition root and the `selftune` command: data dir, one process per data
+dir, restart, adapters from the platform table, serving until the input ends or SIGTERM, CLI."""
 
 from __future__ import annotations
 
+import ast
+import asyncio
+import importlib
+import io
 import json
 import os
+import signal
 import stat
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from bot.app import build_core
+from adapters.console import ConsoleAdapter
+from bot.app import Core, build_core, make_adapters, serve_core
 from bot.cli import main
 from bot.errors import StartupError
 from bot.generation import ScriptedGenerator
-from bot.settings import Settings
+from bot.settings import PLATFORMS, DiscordSettings, Platform, Settings, TelegramSettings
 from bot.types import Incoming, Vote
-from tests.support.records import add_version, say
+from tests.support.records import add_version, rated, say
+from tests.support.trainers import GOOD, FakeTrainer, trainer_core
 
 ME = Incoming("console", "local", "local", "Ann", "")
 
@@ -162,3 +171,113 @@ def test_adapter_startup_errors_are_found_inside_task_groups() -> None:
     nested = ExceptionGroup("outer", [ValueError("x"), ExceptionGroup("inner", [inner])])
     assert _startup_error(nested) is inner
     assert _startup_error(ValueError("x")) is None
+
+
+def test_maintenance_commands_start_up_without_the_composition_root() -> None:
+    source = Path(__file__).resolve().parents[1] / "bot" / "cli" / "maintenance.py"
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse(source.read_text()))
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert "bot.startup" in imported and "bot.app" not in imported
+
+
+@pytest.mark.parametrize("platform", PLATFORMS, ids=lambda p: p.name)
+def test_the_platform_table_names_real_adapters(platform: Platform) -> None:
+    module, _, name = platform.adapter.partition(":")
+    adapter = getattr(importlib.import_module(module), name)
+    assert adapter.platform == platform.name
+    assert callable(adapter.send) and callable(adapter.run)
+    # "dm": the outbox registers the adapter's send_private for messages to a user.
+    assert callable(getattr(adapter, "send_private", None)) == (platform.private == "dm")
+
+
+async def test_run_mode_serves_every_platform_with_a_token(settings: Settings) -> None:
+    both = settings.model_copy(
+        update={
+            "telegram": TelegramSettings(token=SecretStr("123456:" + "A" * 30)),
+            "discord": DiscordSettings(token=SecretStr("discord-token")),
+        }
+    )
+    core = await build_core(both, generator=ScriptedGenerator(), progress=False)
+    try:
+        assert core.outbox.private_notifier("telegram:7") is not None  # the user's private chat
+        assert core.outbox.private_notifier("discord:7") is None  # no DM sender yet
+        adapters = make_adapters(core, "run")
+        assert [a.platform for a in adapters] == [p.name for p in PLATFORMS]
+        assert core.outbox.private_notifier("discord:7") is not None  # DMs, once built
+        assert [a.platform for a in make_adapters(core, "chat")] == ["console"]
+    finally:
+        await core.aclose()
+
+
+async def test_run_mode_without_tokens_is_the_console(core: Core) -> None:
+    assert [a.platform for a in make_adapters(core, "run")] == ["console"]
+
+
+ADMIN = Incoming("console", "local", "local", "Admin", "")
+
+
+async def _trainable(settings: Settings, trainer: FakeTrainer) -> Core:
+    """A core whose fine-tune passes the gate: 40 rated replies, a candidate better than GOOD."""
+    gate = settings.gate.model_copy(update={"min_heldout": 4})
+    core = await trainer_core(settings.model_copy(update={"gate": gate}), trainer)
+    for i in range(40):
+        who = Incoming("console", f"{100 + i}", f"{100 + i}", f"U{i}", "")
+        await rated(core, who, f"message {i}", Vote.UP if i % 2 else Vote.DOWN)
+    return core
+
+
+class AsksToTrainThenEnds:
+    """An adapter whose input ends right after the admin asked for a fine-tune."""
+
+    platform = "console"
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.sent: list[str] = []
+
+    async def run(self) -> None:
+        started = await say(self.core, ADMIN, "/finetune")
+        assert "Fine-tuning started" in started.text
+
+    async def send(self, chat_key: str, text: str) -> None:
+        self.sent.append(text)
+
+
+async def test_serving_ends_after_a_running_finetune_and_its_verdict(settings: Settings) -> None:
+    core = await _trainable(settings, FakeTrainer(candidate=GOOD | {"reward_margin": 0.5}))
+    adapter = AsksToTrainThenEnds(core)
+    core.outbox.register(adapter.platform, adapter.send)
+    await serve_core(core, [adapter])
+    assert any("Training: step" in text for text in adapter.sent)
+    assert "passed the gate" in adapter.sent[-1]
+    assert not core.finetuner.running
+
+
+async def test_sigterm_stops_at_once_while_a_finetune_runs(settings: Settings) -> None:
+    hold = asyncio.Event()  # the run never finishes by itself
+    core = await _trainable(settings, FakeTrainer(hold=hold, candidate=GOOD))
+    adapter = AsksToTrainThenEnds(core)
+    core.outbox.register(adapter.platform, adapter.send)
+    serving = asyncio.create_task(serve_core(core, [adapter]))
+    for _ in range(500):
+        if any("Training: step" in text for text in adapter.sent):
+            break
+        await asyncio.sleep(0.01)
+    assert not serving.done() and core.finetuner.running
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(serving, 10)  # no exception: a clean stop
+    assert not core.finetuner.running
+    assert not any("passed the gate" in text for text in adapter.sent)
+
+
+async def test_piped_finetune_in_the_console_prints_the_verdict(settings: Settings) -> None:
+    core = await _trainable(settings, FakeTrainer(candidate=GOOD | {"reward_margin": 0.5}))
+    out = io.StringIO()
+    console = ConsoleAdapter(core.service, stdin=io.BytesIO(b"/finetune\n"), stdout=out)
+    core.outbox.register(console.platform, console.send)
+    await serve_core(core, [console])
+    assert "Fine-tuning started" in out.getvalue()
+    assert "passed the gate" in out.getvalue()

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bot.app import open_repository, prepare_data_dir, resolve_model_dir
 from bot.commands.views import format_version
 from bot.errors import NothingToTrain, TrainingAlreadyRunning, VersionError
 from bot.learning.dataset import kto_rows, write_jsonl
 from bot.learning.finetune import Finetuner
 from bot.learning.versions import AdapterVersions, describe
 from bot.settings import Settings
+from bot.startup import open_repository, prepare_data_dir, resolve_model_dir
 from bot.types import RunStatus
 from migrations import head_revision, upgrade_database
 from storage.db import create_engine

@@ -2,36 +2,47 @@
 
 - ``load.py``: ``Settings`` (the root), ``load_settings`` (file → environment overrides →
   validation), the only reader of ``os.environ`` with ``base.py``
-- ``base.py``: the ``Section`` base class and the XDG directories
+- ``base.py``: the ``Section`` base class (frozen, unknown keys refused, its secret fields
+  named) and the XDG directories
 - ``serving.py``: database, model, backend, generation and chat sections
+- ``platforms.py``: one section per chat platform (its token variable and secrets) and the
+  ``PLATFORMS`` table the composition root builds adapters from
 - ``learning.py``: lora, training, gate, A/B and schedule sections
 - ``docs.py``: ``python -m bot.settings.docs`` regenerates ``selftune.example.toml`` and the
   README's configuration table from the sections
+
+Code outside this package imports from ``bot.settings``, not from its modules.
 """
 
 from bot.errors import ConfigError
-from bot.settings.load import (
-    DEFAULT_MODEL,
-    ENV_PREFIX,
+from bot.settings.base import DEFAULT_MODEL, Section
+from bot.settings.learning import (
     ABSettings,
+    GateSettings,
+    LoraSettings,
+    ScheduleSettings,
+    TrainingSettings,
+)
+from bot.settings.load import ENV_PREFIX, Settings, load_settings
+from bot.settings.platforms import (
+    PLATFORMS,
+    DiscordSettings,
+    Platform,
+    PlatformSection,
+    TelegramSettings,
+)
+from bot.settings.serving import (
     BackendSettings,
     ChatSettings,
     DatabaseSettings,
-    DiscordSettings,
-    GateSettings,
     GenerationSettings,
-    LoraSettings,
     ModelSettings,
-    ScheduleSettings,
-    Settings,
-    TelegramSettings,
-    TrainingSettings,
-    load_settings,
 )
 
 __all__ = [
     "DEFAULT_MODEL",
     "ENV_PREFIX",
+    "PLATFORMS",
     "ABSettings",
     "BackendSettings",
     "ChatSettings",
@@ -42,7 +53,10 @@ __all__ = [
     "GenerationSettings",
     "LoraSettings",
     "ModelSettings",
+    "Platform",
+    "PlatformSection",
     "ScheduleSettings",
+    "Section",
     "Settings",
     "TelegramSettings",
     "TrainingSettings",

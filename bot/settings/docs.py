@@ -16,12 +16,14 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from bot.settings.load import ENV_PREFIX, Settings
+from bot.settings.platforms import PLATFORMS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "selftune.example.toml"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
-_ENV_ALIASES = {"telegram.token": "TELEGRAM_BOT_TOKEN", "discord.token": "DISCORD_BOT_TOKEN"}
+# The other variable a platform's token may come from (TELEGRAM_BOT_TOKEN), as its section says.
+_ENV_ALIASES = {f"{p.name}.token": p.section.token_env for p in PLATFORMS}
 _MACHINE_DEFAULTS = {
     "data_dir": "~/.local/share/selftune",
     "model.cache_dir": "~/.cache/selftune/models",

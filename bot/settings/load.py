@@ -1,10 +1,10 @@
-"""Settings: one TOML file plus environment overrides. With bot/settings_base.py (the XDG
-directories), the only reader of ``os.environ``.
+"""Settings: one TOML file plus environment overrides. With ``base.py`` (the XDG directories),
+the only reader of ``os.environ``.
 
 Every key can be overridden by ``SELFTUNE_`` + the dotted key in upper case with ``.`` written
 ``__``: ``database.url`` → ``SELFTUNE_DATABASE__URL``; lists and tables are given as JSON
-(``SELFTUNE_ADMINS='["telegram:42"]'``). The platform tokens also come from
-``TELEGRAM_BOT_TOKEN`` and ``DISCORD_BOT_TOKEN``.
+(``SELFTUNE_ADMINS='["telegram:42"]'``). A platform's token also comes from the variable its
+section declares (``TELEGRAM_BOT_TOKEN``, ``DISCORD_BOT_TOKEN``: ``platforms.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from bot.errors import ConfigError
-from bot.settings.base import DEFAULT_MODEL, Section, xdg
+from bot.settings.base import Section, xdg
 from bot.settings.learning import (
     ABSettings,
     GateSettings,
@@ -28,41 +28,30 @@ from bot.settings.learning import (
     ScheduleSettings,
     TrainingSettings,
 )
+from bot.settings.platforms import (
+    PLATFORMS,
+    DiscordSettings,
+    Platform,
+    PlatformSection,
+    TelegramSettings,
+)
 from bot.settings.serving import (
     BackendSettings,
     ChatSettings,
     DatabaseSettings,
-    DiscordSettings,
     GenerationSettings,
     ModelSettings,
-    TelegramSettings,
 )
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "ENV_PREFIX",
-    "ABSettings",
-    "BackendSettings",
-    "ChatSettings",
-    "DatabaseSettings",
-    "DiscordSettings",
-    "GateSettings",
-    "GenerationSettings",
-    "LoraSettings",
-    "ModelSettings",
-    "ScheduleSettings",
-    "Settings",
-    "TelegramSettings",
-    "TrainingSettings",
-    "load_settings",
-]
+__all__ = ["CONFIG_ENV", "ENV_PREFIX", "Settings", "default_config_path", "load_settings"]
 
 ENV_PREFIX = "SELFTUNE_"
 CONFIG_ENV = "SELFTUNE_CONFIG"
-_TOKEN_ENV = {"telegram": "TELEGRAM_BOT_TOKEN", "discord": "DISCORD_BOT_TOKEN"}
 
 
 class Settings(Section):
+    """The whole configuration: plain keys, then one section per TOML table."""
+
     data_dir: Path = Field(
         default_factory=lambda: xdg("XDG_DATA_HOME", ".local/share") / "selftune",
         description="Database, adapters and training data.",
@@ -110,7 +99,25 @@ class Settings(Section):
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
 
+    def platform(self, platform: Platform) -> PlatformSection:
+        """The section of ``platform`` (the attribute its table entry names)."""
+        section = getattr(self, platform.name)
+        if not isinstance(section, platform.section):
+            raise TypeError(f"Settings.{platform.name} is not a {platform.section.__name__}")
+        return section
+
+    def secrets(self) -> list[str]:
+        """Every secret set anywhere in the configuration (the log filter masks them): the
+        fields each section declares in ``secret_fields``."""
+        found = super().secrets()
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, Section):
+                found.extend(value.secrets())
+        return found
+
     def is_admin(self, user_key: str) -> bool:
+        """Whether ``user_key`` may run admin commands."""
         return user_key in self.admins
 
 
@@ -162,9 +169,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, Any, str]]:
     found: list[tuple[str, Any, str]] = []
-    for section, var in _TOKEN_ENV.items():
+    for platform in PLATFORMS:
+        var = platform.section.token_env
         if env.get(var):
-            found.append((f"{section}.token", env[var], var))
+            found.append((f"{platform.name}.token", env[var], var))
     for var, raw in sorted(env.items()):
         if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
             continue

@@ -1,10 +1,10 @@
-"""Settings sections of the serving path: database, model, backend, generation, chat, and
-the platforms."""
+"""Settings sections of the serving path: database, model, backend, generation, chat (the
+platforms' sections are in ``platforms.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
@@ -75,6 +75,7 @@ class BackendSettings(Section):
     """Where replies are generated: in this process, or on an OpenAI-compatible server."""
 
     model_config = ConfigDict(hide_input_in_errors=True)  # a bad api_key is not echoed
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_key",)
 
     kind: Literal["local", "openai"] = Field(
         "local",
@@ -163,79 +164,4 @@ class ChatSettings(Section):
     max_persona_chars: int = Field(1000, ge=10, description="Longest /persona text.")
     user_messages_per_minute: int = Field(
         20, ge=0, description="Per-user message limit (0 = unlimited)."
-    )
-
-
-class TelegramSettings(Section):
-    token: SecretStr | None = Field(None, description="Bot token (or TELEGRAM_BOT_TOKEN).")
-    base_url: str | None = Field(None, description="Bot API base, for a self-hosted server.")
-    base_file_url: str | None = Field(None, description="File base, for a self-hosted server.")
-    mode: Literal["polling", "webhook"] = Field("polling", description="How updates arrive.")
-    webhook_url: str | None = Field(
-        None,
-        validate_default=True,
-        description="Webhook mode: public URL Telegram posts updates to; its path is also the "
-        "path listened on.",
-    )
-    listen: str = Field("0.0.0.0", description="Webhook mode: address to listen on.")
-    port: int = Field(8443, ge=1, le=65535, description="Webhook mode: port to listen on.")
-    secret_token: SecretStr | None = Field(
-        None, description="Webhook mode: secret Telegram sends with each update."
-    )
-    edit_interval_s: float = Field(
-        1.0,
-        ge=0.0,
-        le=60.0,
-        description="Least time between two edits in one chat while a reply streams "
-        "(Telegram allows about one a second).",
-    )
-    max_requests_per_second: float = Field(
-        30.0, ge=0.0, description="Bot API requests per second in all (0 = no limit)."
-    )
-    max_requests_per_minute_per_group: float = Field(
-        20.0, ge=0.0, description="Bot API requests per minute into one group (0 = no limit)."
-    )
-    concurrent_updates: int = Field(
-        256, ge=1, description="Updates handled at once, so many chats are answered together."
-    )
-    shutdown_grace_s: float = Field(
-        10.0,
-        ge=0.0,
-        description="On shutdown, how long replies in progress may take before they are cut off.",
-    )
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _webhook_needs_url(cls, value: str | None, info: Any) -> str | None:
-        # `mode` is declared first, so it is already validated when this runs.
-        if info.data.get("mode") == "webhook" and not value:
-            raise ValueError("webhook mode needs telegram.webhook_url (the public https URL)")
-        return value
-
-
-class DiscordSettings(Section):
-    token: SecretStr | None = Field(None, description="Bot token (or DISCORD_BOT_TOKEN).")
-    api_base: str = Field(
-        "https://discord.com/api/v10",
-        description="REST base URL (with the API version), e.g. a Discord-compatible server's.",
-    )
-    gateway_url: str = Field(
-        "wss://gateway.discord.gg/", description="Gateway WebSocket URL (ws:// or wss://)."
-    )
-    admin_role_id: int | None = Field(None, description="Members with this role are admins.")
-    edit_interval_s: float = Field(
-        1.1,
-        ge=1.0,
-        le=60.0,
-        description="Least seconds between streaming edits in one channel (Discord allows 5 "
-        "edits per 5 s per channel).",
-    )
-    sync_commands: bool = Field(
-        True, description="Register the slash commands with Discord at start-up."
-    )
-    guild_ready_timeout_s: float = Field(
-        2.0,
-        ge=0.0,
-        le=60.0,
-        description="Seconds to wait for the servers (guilds) list at connect before 'ready'.",
     )

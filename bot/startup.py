@@ -1,0 +1,148 @@
+"""Start-up: the data dir, one serving process per data dir, the database, the model.
+
+Used by the composition root (``bot.app``) and by the subcommands that do not serve
+(``bot.cli.maintenance``). torch is imported only inside ``load_generator``, and only for
+``backend.kind = "local"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import IO
+
+from bot.errors import ModelLoadError, StartupError
+from bot.generation import Generator
+from bot.settings import Settings
+from migrations import upgrade_database
+from storage.db import create_engine
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data_dir(settings: Settings) -> Path:
+    """Create the data dir if needed and check that it is writable."""
+    data = settings.data_dir.expanduser()
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "adapters").mkdir(exist_ok=True)
+        probe = data / ".write-test"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            f"data dir {data} is not usable ({exc.strerror or exc}). Set data_dir in the config "
+            "or SELFTUNE_DATA_DIR to a writable directory."
+        ) from None
+    # A trainer killed mid-run leaves a *.partial folder; it was never registered: remove it.
+    for partial in (data / "adapters").glob("*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)
+    return data
+
+
+class InstanceLock:
+    """One serving process per data dir: a second one is told who holds it, not silently run."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "selftune.lock"
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock (non-blocking) and write this pid into the lock file for the next one."""
+        handle = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StartupError(
+                f"another selftune process (pid {holder}) is already serving from "
+                f"{self.path.parent}. Stop it first, or give this one its own data_dir."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Let the next process serve from this data dir."""
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still exists (a training run's, for runs left marked running)."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def open_repository(settings: Settings) -> Repository:
+    """Connect and apply pending migrations."""
+    engine = create_engine(settings.database_url, echo=settings.database.echo)
+    try:
+        before = await upgrade_database(engine)
+    except Exception as exc:
+        await engine.dispose()
+        raise StartupError(f"cannot open the database ({type(exc).__name__}: {exc})") from None
+    if before is None:
+        log.info("database created")
+    repo = Repository(engine)
+    stale = await repo.runs.interrupt_stale(pid_alive)
+    if stale:
+        log.warning("%d training run(s) had been interrupted; marked as such", stale)
+    return repo
+
+
+async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[Generator, Path]:
+    """The configured generator and the directory of its model (training loads it from there).
+
+    ``backend.kind = "local"``: the transformers generator (imports torch). ``"openai"``: an
+    OpenAI-compatible server generates; the local model directory is still resolved, for
+    training and for counting tokens with the same tokenizer.
+    """
+    try:
+        if settings.backend.kind == "openai":
+            from bot.generation.openai_api import OpenAIGenerator
+
+            model_dir = await resolve_model_dir(settings, progress=progress)
+            remote = await OpenAIGenerator.connect(
+                settings.backend,
+                settings.model,
+                model_dir=model_dir,
+                adapters_dir=settings.adapters_dir,
+            )
+            return remote, model_dir
+        from bot.engine.generator import TransformersGenerator
+
+        generator = await TransformersGenerator.load(
+            settings.model, settings.lora, progress=progress
+        )
+    except ModelLoadError as exc:
+        raise StartupError(str(exc)) from None
+    return generator, generator.model_dir
+
+
+async def resolve_model_dir(settings: Settings, *, progress: bool = True) -> Path:
+    """Only the model directory (conversion cached), for training without serving."""
+    from bot.generation.source import resolve_model
+
+    try:
+        return await asyncio.to_thread(resolve_model, settings.model, progress=progress)
+    except ModelLoadError as exc:
+        raise StartupError(str(exc)) from None
