@@ -1,9 +1,8 @@
-"""What every platform adapter shares: the contract, rating tokens, splitting, edit pacing."""
+"""What every platform adapter shares: the contracts, rating tokens, splitting."""
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
@@ -14,7 +13,7 @@ _RATING = re.compile(r"^rate:(\d{1,18}):(1|-1)$")
 
 
 class ChatCore(Protocol):
-    """What an adapter may ask of the core (``bot.chat.ChatService`` implements it).
+    """What an adapter may ask of the core (``bot.chat.service.ChatService`` implements it).
 
     Adapters never reach past it into storage, settings or the learning loop.
     """
@@ -118,21 +117,3 @@ def _fit(text: str, limit: int, length: Callable[[str], int]) -> int:
         else:
             high = middle - 1
     return max(low, 1)
-
-
-class EditThrottle:
-    """Paces streaming edits of one message: at most one per ``interval_s``."""
-
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._interval = interval_s
-        self._clock = clock
-        self._last = float("-inf")
-
-    def due(self) -> bool:
-        return self._clock() - self._last >= self._interval
-
-    def mark(self) -> None:
-        self._last = self._clock()
-
-    def delay(self) -> float:
-        return max(0.0, self._interval - (self._clock() - self._last))

@@ -1,19 +1,20 @@
 """The console chat: standard input line by line, replies streamed to standard output.
 
-It goes through the same ChatService path as Telegram and Discord. It works without a terminal
-(``printf 'Hello!\\n/good\\n' | selftune chat``) and ends at the end of the input, after waiting
-for a fine-tuning run it started.
+It goes through the same chat core as Telegram and Discord. It works without a terminal
+(``printf 'Hello!\\n/good\\n' | selftune chat``) and ends at the end of the input (``serve()``
+then waits for a fine-tuning run in progress before closing the core).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from bot.chat.service import ChatService
+from adapters.base import ChatCore
 from bot.types import Draft, Incoming, Reply, ReplyKind
 
 PLATFORM = "console"
@@ -27,14 +28,17 @@ class ConsoleAdapter:
 
     def __init__(
         self,
-        service: ChatService,
+        service: ChatCore,
         *,
+        charts_dir: Path | None = None,
         stdin: BinaryIO | None = None,
         stdout: TextIO | None = None,
         user_id: str = "local",
         user_name: str = "you",
     ) -> None:
         self._service = service
+        # Where /stats charts are saved (the data dir's charts/ in production).
+        self._charts = charts_dir or Path(tempfile.gettempdir()) / "selftune-charts"
         self._in = stdin if stdin is not None else sys.stdin.buffer
         self._out = stdout if stdout is not None else sys.stdout
         self._user_id = user_id
@@ -58,7 +62,7 @@ class ConsoleAdapter:
             await self.handle_line(raw)
 
     async def handle_line(self, raw: bytes) -> None:
-        """Answer one input line (bytes, as read): decode, then through the ChatService."""
+        """Answer one input line (bytes, as read): decode, then through the chat core."""
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -106,9 +110,8 @@ class ConsoleAdapter:
 
     def _save_image(self, png: bytes) -> Path:
         """A terminal cannot show the picture: keep it in the data dir and say where."""
-        folder = self._service.settings.data_dir / "charts"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"stats-{datetime.now(UTC):%Y%m%d-%H%M%S}.png"
+        self._charts.mkdir(parents=True, exist_ok=True)
+        path = self._charts / f"stats-{datetime.now(UTC):%Y%m%d-%H%M%S}.png"
         path.write_bytes(png)
         return path
 

@@ -132,7 +132,7 @@ def make_adapters(core: Core, mode: Literal["run", "chat"]) -> list[Adapter]:
     if not adapters:
         from adapters.console import ConsoleAdapter
 
-        adapters.append(ConsoleAdapter(core.service))
+        adapters.append(ConsoleAdapter(core.service, charts_dir=core.settings.data_dir / "charts"))
     for adapter in adapters:
         core.outbox.register(adapter.platform, adapter.send)
     return adapters

@@ -1,17 +1,9 @@
 """The Discord adapter (discord.py 2.x): one ``discord.Client`` run inside selftune's event loop.
 
 ``run()`` logs in and connects with ``Client.start`` (never ``Client.run``, which owns the loop),
-so Discord, Telegram and the core share one asyncio loop. The pieces live in small modules:
-
-- discord_incoming: message/interaction → Incoming (chat keys, addressing, text)
-- discord_messages: which messages to answer, and answering them (streamed, split)
-- discord_replies: edits paced per channel, 2000-character pieces, typing indicator
-- discord_rating: the persistent 👍/👎 buttons (``ui.DynamicItem``)
-- discord_slash: slash commands from the core's command table
-- discord_private: the core's private messages to a user (training progress) by DM
-
-The REST base and gateway URLs are settings (``discord.api_base``, ``discord.gateway_url``), so
-the bot can talk to a Discord-compatible server, and the tests to a fake one.
+so Discord, Telegram and the core share one asyncio loop. The REST base and gateway URLs are
+settings (``discord.api_base``, ``discord.gateway_url``), so the bot can talk to a
+Discord-compatible server, and the tests to a fake one.
 """
 
 from __future__ import annotations
@@ -22,6 +14,7 @@ import logging
 import aiohttp
 import yarl
 
+from adapters.base import ChatCore
 from adapters.discord.incoming import PLATFORM, target_channel_id
 from adapters.discord.messages import MessageHandler
 from adapters.discord.private import DirectMessages
@@ -29,7 +22,6 @@ from adapters.discord.rating import RateButton, RatingHandler
 from adapters.discord.replies import send_pieces
 from adapters.discord.sdk import app_commands, discord
 from adapters.discord.slash import SlashCommands
-from bot.chat.service import ChatService
 from bot.errors import StartupError
 from bot.settings import DiscordSettings
 
@@ -105,11 +97,11 @@ class SelftuneClient(discord.Client):
 
 
 class DiscordAdapter:
-    """selftune on Discord. It holds the ChatService (composition); the client is its transport."""
+    """selftune on Discord. It holds the chat core (composition); the client is its transport."""
 
     platform = PLATFORM
 
-    def __init__(self, service: ChatService, settings: DiscordSettings) -> None:
+    def __init__(self, service: ChatCore, settings: DiscordSettings) -> None:
         if settings.token is None:
             raise ValueError("the Discord adapter needs a token (DISCORD_BOT_TOKEN)")
         self._token = settings.token  # a SecretStr: never in a log line or a repr
@@ -139,7 +131,7 @@ class DiscordAdapter:
             raise self._fail(f"cannot reach Discord at {where} ({exc}).") from None
         finally:
             self.ready.clear()
-            await self.messages.aclose()
+            await self.messages.aclose()  # answers in flight get the shutdown grace
             await client.close()
 
     @staticmethod

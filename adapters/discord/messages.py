@@ -1,28 +1,33 @@
-"""Discord messages: which to answer, and answering them through the ChatService.
+"""Discord messages: which to answer, and answering them through the chat core.
 
 DMs are always answered; in a server the bot answers when @-mentioned, when a message replies
 to one of its own (a reply chain), or a text command. The bot's own messages and other bots'
-are ignored (two bots answering each other would never stop). The ChatService stores the
+are ignored (two bots answering each other would never stop). The core stores the
 message before answering and applies the per-user rate limit.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
+from adapters.base import ChatCore
 from adapters.discord.incoming import (
     incoming_from_message,
     unreadable_notice,
     unreadable_parts,
 )
-from adapters.discord.replies import ChannelPacer, ReplyStream, typing_indicator
+from adapters.discord.replies import (
+    DiscordStream,
+    DiscordSurface,
+    channel_pacer,
+    discord_stream,
+    typing_indicator,
+)
 from adapters.discord.sdk import discord
-from bot.chat.service import ChatService
+from adapters.streaming import InFlight
 from bot.settings import DiscordSettings
-from bot.types import Draft, Incoming, Reply, ReplyKind
+from bot.types import Incoming, Reply, ReplyKind
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +49,28 @@ class MessageHandler:
 
     def __init__(
         self,
-        service: ChatService,
+        service: ChatCore,
         settings: DiscordSettings,
         on_answered: Callable[[Incoming], None] | None = None,
     ) -> None:
         self._service = service
         self._settings = settings
         self._on_answered = on_answered  # told of each message the bot answers, before it does
-        self._pacer = ChannelPacer(settings.edit_interval_s)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pacer = channel_pacer(settings.edit_interval_s)
+        self._inflight = InFlight(settings.shutdown_grace_s)
 
     async def handle(self, message: discord.Message, me: discord.ClientUser) -> None:
         """Entry point for every MESSAGE_CREATE (discord.py runs each in its own task)."""
         author = message.author
         if author.id == me.id or author.bot or message.type not in CHAT_TYPES:
             return
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
+        with self._inflight.track():
             await self._handle(message, me)
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
 
     async def aclose(self) -> None:
-        """Stop answers in flight (at shutdown): their exchanges are marked as cancelled."""
-        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """At shutdown: let answers in flight finish (up to ``shutdown_grace_s``), then stop
+        the rest (their exchanges are marked as cancelled)."""
+        await self._inflight.drain()
 
     async def _handle(self, message: discord.Message, me: discord.ClientUser) -> None:
         incoming = await incoming_from_message(message, me.id, self._settings.admin_role_id)
@@ -97,44 +94,43 @@ class MessageHandler:
         if extras:
             await self._notice(message, unreadable_notice(extras, answered=True))
 
-    async def _answer(self, message: discord.Message, incoming: Incoming, bot_name: str) -> None:
-        channel = message.channel
-        stream = ReplyStream(channel, self._pacer.edits(channel.id), reference=message)
-        try:
-            async with typing_indicator(channel):
-                async for item in self._service.respond(incoming, bot_username=bot_name):
-                    if isinstance(item, Draft):
-                        await stream.draft(item.text)
-                    else:
-                        await self._finish(message, stream, item)
-        finally:
-            stream.close()
+    def _stream(self, message: discord.Message) -> tuple[DiscordSurface, DiscordStream]:
+        """A reply in the message's channel, answering it."""
+        private = message.guild is None
+        surface = DiscordSurface(message.channel, private=private, reference=message)
+        return surface, discord_stream(surface, self._pacer)
 
-    async def _finish(self, message: discord.Message, stream: ReplyStream, reply: Reply) -> None:
-        if reply.private and message.guild is not None:
-            await self._send_privately(message, stream, reply)
+    async def _answer(self, message: discord.Message, incoming: Incoming, bot_name: str) -> None:
+        surface, stream = self._stream(message)
+        async with typing_indicator(message.channel):
+            reply = await stream.show(self._service.respond(incoming, bot_username=bot_name))
+        if stream.held is not None:
+            await self._send_privately(message, stream, stream.held)
             return
-        shown = await stream.final(reply)
+        shown = stream.final_message
+        if shown is None:
+            return  # the driver logged why
+        if reply.image_png:
+            await surface.image(reply.image_png)
         if reply.rateable and reply.exchange_id is not None:
-            await self._service.repo.set_reply_platform_id(reply.exchange_id, str(shown.id))
+            await self._service.reply_shown(reply.exchange_id, str(shown.id))
 
     async def _send_privately(
-        self, message: discord.Message, stream: ReplyStream, reply: Reply
+        self, message: discord.Message, stream: DiscordStream, reply: Reply
     ) -> None:
         """Admin output asked for in a server channel (``@bot /status``) goes to a DM."""
         try:
-            dm = await message.author.create_dm()
-            await ReplyStream(dm, self._pacer.edits(dm.id)).final(reply)
+            dm = DiscordSurface(await message.author.create_dm(), private=True)
+            shown = await discord_stream(dm, self._pacer).finish(reply)
+            if shown is not None and reply.image_png:
+                await dm.image(reply.image_png)
         except discord.HTTPException as exc:
             log.info("could not DM user %s: %s", message.author.id, exc)
-            await stream.final(Reply(NO_DM, ReplyKind.NOTICE))
-            return
-        await stream.final(Reply(SENT_PRIVATELY, ReplyKind.NOTICE))
+            shown = None
+        note = SENT_PRIVATELY if shown is not None else NO_DM
+        await stream.finish(Reply(note, ReplyKind.NOTICE))
 
     async def _notice(self, message: discord.Message, text: str) -> None:
-        """A short note in reply to the message; best effort."""
-        with contextlib.suppress(discord.HTTPException):
-            stream = ReplyStream(
-                message.channel, self._pacer.edits(message.channel.id), reference=message
-            )
-            await stream.final(Reply(text, ReplyKind.NOTICE))
+        """A short note in reply to the message; best effort (the driver logs a failure)."""
+        _, stream = self._stream(message)
+        await stream.finish(Reply(text, ReplyKind.NOTICE))

@@ -13,10 +13,9 @@ import logging
 import re
 from typing import Any, cast
 
-from adapters.base import RATING_PREFIX, encode_rating, parse_rating
+from adapters.base import RATING_PREFIX, ChatCore, encode_rating, parse_rating
 from adapters.discord.incoming import PLATFORM, chat_key_of
 from adapters.discord.sdk import discord, ui
-from bot.chat.service import ChatService
 from bot.types import RateAction, Vote
 
 log = logging.getLogger(__name__)
@@ -86,9 +85,9 @@ def taken_by_button(interaction: discord.Interaction[discord.Client]) -> bool:
 
 
 class RatingHandler:
-    """Stores presses through ChatService.rate and shows the new counts on the buttons."""
+    """Stores presses through ChatCore.rate and shows the new counts on the buttons."""
 
-    def __init__(self, service: ChatService) -> None:
+    def __init__(self, service: ChatCore) -> None:
         self._service = service
 
     async def press(self, interaction: discord.Interaction[discord.Client], custom_id: str) -> None:

@@ -1,4 +1,4 @@
-"""Slash commands, built from the core's one command table (bot/commands.py).
+"""Slash commands, built from the core's one command table (bot/commands/table.py).
 
 Every command is acknowledged at once with a deferred "thinking" response (Discord allows 3 s;
 a command may take longer), then answered by follow-ups. Admin commands answer ephemerally, so
@@ -11,11 +11,10 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from adapters.base import split_text
+from adapters.base import ChatCore, split_text
 from adapters.discord.incoming import incoming_from_interaction
 from adapters.discord.replies import MESSAGE_LIMIT, image_file
 from adapters.discord.sdk import app_commands, discord
-from bot.chat.service import ChatService
 from bot.commands.table import COMMANDS, CommandSpec
 from bot.types import Incoming, Reply, ReplyKind
 
@@ -59,11 +58,11 @@ def _callback(run: Runner, spec: CommandSpec) -> Callable[..., Coroutine[Any, An
 
 
 class SlashCommands:
-    """Registers the commands on a CommandTree and answers them through the ChatService."""
+    """Registers the commands on a CommandTree and answers them through the chat core."""
 
     def __init__(
         self,
-        service: ChatService,
+        service: ChatCore,
         admin_role_id: int | None,
         on_command: Callable[[Incoming], None] | None = None,
     ) -> None:

@@ -12,11 +12,12 @@ import contextlib
 import logging
 from typing import Any
 
-from telegram import CallbackQuery, Chat, InlineKeyboardMarkup, Message, Update, User
+from telegram import CallbackQuery, Chat, Message, Update, User
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import CallbackQueryHandler, MessageHandler, filters
 
-from adapters.base import parse_rating
+from adapters.base import ChatCore, parse_rating
+from adapters.streaming import InFlight, Pacer
 from adapters.telegram.app import (
     App,
     TelegramStartupError,
@@ -28,17 +29,15 @@ from adapters.telegram.app import (
 )
 from adapters.telegram.bot_api import Target, TelegramIO, describe
 from adapters.telegram.format import Piece, split_reply
-from adapters.telegram.stream import Pacer, ReplyStream
+from adapters.telegram.stream import telegram_stream
 from adapters.telegram.updates import (
     PLATFORM,
     chat_key_of,
     keyboard_after,
-    rating_keyboard,
     reply_target,
     target_of_key,
     to_incoming,
 )
-from bot.chat.service import ChatService
 from bot.settings import TelegramSettings
 from bot.types import Incoming, RateAction, Reply, ReplyKind
 
@@ -59,7 +58,7 @@ class TelegramAdapter:
 
     platform = PLATFORM
 
-    def __init__(self, service: ChatService, settings: TelegramSettings) -> None:
+    def __init__(self, service: ChatCore, settings: TelegramSettings) -> None:
         if settings.token is None:
             raise TelegramStartupError("telegram.token (or TELEGRAM_BOT_TOKEN) is not set")
         self._service = service
@@ -68,7 +67,7 @@ class TelegramAdapter:
         self._pacer = Pacer(settings.edit_interval_s)
         self._io: TelegramIO | None = None
         self._me: User | None = None
-        self._inflight: set[asyncio.Task[Any]] = set()
+        self._inflight = InFlight(settings.shutdown_grace_s)
         self.ready = asyncio.Event()  # set while updates are being received
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -82,10 +81,10 @@ class TelegramAdapter:
             stack.push_async_callback(app.shutdown)
             self._io, self._me = TelegramIO(app.bot), app.bot.bot
             stack.callback(self._forget_bot)
-            await register_commands(app.bot, self._service.settings.admins, self._safe)
+            await register_commands(app.bot, self._service.admins, self._safe)
             await app.start()
             stack.push_async_callback(app.stop)
-            stack.push_async_callback(self._drain)
+            stack.push_async_callback(self._inflight.drain)
             await receive(app, self._settings, self._on_polling_error)
             stack.push_async_callback(stop_receiving, app)
             self.ready.set()
@@ -104,16 +103,6 @@ class TelegramAdapter:
         app.add_error_handler(self._on_error)
         return app
 
-    async def _drain(self) -> None:
-        """Give replies in progress a moment to finish; cut off the rest (each is stored)."""
-        pending = {task for task in self._inflight if not task.done()}
-        if not pending:
-            return
-        _, late = await asyncio.wait(pending, timeout=self._settings.shutdown_grace_s)
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
-
     def _forget_bot(self) -> None:
         self._io = self._me = None
 
@@ -124,31 +113,27 @@ class TelegramAdapter:
         if message is None or me is None:
             return
         incoming = to_incoming(message, me)
-        if incoming is None or not ChatService.should_answer(incoming, me.username):
+        if incoming is None or not self._service.should_answer(incoming, me.username):
             return
-        await self._answer(incoming, reply_target(message))
+        with self._inflight.track():
+            await self._answer(incoming, reply_target(message))
 
     async def _answer(self, incoming: Incoming, target: Target) -> None:
         """Stream the core's reply into the chat; hand private output to the user's DM."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
         io, username = self._require_io(), self._me.username if self._me else None
-        stream = ReplyStream(io, target, self._pacer, self._keyboard)
+        stream = telegram_stream(io, target, self._pacer)
         typing = asyncio.create_task(self._typing(target, stream.visible))
         try:
             reply = await stream.show(self._service.respond(incoming, bot_username=username))
+            shown = stream.final_message
             if stream.held is not None:
                 await self._deliver_privately(stream.held, incoming, target)
-            elif reply.image_png is not None and stream.message_ids:
+            elif reply.image_png is not None and shown is not None:
                 await io.photo(target, reply.image_png)
-            if reply.rateable and reply.exchange_id is not None and stream.message_ids:
-                platform_id = str(stream.message_ids[-1])
-                await self._service.repo.set_reply_platform_id(reply.exchange_id, platform_id)
+            if reply.rateable and reply.exchange_id is not None and shown is not None:
+                await self._service.reply_shown(reply.exchange_id, str(shown))
         finally:
             typing.cancel()
-            if task is not None:
-                self._inflight.discard(task)
 
     async def _typing(self, target: Target, visible: asyncio.Event) -> None:
         """ "typing…" until the first message of the reply is on screen."""
@@ -224,9 +209,6 @@ class TelegramAdapter:
                 await io.send(target, piece)
         if reply.image_png is not None:
             await io.photo(target, reply.image_png)
-
-    def _keyboard(self, reply: Reply) -> InlineKeyboardMarkup | None:
-        return rating_keyboard(reply.exchange_id) if reply.rateable and reply.exchange_id else None
 
     def _require_io(self) -> TelegramIO:
         if self._io is None:

@@ -118,6 +118,11 @@ class DiscordSettings(PlatformSection):
         le=60.0,
         description="Seconds to wait for the servers (guilds) list at connect before 'ready'.",
     )
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0.0,
+        description="On shutdown, how long replies in progress may take before they are cut off.",
+    )
 
 
 PrivateRoute = Literal["chat", "dm"]

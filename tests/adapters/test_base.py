@@ -1,4 +1,4 @@
-"""Shared adapter pieces: rating tokens, splitting, edit pacing; and secret masking in logs."""
+"""Shared adapter pieces: rating tokens, splitting; and secret masking in logs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from adapters.base import EditThrottle, encode_rating, parse_rating, split_text, utf16_len
+from adapters.base import encode_rating, parse_rating, split_text, utf16_len
 from bot.logs import RedactSecrets
 from bot.types import Vote
 
@@ -65,17 +65,6 @@ def test_split_by_utf16_length_for_telegram() -> None:
     pieces = split_text(text, 4096, utf16_len)
     assert all(utf16_len(p) <= 4096 for p in pieces)
     assert "".join(pieces) == text and len(pieces) == 2
-
-
-def test_edit_throttle() -> None:
-    now = [0.0]
-    throttle = EditThrottle(1.0, clock=lambda: now[0])
-    assert throttle.due()
-    throttle.mark()
-    now[0] = 0.4
-    assert not throttle.due() and throttle.delay() == pytest.approx(0.6)
-    now[0] = 1.0
-    assert throttle.due()
 
 
 def test_tokens_are_masked_in_log_records(caplog: pytest.LogCaptureFixture) -> None:

@@ -11,7 +11,12 @@ from bot.app import Core
 
 async def chat(core: Core, data: bytes) -> str:
     out = io.StringIO()
-    adapter = ConsoleAdapter(core.service, stdin=io.BytesIO(data), stdout=out)
+    adapter = ConsoleAdapter(
+        core.service,
+        charts_dir=core.settings.data_dir / "charts",
+        stdin=io.BytesIO(data),
+        stdout=out,
+    )
     core.outbox.register(adapter.platform, adapter.send)
     await adapter.run()
     return out.getvalue()
@@ -63,4 +68,5 @@ async def test_stats_chart_is_saved_as_a_file(core: Core) -> None:
     line = next(line for line in output.splitlines() if "chart saved to" in line)
     path = Path(line.split("chart saved to ", 1)[1].rstrip("]"))
     assert path.read_bytes().startswith(b"\x89PNG")
+    assert path.parent == core.settings.data_dir / "charts"
     assert "base:    1 /    0" in output

@@ -14,8 +14,8 @@ from bot.app import build_core
 from bot.engine.generator import TransformersGenerator
 from bot.settings import LoraSettings, Settings
 from bot.types import GenerationParams, Incoming, Turn
-from tests.support.records import add_version, say
 from tests.engine.test_generator import make_adapter
+from tests.support.records import add_version, say
 
 ME = Incoming("console", "local", "local", "Ann", "")
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")

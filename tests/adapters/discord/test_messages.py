@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from adapters.discord.replies import ChannelEdits
+from adapters.discord.replies import EDIT_WINDOW
+from adapters.streaming import Call, Pacer
 from bot.app import Core
 from bot.generation import ScriptedGenerator
 from tests.fakes.discord_server import FakeDiscord, FakeUser, Json
@@ -244,18 +245,21 @@ async def test_fifty_users_at_once_are_all_answered_and_stored(
 
 async def test_edit_window_keeps_a_slot_for_each_streaming_reply() -> None:
     now = [0.0]
-    edits = ChannelEdits(1.1, clock=lambda: now[0])
-    edits.streaming = 2  # two replies streaming in one channel
+    pacer = Pacer(1.1, window=EDIT_WINDOW, clock=lambda: now[0])  # Discord's, on a fake clock
+    channel = 7
+    pacer.streaming(channel, +1)  # two replies streaming in one channel
+    pacer.streaming(channel, +1)
     drafts = []
     for step in range(50):  # 4.9 s of drafts offered every 0.1 s
         now[0] = step / 10
-        if edits.draft_due():
-            edits.take_draft()
+        if pacer.delay(channel, Call.DRAFT) == 0:
+            async with pacer.turn(channel, Call.DRAFT):
+                await pacer.spend(channel, wait=False)
             drafts.append(now[0])
     assert drafts == [0.0, 1.1, 2.2]  # paced, and 2 of the 5 slots left for the finals
-    await asyncio.wait_for(edits.take(), 0.01)  # both finals land at once
-    await asyncio.wait_for(edits.take(), 0.01)
-    edits.streaming = 0  # both replies are final now
-    assert not edits.draft_due()  # 5 edits in the last 5 s: the window is full
+    await asyncio.wait_for(pacer.spend(channel, wait=True), 0.01)  # both finals land at once
+    await asyncio.wait_for(pacer.spend(channel, wait=True), 0.01)
+    pacer.streaming(channel, -2)  # both replies are final now
+    assert pacer.delay(channel, Call.DRAFT) > 0  # 5 edits in the last 5 s: the window is full
     now[0] = 5.1  # the window has moved past the first draft
-    assert edits.draft_due()
+    assert pacer.delay(channel, Call.DRAFT) == 0
