@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from bot.errors import NothingToTrain, TrainingAlreadyRunning, VersionError
+from bot.learning.evaluation import GATE_METRICS, gate_metric
+from bot.learning.protocol import Phase, Step
 from bot.learning.versions import describe
 from bot.outbox import Notify
 from bot.types import AdapterVersion, Incoming, Reply, ReplyKind
@@ -19,13 +21,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Incoming, str], Awaitable[Reply]]
-_NAMES = {  # short names of the numbers a version records; others show as recorded
-    "preference_accuracy": "pref. acc.",
-    "liked_nll": "liked NLL",
-    "reward_margin": "reward margin",
-    "train_loss": "train loss",
-}
-_GATE_METRICS = ("reward_margin", "preference_accuracy", "liked_nll")  # the default first
+_NAMES = {"train_loss": "train loss"}  # other numbers than the gate's, as shown; rest as recorded
+_GATE_METRICS = tuple(m.name for m in GATE_METRICS)  # the default first
 _PREFIXES = ("serving.", "base.")
 _FIRST_IDS = 10  # exchange ids the detail view lists
 _GATE_SETTINGS = ("margin", "min_heldout", "when_undecided", "heldout_fraction", "heldout_max")
@@ -46,7 +43,8 @@ def version_arg(args: str, usage: str) -> int | None:
 
 
 def _name(metric: str) -> str:
-    return _NAMES.get(metric, metric)
+    known = gate_metric(metric)
+    return known.short if known is not None else _NAMES.get(metric, metric)
 
 
 def _number(value: object) -> str:
@@ -238,12 +236,12 @@ class LearningCommands:
         s = self._s
         running = await s.repo.runs.running()
         if running is not None:
-            progress = s.finetuner.progress if s.finetuner else {}
+            progress = s.finetuner.progress if s.finetuner else None
             step = (
-                f", step {progress.get('step')}/{progress.get('total_steps')}"
-                if progress.get("event") == "step"
-                else f", {progress.get('phase')}"
-                if progress.get("event") == "phase"
+                f", step {progress.step}/{progress.total_steps}"
+                if isinstance(progress, Step)
+                else f", {progress.phase}"
+                if isinstance(progress, Phase)
                 else ""
             )
             return f"Training: run #{running.id} running since {running.started_at:%H:%M} UTC{step}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import TrainingError
-from bot.learning.evaluation import RowScore, metrics
+from bot.learning.evaluation import Evaluation, RowScore, metrics
 from bot.trainer.examples import Example
 from bot.trainer.loop import Runtime, score
 
@@ -28,16 +28,16 @@ class Baseline:
     current: Scores
 
 
-def baseline(model: Any, heldout: Sequence[Example], rt: Runtime, current: Path | None) -> Baseline:
-    """Scores of the base model and of the adapter serving now (the base if none)."""
+def baseline(model: Any, heldout: Sequence[Example], rt: Runtime, serving: Path | None) -> Baseline:
+    """Scores of the base model and of the LoRA serving now (the base if none)."""
     with model.disable_adapter():
         base = score(model, heldout, rt)
-    if current is None:
+    if serving is None:
         return Baseline(base, base)
     try:
-        model.load_adapter(str(current), adapter_name=CURRENT)
+        model.load_adapter(str(serving), adapter_name=CURRENT)
     except (OSError, ValueError, KeyError) as exc:
-        raise TrainingError(f"cannot load the serving adapter {current}: {exc}") from None
+        raise TrainingError(f"cannot load the serving adapter {serving}: {exc}") from None
     model.set_adapter(CURRENT)
     try:
         served = score(model, heldout, rt)
@@ -49,7 +49,7 @@ def baseline(model: Any, heldout: Sequence[Example], rt: Runtime, current: Path 
 
 def evaluation(
     heldout: Sequence[Example], before: Baseline, candidate: Scores, beta: float
-) -> dict[str, Any]:
+) -> Evaluation:
     """Metrics of base, serving and candidate on the held-out slice, and the slice's size."""
 
     def rows(scores: Scores) -> list[RowScore]:
@@ -59,9 +59,10 @@ def evaluation(
         ]
 
     liked = sum(1 for ex in heldout if ex.label)
-    return {
-        "base": metrics(rows(before.base), beta),
-        "current": metrics(rows(before.current), beta),
-        "candidate": metrics(rows(candidate), beta),
-        "heldout": {"liked": liked, "disliked": len(heldout) - liked},
-    }
+    return Evaluation(
+        base=metrics(rows(before.base), beta),
+        serving=metrics(rows(before.current), beta),
+        candidate=metrics(rows(candidate), beta),
+        liked=liked,
+        disliked=len(heldout) - liked,
+    )
