@@ -18,14 +18,16 @@ from bot.learning.evaluation import Evaluation, RowScore, metrics
 from bot.trainer.examples import Example
 from bot.trainer.loop import Runtime, score
 
-CURRENT = "serving"  # adapter name of the serving version while it is evaluated
+SERVING = "serving"  # peft's name for the serving LoRA while it is evaluated
 Scores = list[tuple[float, int]]
 
 
 @dataclass(frozen=True)
 class Baseline:
+    """Held-out scores before training: under the base and under the serving LoRA."""
+
     base: Scores
-    current: Scores
+    serving: Scores
 
 
 def baseline(model: Any, heldout: Sequence[Example], rt: Runtime, serving: Path | None) -> Baseline:
@@ -35,15 +37,15 @@ def baseline(model: Any, heldout: Sequence[Example], rt: Runtime, serving: Path 
     if serving is None:
         return Baseline(base, base)
     try:
-        model.load_adapter(str(serving), adapter_name=CURRENT)
+        model.load_adapter(str(serving), adapter_name=SERVING)
     except (OSError, ValueError, KeyError) as exc:
         raise TrainingError(f"cannot load the serving adapter {serving}: {exc}") from None
-    model.set_adapter(CURRENT)
+    model.set_adapter(SERVING)
     try:
         served = score(model, heldout, rt)
     finally:
         model.set_adapter("default")  # the adapter being trained, trainable again
-        model.delete_adapter(CURRENT)
+        model.delete_adapter(SERVING)
     return Baseline(base, served)
 
 
@@ -61,7 +63,7 @@ def evaluation(
     liked = sum(1 for ex in heldout if ex.label)
     return Evaluation(
         base=metrics(rows(before.base), beta),
-        serving=metrics(rows(before.current), beta),
+        serving=metrics(rows(before.serving), beta),
         candidate=metrics(rows(candidate), beta),
         liked=liked,
         disliked=len(heldout) - liked,
