@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bot.app import Core, build_core
+from bot.learning.protocol import Step
 from bot.settings import Settings, load_settings
 from bot.types import Draft, Incoming, Turn, Vote
 
@@ -113,7 +114,8 @@ async def main(args: argparse.Namespace) -> None:
         await core.finetuner.start(trigger="bench", requested_by=None, notify=notify)
         await stepping.wait()
         busy = await replies(core, args.replies, "busy")
-        step = core.finetuner.progress.get("step")
+        progress = core.finetuner.progress
+        step = progress.step if isinstance(progress, Step) else None
         print(
             f"during training: {summary(busy)} (trainer at step {step}, nice {args.nice})",
             flush=True,

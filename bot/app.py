@@ -23,6 +23,7 @@ from bot.chat.service import ChatService
 from bot.commands.context import CommandContext
 from bot.commands.router import CommandRouter
 from bot.generation import Generator
+from bot.learning.ab import ABTesting
 from bot.learning.finetune import Finetuner
 from bot.learning.schedule import Scheduler
 from bot.learning.trainer_process import Trainer
@@ -44,6 +45,7 @@ class Core:
     generator: Generator
     versions: AdapterVersions
     finetuner: Finetuner
+    ab: ABTesting  # A/B tests: a sibling of the finetuner, which releases into them
     service: ChatService
     outbox: Outbox
     scheduler: Scheduler  # training by schedule; started by serve()
@@ -89,7 +91,8 @@ async def build_core(
             raise ValueError("this generator has no model directory to train from")
         return directory
 
-    finetuner = Finetuner(settings, repo, versions, model_path, trainer)
+    ab = ABTesting(settings, repo, versions)
+    finetuner = Finetuner(settings, repo, versions, model_path, trainer, ab=ab)
     outbox = Outbox(private_chats=[p.name for p in PLATFORMS if p.private == "chat"])
     commands = CommandContext(
         settings=settings,
@@ -97,7 +100,7 @@ async def build_core(
         generator=generator,
         versions=versions,
         finetuner=finetuner,
-        ab=finetuner.ab,
+        ab=ab,
         outbox=outbox,
     )
     service = ChatService(
@@ -114,6 +117,7 @@ async def build_core(
         generator,
         versions,
         finetuner,
+        ab,
         service,
         outbox,
         scheduler,

@@ -11,6 +11,7 @@ from bot.commands.views import format_version
 from bot.errors import NothingToTrain, TrainingAlreadyRunning, VersionError
 from bot.learning.dataset import kto_rows, write_jsonl
 from bot.learning.finetune import Finetuner
+from bot.learning.protocol import Event, Phase, Start, Step
 from bot.learning.versions import AdapterVersions, describe
 from bot.settings import Settings
 from bot.startup import open_repository, prepare_data_dir, resolve_model_dir
@@ -37,18 +38,17 @@ class _ProgressBar:
         self._quiet = quiet
         self.bar: Any = None
 
-    async def on_event(self, event: dict[str, Any]) -> None:
+    async def on_event(self, event: Event) -> None:
         from tqdm import tqdm
 
-        kind = event.get("event")
-        if kind == "start" and not self._quiet:
-            total = event.get("total_steps")
+        if isinstance(event, Start) and not self._quiet:
+            total = event.total_steps
             self.bar = tqdm(total=total, desc="fine-tuning", unit="step", file=sys.stderr)
-        elif kind == "phase" and self.bar is not None:
-            self.bar.set_description(str(event.get("phase")))  # reference, training, ...
-        elif kind == "step" and self.bar is not None:
-            self.bar.n = int(event.get("step", 0))
-            self.bar.set_postfix(loss=event.get("loss"))
+        elif isinstance(event, Phase) and self.bar is not None:
+            self.bar.set_description(event.phase)  # reference, training, ...
+        elif isinstance(event, Step) and self.bar is not None:
+            self.bar.n = event.step
+            self.bar.set_postfix(loss=event.loss)
             self.bar.refresh()
 
     async def notify(self, text: str) -> None:

@@ -12,6 +12,7 @@ import logging
 from bot.commands.context import CommandContext
 from bot.commands.views import format_version, version_details
 from bot.errors import VersionError
+from bot.learning.protocol import Phase, Step
 from bot.learning.versions import describe
 from bot.outbox import Notify
 from bot.types import Incoming, Reply, ReplyKind
@@ -85,10 +86,10 @@ async def _training_line(ctx: CommandContext) -> str:
     if running is not None:
         progress = ctx.finetuner.progress
         step = (
-            f", step {progress.get('step')}/{progress.get('total_steps')}"
-            if progress.get("event") == "step"
-            else f", {progress.get('phase')}"
-            if progress.get("event") == "phase"
+            f", step {progress.step}/{progress.total_steps}"
+            if isinstance(progress, Step)
+            else f", {progress.phase}"
+            if isinstance(progress, Phase)
             else ""
         )
         return f"Training: run #{running.id} running since {running.started_at:%H:%M} UTC{step}"

@@ -3,22 +3,19 @@ full (``/adapters N``). Shared by the chat commands and the CLI."""
 
 from __future__ import annotations
 
+from bot.learning.evaluation import GATE_METRICS, gate_metric
 from bot.types import AdapterVersion
 
-_NAMES = {  # short names of the numbers a version records; others show as recorded
-    "preference_accuracy": "pref. acc.",
-    "liked_nll": "liked NLL",
-    "reward_margin": "reward margin",
-    "train_loss": "train loss",
-}
-_GATE_METRICS = ("reward_margin", "preference_accuracy", "liked_nll")  # the default first
+_NAMES = {"train_loss": "train loss"}  # other numbers than the gate's, as shown; rest as recorded
+_GATE_METRICS = tuple(m.name for m in GATE_METRICS)  # the default first
 _PREFIXES = ("serving.", "base.")
 _FIRST_IDS = 10  # exchange ids the detail view lists
 _GATE_SETTINGS = ("margin", "min_heldout", "when_undecided", "heldout_fraction", "heldout_max")
 
 
 def _name(metric: str) -> str:
-    return _NAMES.get(metric, metric)
+    known = gate_metric(metric)
+    return known.short if known is not None else _NAMES.get(metric, metric)
 
 
 def _number(value: object) -> str:

@@ -1,5 +1,5 @@
 """Data checks before training: which ratings a run learns from, which it holds out, and why
-the rest were dropped. No torch: the trainer does the token-level checks (see training_data).
+the rest were dropped. No torch: the trainer does the token-level checks (bot.trainer.examples).
 
 In order: empty replies go; each user keeps only their newest ``max_per_user`` ratings (nobody
 dominates); ratings of the same text (prompt and reply) merge into one row labelled by the
@@ -22,12 +22,11 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
-from bot.learning.dataset import kto_row
 from bot.settings import GateSettings, TrainingSettings
-from bot.types import RatedExchange
+from bot.types import RatedExchange, Turn, messages
 
 _SPLIT_SALT = "selftune-heldout-v1"  # fixed: changing it would move rows between the splits
 SEEN_BY_SERVING = "held out: seen by serving adapter"
@@ -41,18 +40,57 @@ class Dropped:
     reason: str
 
 
+Split = Literal["train", "heldout"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One distinct text (prompt and reply) of a run, labelled by the majority of its votes.
+
+    ``exchange_id``, ``user_key`` and ``adapter_version`` are those of the rating that stands
+    for the row; ``exchange_ids`` and ``users`` those of every rating merged into it.
+    """
+
+    prompt: tuple[Turn, ...]  # the exact context the model saw when it wrote the reply
+    completion: str  # the reply
+    label: bool  # 👍 (desirable) or 👎
+    exchange_id: int
+    user_key: str
+    adapter_version: int | None  # the version that wrote the reply
+    key: str  # content_key: the identity of the text, which also fixes its split
+    exchange_ids: tuple[int, ...]
+    users: tuple[str, ...]
+    split: Split = "train"
+
+    def to_json(self) -> dict[str, Any]:
+        """The dataset row the trainer reads: TRL's conversational KTO format (``prompt``,
+        ``completion``, ``label``) and the ids that say where it came from."""
+        return {
+            "prompt": messages(self.prompt),
+            "completion": [{"role": "assistant", "content": self.completion}],
+            "label": self.label,
+            "exchange_id": self.exchange_id,
+            "user_key": self.user_key,
+            "adapter_version": self.adapter_version,
+            "key": self.key,
+            "exchange_ids": list(self.exchange_ids),
+            "users": list(self.users),
+            "split": self.split,
+        }
+
+
 @dataclass
 class Curated:
-    """The rows of one run (TRL's KTO shape plus ``exchange_ids``, ``users``, ``split``)."""
+    """The rows of one run: the training set and the held-out slice, and what was dropped."""
 
-    train: list[dict[str, Any]]
-    heldout: list[dict[str, Any]]
+    train: list[Row]
+    heldout: list[Row]
     dropped: list[Dropped] = field(default_factory=list)
     ratings: int = 0
     heldout_pool: int = 0  # held-out rows in all; ``heldout`` is this run's sample of them
 
     @property
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[Row]:
         return self.train + self.heldout
 
     def sample_heldout(self, run_id: int, most: int) -> None:
@@ -68,7 +106,7 @@ class Curated:
 
     def counts(self, split: str) -> tuple[int, int]:
         rows = self.train if split == "train" else self.heldout
-        liked = sum(1 for r in rows if r["label"])
+        liked = sum(1 for r in rows if r.label)
         return liked, len(rows) - liked
 
     def report(self) -> dict[str, Any]:
@@ -79,9 +117,9 @@ class Curated:
             "train": dict(zip(("liked", "disliked"), self.counts("train"), strict=True)),
             "heldout": dict(zip(("liked", "disliked"), self.counts("heldout"), strict=True)),
             "heldout_pool": self.heldout_pool,
-            "heldout_exchange_ids": sorted(i for r in self.heldout for i in r["exchange_ids"]),
+            "heldout_exchange_ids": sorted(i for r in self.heldout for i in r.exchange_ids),
             "dropped": dict(sorted(reasons.items())),
-            "users": len({u for r in self.rows for u in r["users"]}),
+            "users": len({u for r in self.rows for u in r.users}),
         }
 
     def summary(self) -> str:
@@ -132,22 +170,19 @@ def curate(
     rows = _merge_duplicates(kept, dropped)
     fraction = gate.heldout_fraction if gate.enabled else 0.0
     seen = set(seen_by_serving)
-    train = [r for r in rows if not is_heldout(r["key"], fraction)]
-    pool = [r for r in rows if is_heldout(r["key"], fraction)]
-    heldout = [r for r in pool if not seen.intersection(r["exchange_ids"])]
+    train = [r for r in rows if not is_heldout(r.key, fraction)]
+    pool = [r for r in rows if is_heldout(r.key, fraction)]
+    heldout = [r for r in pool if not seen.intersection(r.exchange_ids)]
     if len(heldout) < gate.min_heldout:
         # Too few rows the serving adapter did not see to judge with: better trained on than
         # wasted (the gate then cannot judge this run).
         train, heldout, pool = rows, [], []
     else:
         for row in pool:
-            if seen.intersection(row["exchange_ids"]):
+            if seen.intersection(row.exchange_ids):
                 _drop_row(dropped, row, SEEN_BY_SERVING)
-    for row in train:
-        row["split"] = "train"
-    for row in heldout:
-        row["split"] = "heldout"
-    return Curated(train, heldout, dropped, len(rated), len(pool))
+    held = [replace(r, split="heldout") for r in heldout]
+    return Curated(train, held, dropped, len(rated), len(pool))
 
 
 def _drop(dropped: list[Dropped], rated: RatedExchange, reason: str) -> bool:
@@ -155,9 +190,9 @@ def _drop(dropped: list[Dropped], rated: RatedExchange, reason: str) -> bool:
     return False
 
 
-def _drop_row(dropped: list[Dropped], row: dict[str, Any], reason: str) -> None:
+def _drop_row(dropped: list[Dropped], row: Row, reason: str) -> None:
     """A merged row left unused: it stands for one rating (the others are "duplicates")."""
-    dropped.append(Dropped(int(row["exchange_id"]), str(row["user_key"]), reason))
+    dropped.append(Dropped(row.exchange_id, row.user_key, reason))
 
 
 def _cap_per_user(
@@ -174,9 +209,7 @@ def _cap_per_user(
     return kept
 
 
-def _merge_duplicates(
-    rated: Sequence[RatedExchange], dropped: list[Dropped]
-) -> list[dict[str, Any]]:
+def _merge_duplicates(rated: Sequence[RatedExchange], dropped: list[Dropped]) -> list[Row]:
     """One row per distinct text, labelled by the majority of its votes; ties are dropped."""
     groups: dict[str, list[RatedExchange]] = {}
     for item in rated:
@@ -193,10 +226,17 @@ def _merge_duplicates(
         for item in items:
             if item is not first:
                 _drop(dropped, item, "duplicates (merged)")
-        row = kto_row(first, with_meta=True)
-        row["label"] = label
-        row["key"] = key
-        row["exchange_ids"] = sorted({i.exchange_id for i in items})
-        row["users"] = sorted({i.user_key for i in items})
-        rows.append(row)
+        rows.append(
+            Row(
+                first.prompt,
+                first.completion,
+                label,
+                first.exchange_id,
+                first.user_key,
+                first.adapter_version,
+                key,
+                exchange_ids=tuple(sorted({i.exchange_id for i in items})),
+                users=tuple(sorted({i.user_key for i in items})),
+            )
+        )
     return rows

@@ -1,4 +1,6 @@
-"""Rated exchanges as training rows: TRL's conversational KTO format, one row per rating."""
+"""Rated exchanges as training rows: TRL's conversational KTO format, one row per rating
+(``selftune export``), and the JSONL writer of every dataset (a run's rows are
+bot.learning.curation.Row)."""
 
 from __future__ import annotations
 
@@ -10,29 +12,22 @@ from typing import Any, TextIO
 from bot.types import RatedExchange, messages
 
 
-def kto_row(rated: RatedExchange, *, with_meta: bool = False) -> dict[str, Any]:
+def kto_row(rated: RatedExchange) -> dict[str, Any]:
     """``{"prompt": [messages], "completion": [assistant message], "label": bool}``.
 
     The prompt is the exact context the model saw when it wrote the reply (system prompt and
     history included), so the row trains the model on the situation it was actually in.
     """
-    row: dict[str, Any] = {
+    return {
         "prompt": messages(rated.prompt),
         "completion": [{"role": "assistant", "content": rated.completion}],
         "label": rated.label,
     }
-    if with_meta:
-        row["exchange_id"] = rated.exchange_id
-        row["user_key"] = rated.user_key
-        row["adapter_version"] = rated.adapter_version
-    return row
 
 
-def kto_rows(
-    rated: Iterable[RatedExchange], *, with_meta: bool = False
-) -> Iterator[dict[str, Any]]:
+def kto_rows(rated: Iterable[RatedExchange]) -> Iterator[dict[str, Any]]:
     for item in rated:
-        yield kto_row(item, with_meta=with_meta)
+        yield kto_row(item)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO) -> int:

@@ -10,19 +10,23 @@ turns the scores into metrics, and the orchestrator into a decision.
 - liked NLL: negative log-likelihood per token of the liked replies. Lower is better.
 - reward margin: KTO's implicit reward ``beta * (log p_model - log p_base)``, mean over liked
   minus mean over disliked replies. The base scores 0 by definition. Higher is better.
+
+Each is one entry of :data:`GATE_METRICS` (its name, labels, direction and how it is computed
+from the scores); the gate, ``/adapters`` and ``selftune adapters`` read them from there. A new
+metric is one entry here and its name in ``GateSettings.metric``'s choices.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from bot.settings import GateSettings
+from bot.settings.learning import GateMetricName
 
-LOWER_IS_BETTER = frozenset({"liked_nll"})
-FALLBACK_METRIC = "liked_nll"  # needs only liked rows: used when there are no disliked ones
+FALLBACK_METRIC: GateMetricName = "liked_nll"  # needs only liked rows: used without 👎 held out
 Verdict = Literal["pass", "fail", "undecided"]
 
 
@@ -64,14 +68,82 @@ def reward_margin(scores: Sequence[RowScore], beta: float) -> float | None:
     return sum(liked) / len(liked) - sum(disliked) / len(disliked)
 
 
+@dataclass(frozen=True)
+class GateMetric:
+    """A held-out metric the gate can decide on."""
+
+    name: GateMetricName  # the key in evaluations, metrics and the ``gate.metric`` setting
+    label: str  # in the gate's reasons: "reward margin 0.310 vs 0.300 serving now"
+    short: str  # in the lists of versions (/adapters, ``selftune adapters``)
+    higher_is_better: bool
+    compute: Callable[[Sequence[RowScore], float], float | None]  # (scores, KTO's beta)
+
+
+GATE_METRICS: tuple[GateMetric, ...] = (  # the default (``GateSettings.metric``) first
+    GateMetric("reward_margin", "reward margin", "reward margin", True, reward_margin),
+    GateMetric(
+        "preference_accuracy",
+        "preference accuracy",
+        "pref. acc.",
+        True,
+        lambda scores, _beta: preference_accuracy(scores),
+    ),
+    GateMetric("liked_nll", "liked nll", "liked NLL", False, lambda s, _beta: liked_nll(s)),
+)
+_BY_NAME: dict[str, GateMetric] = {m.name: m for m in GATE_METRICS}
+
+
+def gate_metric(name: str) -> GateMetric | None:
+    """The registry's entry named ``name``, or None for a number that is not a gate metric."""
+    return _BY_NAME.get(name)
+
+
 def metrics(scores: Sequence[RowScore], beta: float) -> dict[str, float]:
-    """The three metrics; one that cannot be computed on these rows is left out."""
-    values = {
-        "preference_accuracy": preference_accuracy(scores),
-        "liked_nll": liked_nll(scores),
-        "reward_margin": reward_margin(scores, beta),
-    }
+    """Every gate metric; one that cannot be computed on these rows is left out."""
+    values = {m.name: m.compute(scores, beta) for m in GATE_METRICS}
     return {name: value for name, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The held-out slice scored under the base model, the LoRA serving when the run started
+    and the candidate: each one's metrics, and the slice's size."""
+
+    base: dict[str, float] = field(default_factory=dict)
+    serving: dict[str, float] = field(default_factory=dict)
+    candidate: dict[str, float] = field(default_factory=dict)
+    liked: int = 0
+    disliked: int = 0
+
+    @property
+    def heldout(self) -> int:
+        return self.liked + self.disliked
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the ``done`` event and the run report (the serving LoRA's
+        numbers under ``current``, as stored since the first gate)."""
+        return {
+            "base": self.base,
+            "current": self.serving,
+            "candidate": self.candidate,
+            "heldout": {"liked": self.liked, "disliked": self.disliked},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Evaluation:
+        """The inverse of :meth:`to_dict`; raises KeyError, TypeError or ValueError."""
+
+        def numbers(key: str) -> dict[str, float]:
+            return {str(k): float(v) for k, v in dict(data[key]).items()}
+
+        heldout = data["heldout"]
+        return cls(
+            numbers("base"),
+            numbers("current"),
+            numbers("candidate"),
+            int(heldout["liked"]),
+            int(heldout["disliked"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -105,22 +177,20 @@ def decide(
             f"the held-out slice has {heldout} rated repl{'y' if heldout == 1 else 'ies'}, "
             f"too few to judge (gate.min_heldout = {gate.min_heldout})",
         )
-    metric: str = gate.metric
-    if metric not in current or metric not in candidate:
-        metric = FALLBACK_METRIC  # e.g. no 👎 held out: rank nothing, but NLL still works
-    if metric not in current or metric not in candidate:
+    metric = _BY_NAME[gate.metric]
+    if metric.name not in current or metric.name not in candidate:
+        metric = _BY_NAME[FALLBACK_METRIC]  # e.g. no 👎 held out: rank nothing, NLL still works
+    if metric.name not in current or metric.name not in candidate:
         return GateDecision("undecided", "no gate metric can be computed on the held-out slice")
-    now, new = current[metric], candidate[metric]
-    lower = metric in LOWER_IS_BETTER
-    worse_by = (new - now) if lower else (now - new)
-    name = metric.replace("_", " ")
-    comparison = f"{name} {new:.3f} vs {now:.3f} serving now, on {heldout} held-out ratings"
+    now, new = current[metric.name], candidate[metric.name]
+    worse_by = (now - new) if metric.higher_is_better else (new - now)
+    comparison = f"{metric.label} {new:.3f} vs {now:.3f} serving now, on {heldout} held-out ratings"
     if worse_by > gate.margin:
         return GateDecision(
             "fail",
             f"{comparison}: worse by {worse_by:.3f} > margin {gate.margin}",
-            metric,
+            metric.name,
             now,
             new,
         )
-    return GateDecision("pass", comparison, metric, now, new)
+    return GateDecision("pass", comparison, metric.name, now, new)

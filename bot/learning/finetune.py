@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bot.errors import NothingToTrain, TrainingAlreadyRunning, TrainingFailed
 from bot.learning.ab import ABTesting
@@ -30,6 +30,7 @@ from bot.learning.curation import Curated, curate
 from bot.learning.dataset import write_jsonl_file
 from bot.learning.evaluation import GateDecision
 from bot.learning.progress import reporter
+from bot.learning.protocol import Event, Method, TrainingSpec
 from bot.learning.release import Releaser, Trained
 from bot.learning.trainer_process import ProgressFn, SubprocessTrainer, Trainer
 from bot.learning.versions import AdapterVersions
@@ -56,13 +57,15 @@ class Plan:
     """A run that holds the lock, and its data."""
 
     run_id: int
-    method: str
+    method: Method
     curated: Curated
     serving: AdapterVersion | None  # the adapter the candidate starts from and is judged against
     read_at: datetime  # when the ratings were read: a /forget after it is checked at release
 
 
-def choose_method(method: str, disliked: int, kto_min_disliked: int) -> str:
+def choose_method(
+    method: Literal["auto", "kto", "sft"], disliked: int, kto_min_disliked: int
+) -> Method:
     """KTO when asked, or under ``auto`` when there are enough 👎; else SFT on the 👍."""
     if method != "auto":
         return method
@@ -70,7 +73,11 @@ def choose_method(method: str, disliked: int, kto_min_disliked: int) -> str:
 
 
 class Finetuner:
-    """Starts training in the background (chat stays usable) or runs it in the foreground."""
+    """Starts training in the background (chat stays usable) or runs it in the foreground.
+
+    A/B tests are a sibling service: the Finetuner's releaser starts one (``ab``) when a
+    candidate passes the gate and ``ab.share`` > 0; the commands talk to it directly.
+    """
 
     def __init__(
         self,
@@ -79,16 +86,20 @@ class Finetuner:
         versions: AdapterVersions,
         model_dir: Callable[[], Awaitable[Path]],
         trainer: Trainer | None = None,
+        *,
+        ab: ABTesting | None = None,
     ) -> None:
         self._settings = settings
         self._repo = repo
         self._versions = versions
         self._model_dir = model_dir
         self._trainer = trainer or SubprocessTrainer(nice=settings.training.nice)
-        self.ab = ABTesting(settings, repo, versions)
-        self._releaser = Releaser(settings, repo, versions, self.ab)
+        # The composition root passes the ABTesting its commands use; a lone finetuner
+        # (``selftune train``) releases into one of its own.
+        ab = ab if ab is not None else ABTesting(settings, repo, versions)
+        self._releaser = Releaser(settings, repo, versions, ab)
         self._task: asyncio.Task[FinetuneOutcome] | None = None
-        self.progress: dict[str, Any] = {}
+        self.progress: Event | None = None  # the trainer's last event (for /status)
 
     @property
     def running(self) -> bool:
@@ -225,10 +236,11 @@ class Finetuner:
             )
             shutil.rmtree(output, ignore_errors=True)
 
-    async def _write_inputs(self, work: Path, output: Path, plan: Plan) -> dict[str, Any]:
+    async def _write_inputs(self, work: Path, output: Path, plan: Plan) -> TrainingSpec:
+        """The dataset, the unrated text (when the LM term is on) and SPEC.json, in ``work``."""
         work.mkdir(parents=True, exist_ok=True)
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl_file(plan.curated.rows, work / "dataset.jsonl")
+        write_jsonl_file((r.to_json() for r in plan.curated.rows), work / "dataset.jsonl")
         cfg = self._settings.training
         lm_dataset = None
         if cfg.lm_weight > 0:
@@ -241,21 +253,21 @@ class Finetuner:
                 for e in unrated
             ]
             write_jsonl_file(rows, work / "unrated.jsonl")
-            lm_dataset = str(work / "unrated.jsonl")
-        current = plan.serving
-        spec = {
-            "model_dir": str(await self._model_dir()),
-            "dataset": str(work / "dataset.jsonl"),
-            "output_dir": str(output),
-            "method": plan.method,
-            "current_adapter": current.path if current else None,
-            "current_version": current.version if current else None,  # for the record
-            "lm_dataset": lm_dataset,
-            "lora": self._settings.lora.model_dump(),
-            "training": cfg.model_dump(),
-            "threads": self._settings.model.threads,
-        }
-        (work / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
+            lm_dataset = work / "unrated.jsonl"
+        serving = plan.serving
+        spec = TrainingSpec(
+            model_dir=await self._model_dir(),
+            dataset=work / "dataset.jsonl",
+            output_dir=output,
+            lora=self._settings.lora,
+            training=cfg,
+            threads=self._settings.model.threads,
+            method=plan.method,
+            serving_lora=Path(serving.path) if serving else None,
+            serving_version=serving.version if serving else None,
+            lm_dataset=lm_dataset,
+        )
+        (work / "spec.json").write_text(spec.to_json(), encoding="utf-8")
         return spec
 
     async def _end(self, run_id: int, status: RunStatus, message: str, output: Path) -> None:

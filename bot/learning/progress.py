@@ -4,8 +4,9 @@ terminal progress bar (``selftune train``) through ``on_event``."""
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
+from bot.learning.protocol import Event, Phase, Step
 from bot.learning.trainer_process import ProgressFn
 from bot.outbox import Notify
 
@@ -17,7 +18,7 @@ _PHASES = {
 
 
 class HasProgress(Protocol):
-    progress: dict[str, Any]
+    progress: Event | None
 
 
 def reporter(
@@ -27,28 +28,26 @@ def reporter(
     enough to see it move without flooding a chat: phases, and steps every 25 % or 60 s."""
     last = {"at": 0.0, "pct": -100.0}
 
-    async def report(event: dict[str, Any]) -> None:
+    async def report(event: Event) -> None:
         owner.progress = event
         if on_event is not None:
             await on_event(event)
-        kind = event.get("event")
-        if kind == "phase" and event.get("phase") in _PHASES:
-            text = _PHASES[str(event["phase"])].format_map(_Missing(event))
-            await notify(f"Training run #{run_id}: {text}")
+        if isinstance(event, Phase) and event.phase in _PHASES:
+            await notify(f"Training run #{run_id}: {_phase_text(event)}")
             return
-        if kind != "step":
+        if not isinstance(event, Step):
             return
-        step, total = int(event.get("step", 0)), max(1, int(event.get("total_steps", 1)))
+        step, total = event.step, max(1, event.total_steps)
         pct, now = 100.0 * step / total, time.monotonic()
         if step == total or pct - last["pct"] >= 25 or now - last["at"] >= 60:
             last.update(at=now, pct=pct)
-            loss = event.get("loss")
-            loss_text = f", loss {loss:.3f}" if isinstance(loss, int | float) else ""
-            await notify(f"Training: step {step}/{total} ({pct:.0f}%){loss_text}")
+            await notify(f"Training: step {step}/{total} ({pct:.0f}%), loss {event.loss:.3f}")
 
     return report
 
 
-class _Missing(dict[str, Any]):
-    def __missing__(self, key: str) -> str:
-        return "?"
+def _phase_text(event: Phase) -> str:
+    def count(value: int | None) -> str:
+        return "?" if value is None else str(value)
+
+    return _PHASES[event.phase].format(examples=count(event.examples), heldout=count(event.heldout))

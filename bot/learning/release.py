@@ -17,7 +17,7 @@ from bot.errors import VersionError
 from bot.learning.ab import ABTesting
 from bot.learning.curation import Curated
 from bot.learning.evaluation import GateDecision, decide
-from bot.learning.trainer_process import TrainResult
+from bot.learning.protocol import Method, TrainingSpec, TrainResult
 from bot.learning.versions import AdapterVersions, describe
 from bot.settings import Settings
 from bot.types import AdapterStatus, RunStatus
@@ -32,17 +32,17 @@ class Trained:
 
     run_id: int
     version: int
-    method: str
+    method: Method
     curated: Curated
     result: TrainResult
-    spec: dict[str, Any]
+    spec: TrainingSpec
     duration_s: float
     compared: int | None  # the version serving when the run started: its parent, its rival
     read_at: datetime  # when the run read its ratings (a /forget after it taints the version)
 
     def users(self) -> set[str]:
         """The raters whose ratings the adapter was trained on."""
-        return {u for r in self.curated.train for u in r["users"]}
+        return {u for r in self.curated.train for u in r.users}
 
 
 @dataclass(frozen=True)
@@ -59,20 +59,23 @@ def gate(settings: Settings, trained: Trained) -> GateDecision:
     if not settings.gate.enabled:
         return GateDecision("pass", "the gate is off (gate.enabled = false)")
     evaluation = trained.result.evaluation
-    heldout = sum(evaluation.get("heldout", {}).values()) if evaluation else 0
-    return decide(
-        evaluation.get("current", {}), evaluation.get("candidate", {}), heldout, settings.gate
-    )
+    if evaluation is None:
+        return decide({}, {}, 0, settings.gate)
+    return decide(evaluation.serving, evaluation.candidate, evaluation.heldout, settings.gate)
 
 
 def version_metrics(result: TrainResult) -> dict[str, float]:
-    """Training numbers, the candidate's held-out metrics, and those of the adapter serving
+    """Training numbers, the candidate's held-out metrics, and those of the LoRA serving
     when it was trained (``serving.*``) and of the base (``base.*``), for comparison."""
-    numbers = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    numbers = dict(result.metrics)
     evaluation = result.evaluation
-    for prefix, key in (("", "candidate"), ("serving.", "current"), ("base.", "base")):
-        for name, value in evaluation.get(key, {}).items():
-            numbers[prefix + name] = float(value)
+    if evaluation is not None:
+        for prefix, values in (
+            ("", evaluation.candidate),
+            ("serving.", evaluation.serving),
+            ("base.", evaluation.base),
+        ):
+            numbers.update({prefix + name: value for name, value in values.items()})
     return numbers
 
 
@@ -92,7 +95,7 @@ class Releaser:
         decision), act on the decision, and end the run."""
         decision = gate(self._settings, trained)
         metrics = version_metrics(trained.result)
-        train_ids = [i for r in trained.curated.train for i in r["exchange_ids"]]
+        train_ids = [i for r in trained.curated.train for i in r.exchange_ids]
         # A /forget while the run trained: the adapter learned from rows that are gone now
         # (the author's exchanges, or prompts scrubbed of their words), or from the ratings of
         # a user who is gone now (the exchange, someone else's, stays).
@@ -146,8 +149,8 @@ class Releaser:
     def _hyperparams(self, trained: Trained, decision: GateDecision) -> dict[str, Any]:
         return {
             "method": trained.method,
-            "lora": trained.spec["lora"],
-            "training": trained.spec["training"],
+            "lora": trained.spec.lora.model_dump(),
+            "training": trained.spec.training.model_dump(),
             "gate": {**self._settings.gate.model_dump(), **decision.as_dict()},
         }
 
@@ -166,7 +169,7 @@ class Releaser:
             "data": trained.curated.report(),
             "trainer_data": trained.result.data,
             "metrics": trained.result.metrics,
-            "evaluation": trained.result.evaluation,
+            "evaluation": _evaluation_json(trained.result),
             "gate": decision.as_dict(),
             "withdrawn_during_run": sorted(withdrawn),
             "raters_forgotten_during_run": forgotten,  # a count: their keys are gone too
@@ -208,6 +211,11 @@ def _moved(trained: Trained, now: int | None) -> str:
         f"(/activate or /rollback), so that one keeps serving. "
         f"/activate {trained.version} serves it."
     )
+
+
+def _evaluation_json(result: TrainResult) -> dict[str, Any]:
+    evaluation = result.evaluation
+    return evaluation.to_dict() if evaluation is not None else {}
 
 
 def _dropped_note(result: TrainResult) -> str:

@@ -1,47 +1,45 @@
 """Runs ``python -m bot.trainer SPEC`` as a low-priority child process and reads its progress.
 
-The trainer prints one JSON event per line on stdout (start, step, done, error) and human logs
-on stderr. Killing it is always safe: it writes its adapter to ``<output>.partial`` and renames
-it only when complete.
+The trainer prints one JSON event per line on stdout (bot.learning.protocol: start, phase,
+step, then done or error) and human logs on stderr. Killing it is always safe: it writes its
+adapter to ``<output>.partial`` and renames it only when complete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from bot.errors import TrainingFailed
+from bot.learning.protocol import (
+    Done,
+    Error,
+    Event,
+    MalformedEvent,
+    TrainingSpec,
+    TrainResult,
+    parse,
+)
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[dict[str, Any]], Awaitable[None]]
+ProgressFn = Callable[[Event], Awaitable[None]]
 # The longest event line read (asyncio's default is 64 KiB): a ``done`` event over it would
 # lose a finished adapter. Events are kept small (counts, bounded samples); this is the margin.
 EVENT_LINE_LIMIT = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """The trainer's ``done`` event: training metrics, the held-out evaluation (metrics of the
-    base, the serving adapter and the candidate), and what data it used."""
-
-    output_dir: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-
-
 class Trainer(Protocol):
-    async def run(self, spec: dict[str, Any], spec_path: Path, progress: ProgressFn) -> TrainResult:
+    """Runs one training run: the child process, or a test's stand-in."""
+
+    async def run(self, spec: TrainingSpec, spec_path: Path, progress: ProgressFn) -> TrainResult:
         """Train per ``spec`` (also written at ``spec_path``); return where the adapter is."""
         ...
 
@@ -54,7 +52,7 @@ class SubprocessTrainer:
         self._module = module
         self.pid: int | None = None
 
-    async def run(self, spec: dict[str, Any], spec_path: Path, progress: ProgressFn) -> TrainResult:
+    async def run(self, spec: TrainingSpec, spec_path: Path, progress: ProgressFn) -> TrainResult:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -83,11 +81,9 @@ class SubprocessTrainer:
             raise
         finally:
             self.pid = None
-        output = Path(spec["output_dir"])
+        output = spec.output_dir
         if process.returncode == 0 and done is not None and output.is_dir():
-            return TrainResult(
-                output, done.get("metrics", {}), done.get("evaluation", {}), done.get("data", {})
-            )
+            return TrainResult.of(output, done)
         code = process.returncode or 0
         if code < 0:  # killed (OOM killer, an operator): say so, not "exited with code -9"
             raise TrainingFailed(f"the trainer was killed by signal {-code}")
@@ -105,22 +101,23 @@ def _child_env() -> dict[str, str]:
 
 async def _events(
     stream: asyncio.StreamReader, progress: ProgressFn
-) -> tuple[dict[str, Any] | None, str | None]:
-    done: dict[str, Any] | None = None
+) -> tuple[Done | None, str | None]:
+    """Read the trainer's events until it closes stdout: its ``Done`` and its error message."""
+    done: Done | None = None
     error: str | None = None
     async for raw in stream:
         line = raw.decode("utf-8", "replace").strip()
         try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
+            event = parse(line)
+        except MalformedEvent as exc:
+            raise TrainingFailed(f"the trainer sent a malformed event: {exc}") from None
+        if event is None:
             log.debug("trainer: %s", line)
             continue
-        if not isinstance(event, dict):
-            continue
-        if event.get("event") == "done":
+        if isinstance(event, Done):
             done = event
-        elif event.get("event") == "error":
-            error = str(event.get("message", "unknown error"))
+        elif isinstance(event, Error):
+            error = event.message
         await progress(event)
     return done, error
 

@@ -58,11 +58,15 @@ class TrainingSettings(Section):
     lm_max_examples: int = Field(500, ge=1, description="Most unrated exchanges for that term.")
 
 
+# The gate metrics' names; bot.learning.evaluation.GATE_METRICS says what each one is.
+GateMetricName = Literal["preference_accuracy", "liked_nll", "reward_margin"]
+
+
 class GateSettings(Section):
     """A new adapter goes live only if the held-out ratings say it is not worse."""
 
     enabled: bool = Field(True, description="Evaluate candidates before they go live.")
-    metric: Literal["preference_accuracy", "liked_nll", "reward_margin"] = Field(
+    metric: GateMetricName = Field(
         "reward_margin",
         description="What decides: KTO's reward margin (log-prob gain over the base on 👍 "
         "minus that on 👎); the share of (👍, 👎) pairs ranked right by per-token "

@@ -1,4 +1,5 @@
-"""Inputs of a training run: the spec, and rated exchanges turned into tokenized examples.
+"""Inputs of a training run: rated exchanges turned into tokenized examples (the spec is in
+bot.learning.protocol).
 
 A dataset row (TRL's conversational KTO format) is ``{"prompt": [messages], "completion":
 [assistant message], "label": bool, "exchange_id": int}``. An example renders prompt and
@@ -10,79 +11,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from bot.engine.runtime import chat_ids
 from bot.errors import TrainingError
-from bot.settings import LoraSettings, TrainingSettings
 
 IGNORE = -100  # label of tokens that carry no loss (the prompt, padding)
 NO_LIKED = "no liked exchanges to learn from"
-_S = TypeVar("_S", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class TrainingSpec:
-    """What the orchestrator asks for (the SPEC.json file)."""
-
-    model_dir: Path
-    dataset: Path
-    output_dir: Path
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    training: TrainingSettings = field(default_factory=TrainingSettings)
-    threads: int | None = None
-    method: str = "sft"  # "sft" (👍 only) or "kto" (👍 and 👎); resolved by the orchestrator
-    current_adapter: Path | None = None  # the adapter serving now, evaluated next to the new one
-    lm_dataset: Path | None = None  # unrated exchanges for the self-supervised term
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainingSpec:
-        """Build from parsed JSON; unknown keys are ignored, bad values raise TrainingError."""
-        try:
-            return cls(
-                model_dir=Path(data["model_dir"]),
-                dataset=Path(data["dataset"]),
-                output_dir=Path(data["output_dir"]),
-                lora=_section(LoraSettings, data.get("lora")),
-                training=_section(TrainingSettings, data.get("training")),
-                threads=int(data["threads"]) if data.get("threads") else None,
-                method=_method(data.get("method", "sft")),
-                current_adapter=_path(data.get("current_adapter")),
-                lm_dataset=_path(data.get("lm_dataset")),
-            )
-        except KeyError as exc:
-            raise TrainingError(f"the training spec lacks {exc.args[0]!r}") from None
-        except (ValidationError, TypeError, ValueError) as exc:
-            raise TrainingError(f"invalid training spec: {exc}") from None
-
-    @classmethod
-    def load(cls, path: Path) -> TrainingSpec:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise TrainingError(f"cannot read the training spec {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise TrainingError(f"the training spec {path} is not a JSON object")
-        return cls.from_dict(data)
-
-
-def _method(value: Any) -> str:
-    if value not in ("sft", "kto"):
-        raise ValueError(f"method must be 'sft' or 'kto', not {value!r}")
-    return str(value)
-
-
-def _path(value: Any) -> Path | None:
-    return Path(value) if value else None
-
-
-def _section(model: type[_S], data: Any) -> _S:
-    known = {k: v for k, v in (data or {}).items() if k in model.model_fields}
-    return model.model_validate(known)
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import TrainingError
-from bot.trainer.examples import (
-    NO_LIKED,
-    Dropped,
-    Example,
-    TrainingSpec,
-    build_examples,
-    load_rows,
-)
+from bot.learning.protocol import TrainingSpec
+from bot.trainer.examples import NO_LIKED, Dropped, Example, build_examples, load_rows
 from bot.trainer.lm import build_lm_examples
 
 log = logging.getLogger("bot.trainer")

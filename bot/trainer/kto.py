@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from bot.learning.protocol import Phase
 from bot.trainer.examples import IGNORE, Example
 from bot.trainer.loop import Emit, Runtime, StepFn, micro_batches, score, sequence_logps
 
@@ -89,7 +90,7 @@ def reference_items(
 ) -> list[KtoItem]:
     """Pair the examples and score both under the base model (adapter layers off)."""
     pairs = mismatched_pairs(examples, max_length, seed)
-    emit({"event": "phase", "phase": "reference", "examples": len(examples)})
+    emit(Phase("reference", examples=len(examples)))
     with model.disable_adapter():
         ref = score(model, examples, rt)
         ref_pairs = score(model, pairs, rt)

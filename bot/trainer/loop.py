@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from bot.engine.runtime import cpu_bf16_supported
+from bot.learning.protocol import Event, Step
 from bot.settings import TrainingSettings
 from bot.trainer.examples import IGNORE, Example
 
 MICRO_BATCH_TOKENS = 2048  # padded tokens per forward pass: bounds peak memory (~7 GB fp32)
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[Event], None]
 StepFn = Callable[[list[Any]], dict[str, float]]  # forward + backward of one batch; its stats
 T = TypeVar("T")
 
@@ -163,9 +164,17 @@ def optimize(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(stats["loss"])
-        rounded = {k: round(v, 6) for k, v in stats.items()}
-        emit({"event": "step", "step": number, "total_steps": total, **rounded})
+        emit(_step(number, total, stats))
     return losses
+
+
+def _step(number: int, total: int, stats: dict[str, float]) -> Step:
+    """The step's event; the numbers rounded (they travel as text, one line per step)."""
+
+    def stat(name: str) -> float | None:
+        return round(stats[name], 6) if name in stats else None
+
+    return Step(number, total, round(stats["loss"], 6), stat("kl"), stat("lm_loss"))
 
 
 def use_bf16(dtype: str, device: torch.device) -> bool:

@@ -6,8 +6,8 @@ end-of-turn token only, and an optional self-supervised term (bot.trainer.lm) ca
 Rows marked ``"split": "heldout"`` are never trained on: they score the base model, the adapter
 serving now and the new one (bot.trainer.scoring), and the orchestrator's gate decides with them.
 
-Progress goes to stdout as one JSON object per line (``start``, ``phase``, ``step``..., then
-``done`` or ``error``); human logs go to stderr. The adapter is written to
+Progress goes to stdout as one JSON event per line (bot.learning.protocol: ``Start``, ``Phase``,
+``Step``..., then ``Done`` or ``Error``); human logs go to stderr. The adapter is written to
 ``<output_dir>.partial`` and renamed to ``output_dir`` at the very end, so a killed trainer
 never leaves a complete-looking adapter behind.
 
@@ -39,13 +39,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bot.engine.lora import wrap_lora
 from bot.engine.runtime import pick_device
 from bot.errors import TrainingError
-from bot.trainer.examples import (
-    NO_LIKED,
-    Example,
-    TrainingSpec,
-    build_examples,
-    load_rows,
-)
+from bot.learning.evaluation import Evaluation
+from bot.learning.protocol import Done, Error, Event, Phase, Start, TrainingSpec
+from bot.trainer.examples import NO_LIKED, Example, build_examples, load_rows
 from bot.trainer.inputs import Prepared, data_report, prepare
 from bot.trainer.kto import kto_step, kto_weights, reference_items
 from bot.trainer.lm import lm_term
@@ -79,15 +75,20 @@ log = logging.getLogger("bot.trainer")
 
 @dataclass
 class TrainOutput:
+    """What ``train`` returns: the child's side of the ``Done`` event."""
+
     metrics: dict[str, float]
-    evaluation: dict[str, Any] = field(default_factory=dict)
+    evaluation: Evaluation | None = None
     data: dict[str, Any] = field(default_factory=dict)
+
+    def done(self) -> Done:
+        return Done(self.metrics, self.evaluation, self.data)
 
 
 def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
-    """Train an adapter as ``spec`` says, evaluate it on the held-out rows, and save it.
+    """Train a LoRA as ``spec`` says, evaluate it on the held-out rows, and save it.
 
-    Emits ``start``, ``phase`` and ``step`` events; the caller emits ``done``. Raises
+    Emits ``Start``, ``Phase`` and ``Step`` events; the caller emits ``Done``. Raises
     TrainingError.
     """
     started = time.monotonic()
@@ -97,18 +98,15 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
     tokenizer = _load(AutoTokenizer, spec.model_dir)
     data = prepare(tokenizer, spec)
     total = total_steps(len(data.train), spec.training)
-    emit(
-        {"event": "start", "method": spec.method, "examples": len(data.train)}
-        | {"dropped": len(data.dropped), "total_steps": total, **data.counts()}
-    )
+    emit(Start(spec.method, len(data.train), total, len(data.dropped), **data.counts()))
     device = pick_device("auto")
     model = load_trainable(spec, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rt = Runtime(device, pad_id, use_bf16(spec.training.dtype, device))
     before: Baseline | None = None
     if data.heldout:
-        emit({"event": "phase", "phase": "baseline", "heldout": len(data.heldout)})
-        before = baseline(model, data.heldout, rt, spec.current_adapter)
+        emit(Phase("baseline", heldout=len(data.heldout)))
+        before = baseline(model, data.heldout, rt, spec.serving_lora)
     losses, extra = _fit(model, data, spec, total, rt, emit)
     metrics = {"train_loss": sum(losses) / len(losses), "final_loss": losses[-1]} | {
         "steps": float(total),
@@ -119,7 +117,7 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
     model.save_pretrained(partial, save_embedding_layers=False)
     result = TrainOutput(metrics, data=data_report(spec, data))
     if before is not None:
-        emit({"event": "phase", "phase": "evaluation", "heldout": len(data.heldout)})
+        emit(Phase("evaluation", heldout=len(data.heldout)))
         candidate = score(model, data.heldout, rt)
         result.evaluation = evaluation(data.heldout, before, candidate, spec.training.beta)
     metrics["duration_s"] = round(time.monotonic() - started, 3)
@@ -139,11 +137,11 @@ def _fit(
         liked = sum(1 for ex in data.train if ex.label)
         weights = kto_weights(liked, len(data.train) - liked)
         items = reference_items(model, data.train, cfg.max_length, cfg.seed, rt, emit)
-        emit({"event": "phase", "phase": "training"})
+        emit(Phase("training"))
         step = kto_step(model, rt, cfg.beta, weights)
         losses = optimize(model, items, cfg, total, step, emit, extra)
         return losses, {"desirable_weight": weights[0], "undesirable_weight": weights[1]}
-    emit({"event": "phase", "phase": "training"})
+    emit(Phase("training"))
     return optimize(model, data.train, cfg, total, sft_step(model, rt), emit, extra), {}
 
 
@@ -169,7 +167,7 @@ def save_record(partial: Path, spec: TrainingSpec, result: TrainOutput, data: Pr
     """Write training.json next to the saved adapter, then rename it into place."""
     record = {
         "metrics": result.metrics,
-        "evaluation": result.evaluation,
+        "evaluation": result.evaluation.to_dict() if result.evaluation is not None else {},
         "hyperparams": {
             "method": spec.method,
             "lora": spec.lora.model_dump(),
@@ -216,14 +214,7 @@ def main(argv: Sequence[str] | None = None, events: TextIO | None = None) -> int
         log.exception("training failed")
         emit_error(events, f"training failed: {type(exc).__name__}: {exc}")
         return 1
-    emit(
-        {
-            "event": "done",
-            "metrics": result.metrics,
-            "evaluation": result.evaluation,
-            "data": result.data,
-        }
-    )
+    emit(result.done())
     return 0
 
 
@@ -231,10 +222,10 @@ def _emitter(events: TextIO) -> Emit:
     """Writes one event per line; stops the trainer once its orchestrator is gone."""
     parent = os.getppid()
 
-    def emit(event: dict[str, Any]) -> None:
+    def emit(event: Event) -> None:
         if os.getppid() != parent:  # the orchestrator is gone: nobody would register the result
             raise TrainingError("the process that started the trainer has exited")
-        events.write(json.dumps(event) + "\n")
+        events.write(event.to_json() + "\n")
         events.flush()
 
     return emit
@@ -243,7 +234,7 @@ def _emitter(events: TextIO) -> Emit:
 def emit_error(events: TextIO, message: str) -> None:
     """The error event, written even when the parent is gone (then it goes nowhere)."""
     try:
-        events.write(json.dumps({"event": "error", "message": message}) + "\n")
+        events.write(Error(message).to_json() + "\n")
         events.flush()
     except OSError:
         pass

@@ -14,42 +14,44 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import TrainingError
-from bot.learning.evaluation import RowScore, metrics
+from bot.learning.evaluation import Evaluation, RowScore, metrics
 from bot.trainer.examples import Example
 from bot.trainer.loop import Runtime, score
 
-CURRENT = "serving"  # adapter name of the serving version while it is evaluated
+SERVING = "serving"  # peft's name for the serving LoRA while it is evaluated
 Scores = list[tuple[float, int]]
 
 
 @dataclass(frozen=True)
 class Baseline:
+    """Held-out scores before training: under the base and under the serving LoRA."""
+
     base: Scores
-    current: Scores
+    serving: Scores
 
 
-def baseline(model: Any, heldout: Sequence[Example], rt: Runtime, current: Path | None) -> Baseline:
-    """Scores of the base model and of the adapter serving now (the base if none)."""
+def baseline(model: Any, heldout: Sequence[Example], rt: Runtime, serving: Path | None) -> Baseline:
+    """Scores of the base model and of the LoRA serving now (the base if none)."""
     with model.disable_adapter():
         base = score(model, heldout, rt)
-    if current is None:
+    if serving is None:
         return Baseline(base, base)
     try:
-        model.load_adapter(str(current), adapter_name=CURRENT)
+        model.load_adapter(str(serving), adapter_name=SERVING)
     except (OSError, ValueError, KeyError) as exc:
-        raise TrainingError(f"cannot load the serving adapter {current}: {exc}") from None
-    model.set_adapter(CURRENT)
+        raise TrainingError(f"cannot load the serving adapter {serving}: {exc}") from None
+    model.set_adapter(SERVING)
     try:
         served = score(model, heldout, rt)
     finally:
         model.set_adapter("default")  # the adapter being trained, trainable again
-        model.delete_adapter(CURRENT)
+        model.delete_adapter(SERVING)
     return Baseline(base, served)
 
 
 def evaluation(
     heldout: Sequence[Example], before: Baseline, candidate: Scores, beta: float
-) -> dict[str, Any]:
+) -> Evaluation:
     """Metrics of base, serving and candidate on the held-out slice, and the slice's size."""
 
     def rows(scores: Scores) -> list[RowScore]:
@@ -59,9 +61,10 @@ def evaluation(
         ]
 
     liked = sum(1 for ex in heldout if ex.label)
-    return {
-        "base": metrics(rows(before.base), beta),
-        "current": metrics(rows(before.current), beta),
-        "candidate": metrics(rows(candidate), beta),
-        "heldout": {"liked": liked, "disliked": len(heldout) - liked},
-    }
+    return Evaluation(
+        base=metrics(rows(before.base), beta),
+        serving=metrics(rows(before.serving), beta),
+        candidate=metrics(rows(candidate), beta),
+        liked=liked,
+        disliked=len(heldout) - liked,
+    )

@@ -45,7 +45,7 @@ def _context(core: Core) -> CommandContext:
         generator=core.generator,
         versions=core.versions,
         finetuner=core.finetuner,
-        ab=core.finetuner.ab,
+        ab=core.ab,
         outbox=core.outbox,
     )
 

@@ -78,3 +78,34 @@ def test_the_default_gate_metric_is_the_reward_margin() -> None:
     better = decide(current, {"reward_margin": 1.9, "preference_accuracy": 0.55}, 10, gate)
     assert better.verdict == "pass" and better.reason.startswith("reward margin 1.900 vs 0.000")
     assert decide(current, {"reward_margin": -0.5}, 10, gate).verdict == "fail"
+
+
+def test_the_gate_metrics_are_one_registry() -> None:
+    from typing import get_args
+
+    from bot.learning.evaluation import GATE_METRICS, gate_metric
+    from bot.settings.learning import GateMetricName
+
+    names = [m.name for m in GATE_METRICS]
+    assert sorted(names) == sorted(get_args(GateMetricName))  # every choice of gate.metric
+    assert names[0] == GateSettings().metric  # the default first
+    rows = [RowScore(True, -6.0, 3, -9.0), RowScore(False, -10.0, 5, -8.0)]
+    assert list(metrics(rows, 0.1)) == names  # each one computed from the scores
+    nll = gate_metric("liked_nll")
+    assert nll is not None and not nll.higher_is_better and nll.short == "liked NLL"
+    assert gate_metric("train_loss") is None
+
+
+def test_the_gate_reads_each_metrics_direction_from_the_registry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataclasses import replace
+
+    import bot.learning.evaluation as evaluation
+
+    gate = GateSettings(min_heldout=1, margin=0.0)
+    current, candidate = {"reward_margin": 0.5}, {"reward_margin": 0.1}
+    assert decide(current, candidate, 5, gate).verdict == "fail"
+    flipped = replace(evaluation._BY_NAME["reward_margin"], higher_is_better=False)
+    monkeypatch.setitem(evaluation._BY_NAME, "reward_margin", flipped)
+    assert decide(current, candidate, 5, gate).verdict == "pass"

@@ -18,7 +18,7 @@ import pytest
 from bot.app import Core
 from bot.errors import NothingToTrain, TrainingAlreadyRunning
 from bot.learning.finetune import FinetuneOutcome, choose_method
-from bot.learning.trainer_process import TrainResult
+from bot.learning.protocol import Done, Event, Phase, Start, Step, TrainingSpec, TrainResult
 from bot.settings import Settings
 from bot.types import AdapterStatus, AdapterVersion, Incoming, RunStatus, Vote
 from tests.support.records import rated, say
@@ -66,13 +66,13 @@ async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) ->
         assert version.hyperparams["method"] == "sft"
         assert version.hyperparams["gate"]["verdict"] == "undecided"  # (too few held out)
         spec = trainer.specs[0]
-        assert spec["model_dir"] == "/m" and spec["lora"]["r"] == settings.lora.r
-        assert spec["method"] == "sft" and spec["current_adapter"] is None
+        assert spec.model_dir == Path("/m") and spec.lora.r == settings.lora.r
+        assert spec.method == "sft" and spec.serving_lora is None
         rows = trainer.datasets[0]
         assert {r["exchange_id"]: r["label"] for r in rows} == {liked: True, disliked: False}
         assert all(r["split"] == "train" for r in rows)
-        assert not Path(spec["dataset"]).exists()  # users' words are not left lying around
-        report_file = Path(spec["dataset"]).parent / "report.json"
+        assert not spec.dataset.exists()  # users' words are not left lying around
+        report_file = spec.dataset.parent / "report.json"
         report = json.loads(report_file.read_text())
         assert report["data"]["train"] == {"liked": 1, "disliked": 1}
         assert (
@@ -89,7 +89,8 @@ async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) ->
         assert second is not None and second.version == 2
         child = await core.repo.adapters.get(2)
         assert child is not None and child.parent == 1
-        assert trainer.specs[1]["current_adapter"] == version.path
+        assert trainer.specs[1].serving_lora == Path(version.path)
+        assert trainer.specs[1].serving_version == 1
     finally:
         await core.aclose()
 
@@ -126,7 +127,7 @@ async def test_the_gate_lets_a_better_candidate_go_live(settings: Settings) -> N
         assert "passed the gate (reward margin 0.290 vs 0.300" in notes[-1]
         heldout = [r for r in trainer.datasets[0] if r["split"] == "heldout"]
         assert len(heldout) >= 4
-        assert trainer.specs[0]["method"] == "kto"  # 20 👎: enough for KTO under auto
+        assert trainer.specs[0].method == "kto"  # 20 👎: enough for KTO under auto
         version = await core.repo.adapters.get(1)
         assert version is not None
         assert version.metrics["reward_margin"] == 0.29
@@ -367,11 +368,11 @@ async def test_an_admin_change_during_the_run_is_not_undone(settings: Settings) 
         version = await core.repo.adapters.get(2)
         assert version is not None and version.status is AdapterStatus.READY
         assert version.parent == 1
-        assert trainer.specs[1]["current_version"] == 1
+        assert trainer.specs[1].serving_version == 1
         assert "v2 is ready but not serving" in notes[-1]
         assert "judged against adapter v1" in notes[-1] and "the base model" in notes[-1]
         assert "/activate 2" in notes[-1]
-        report = json.loads((Path(trainer.specs[1]["dataset"]).parent / "report.json").read_text())
+        report = json.loads((trainer.specs[1].dataset.parent / "report.json").read_text())
         assert report["compared_with"] == 1 and report["active_at_release"] is None
     finally:
         await core.aclose()
@@ -428,28 +429,28 @@ async def test_progress_reaches_the_admin_sparingly() -> None:
 
     class Owner:
         def __init__(self) -> None:
-            self.progress: dict[str, Any] = {}
+            self.progress: Event | None = None
 
     notes, notify = _recorder()
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
 
-    async def on_event(event: dict[str, Any]) -> None:
+    async def on_event(event: Event) -> None:
         events.append(event)
 
     owner = Owner()
     report = reporter(owner, notify, on_event, 7)
-    await report({"event": "start", "examples": 100, "total_steps": 100})
-    await report({"event": "phase", "phase": "reference", "examples": 100})
+    await report(Start("kto", examples=100, total_steps=100))
+    await report(Phase("reference", examples=100))
     for step in range(1, 101):
-        await report({"event": "step", "step": step, "total_steps": 100, "loss": 1.0})
-    await report({"event": "phase", "phase": "evaluation", "heldout": 12})
+        await report(Step(step, 100, loss=1.0))
+    await report(Phase("evaluation", heldout=12))
     assert notes[0] == (
         "Training run #7: scoring the 100 examples under the base model (KTO's reference)…"
     )
     steps = [n for n in notes if n.startswith("Training: step")]
     assert [s.split()[2] for s in steps] == ["1/100", "26/100", "51/100", "76/100", "100/100"]
     assert notes[-1].endswith("scoring the new adapter on 12 held-out ratings…")
-    assert len(events) == 103 and owner.progress["phase"] == "evaluation"
+    assert len(events) == 103 and owner.progress == Phase("evaluation", heldout=12)
 
 
 FAKE_TRAINER_MODULE = """
@@ -458,8 +459,9 @@ from pathlib import Path
 
 spec = json.loads(Path(sys.argv[1]).read_text())
 Path(spec["output_dir"]).mkdir(parents=True)
-filler = "x" * int(spec["filler"])
-print(json.dumps({"event": "start", "examples": 1}), flush=True)
+filler = "x" * 300_000
+print("a log line that is not an event", flush=True)
+print(json.dumps({"event": "start", "method": "sft", "examples": 1, "total_steps": 1}))
 print(json.dumps({"event": "done", "metrics": {"steps": 1}, "data": {"note": filler}}))
 """
 
@@ -472,22 +474,55 @@ async def test_a_long_done_line_keeps_the_adapter(
 
     (tmp_path / "long_done_trainer.py").write_text(FAKE_TRAINER_MODULE, encoding="utf-8")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    spec = {"output_dir": str(tmp_path / "v0001"), "filler": 300_000}
+    spec = TrainingSpec(Path("/m"), tmp_path / "rows.jsonl", tmp_path / "v0001")
     spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(spec), encoding="utf-8")
-    events: list[str] = []
+    spec_path.write_text(spec.to_json(), encoding="utf-8")
+    events: list[Event] = []
 
-    async def progress(event: dict[str, Any]) -> None:
-        events.append(str(event["event"]))
+    async def progress(event: Event) -> None:
+        events.append(event)
 
     trainer = SubprocessTrainer(module="long_done_trainer")
     result = await asyncio.wait_for(trainer.run(spec, spec_path, progress), 30)
     assert result.output_dir == tmp_path / "v0001" and result.metrics == {"steps": 1}
-    assert len(result.data["note"]) == 300_000 and events == ["start", "done"]
+    assert len(result.data["note"]) == 300_000
+    assert [type(e) for e in events] == [Start, Done]
+
+
+MALFORMED_TRAINER_MODULE = """
+import json, sys, time
+from pathlib import Path
+
+spec = json.loads(Path(sys.argv[1]).read_text())
+Path(spec["output_dir"]).mkdir(parents=True)
+print(json.dumps({"event": "step", "step": "one", "total_steps": 2, "loss": 1.0}), flush=True)
+time.sleep(30)  # the parent must not wait for it
+"""
+
+
+async def test_a_malformed_event_fails_the_run_and_stops_the_trainer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.errors import TrainingFailed
+    from bot.learning.trainer_process import SubprocessTrainer
+
+    (tmp_path / "malformed_trainer.py").write_text(MALFORMED_TRAINER_MODULE, encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    spec = TrainingSpec(Path("/m"), tmp_path / "rows.jsonl", tmp_path / "v0001")
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.to_json(), encoding="utf-8")
+
+    async def progress(event: Event) -> None:
+        raise AssertionError(f"no event should get through: {event}")
+
+    trainer = SubprocessTrainer(module="malformed_trainer")
+    with pytest.raises(TrainingFailed, match=r"malformed event.*'step'"):
+        await asyncio.wait_for(trainer.run(spec, spec_path, progress), 20)
+    assert trainer.pid is None
 
 
 def test_the_done_event_counts_dropped_rows_per_reason() -> None:
-    from bot.trainer.examples import Dropped, TrainingSpec
+    from bot.trainer.examples import Dropped
     from bot.trainer.inputs import DROPPED_SAMPLE, Prepared, data_report
 
     dropped = [Dropped(i, f"reply longer than max_length ({i} tokens)") for i in range(30)]

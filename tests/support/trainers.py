@@ -12,7 +12,9 @@ from typing import Any
 from bot.app import Core, build_core
 from bot.errors import TrainingFailed
 from bot.generation import ScriptedGenerator
-from bot.learning.trainer_process import ProgressFn, TrainResult
+from bot.learning.evaluation import Evaluation
+from bot.learning.protocol import Done, Start, Step, TrainingSpec, TrainResult
+from bot.learning.trainer_process import ProgressFn
 from bot.settings import Settings
 from bot.types import Incoming, Vote
 from tests.support.records import rated
@@ -34,38 +36,36 @@ class FakeTrainer:
         self.fail = fail
         self.hold = hold
         self.candidate = candidate
-        self.specs: list[dict[str, Any]] = []
+        self.specs: list[TrainingSpec] = []  # as read back from each run's SPEC.json
         self.datasets: list[list[dict[str, Any]]] = []
 
-    async def run(self, spec: dict[str, Any], spec_path: Path, progress: ProgressFn) -> TrainResult:
-        self.specs.append(json.loads(spec_path.read_text(encoding="utf-8")))
-        rows = [json.loads(line) for line in Path(spec["dataset"]).read_text().splitlines()]
+    async def run(self, spec: TrainingSpec, spec_path: Path, progress: ProgressFn) -> TrainResult:
+        self.specs.append(TrainingSpec.load(spec_path))
+        rows = [json.loads(line) for line in spec.dataset.read_text().splitlines()]
         self.datasets.append(rows)
-        await progress({"event": "start", "examples": len(rows), "total_steps": 2})
-        partial = Path(spec["output_dir"] + ".partial")
+        await progress(Start(spec.method, examples=len(rows), total_steps=2))
+        partial = spec.output_dir.with_name(spec.output_dir.name + ".partial")
         partial.mkdir(parents=True)
-        await progress({"event": "step", "step": 1, "total_steps": 2, "loss": 2.5})
+        await progress(Step(1, 2, loss=2.5))
         if self.hold is not None:
             await self.hold.wait()
         if self.fail:
             raise TrainingFailed(self.fail)
-        await progress({"event": "step", "step": 2, "total_steps": 2, "loss": 1.5})
+        await progress(Step(2, 2, loss=1.5))
         (partial / "adapter_config.json").write_text("{}", encoding="utf-8")
-        partial.rename(spec["output_dir"])
-        evaluation = {}
-        heldout = [r for r in rows if r.get("split") == "heldout"]
-        if self.candidate is not None:
-            liked = sum(1 for r in heldout if r["label"])
-            evaluation = {
-                "base": GOOD,
-                "current": GOOD,
-                "candidate": self.candidate,
-                "heldout": {"liked": liked, "disliked": len(heldout) - liked},
-            }
-        metrics = {"train_loss": 1.5, "steps": 2}
-        return TrainResult(
-            Path(spec["output_dir"]), metrics, evaluation, {"method": spec["method"]}
+        partial.rename(spec.output_dir)
+        done = Done(
+            {"train_loss": 1.5, "steps": 2.0}, self._evaluation(rows), {"method": spec.method}
         )
+        await progress(done)
+        return TrainResult.of(spec.output_dir, done)
+
+    def _evaluation(self, rows: list[dict[str, Any]]) -> Evaluation | None:
+        if self.candidate is None:
+            return None
+        heldout = [r for r in rows if r.get("split") == "heldout"]
+        liked = sum(1 for r in heldout if r["label"])
+        return Evaluation(GOOD, GOOD, self.candidate, liked, len(heldout) - liked)
 
 
 async def trainer_core(settings: Settings, trainer: FakeTrainer, *, progress: bool = False) -> Core:

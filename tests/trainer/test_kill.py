@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.app import Core
+from bot.learning.protocol import Step
 from bot.learning.trainer_process import SubprocessTrainer
 from bot.settings import Settings
 from bot.types import Incoming, Reply, RunStatus, Vote
@@ -40,7 +41,7 @@ async def _chat(core: Core, i: int, vote: Vote | None = Vote.UP) -> Reply:
 
 async def _wait_for_steps(core: Core, trainer: SubprocessTrainer) -> int:
     deadline = time.monotonic() + 120
-    while core.finetuner.progress.get("event") != "step":
+    while not isinstance(core.finetuner.progress, Step):
         assert time.monotonic() < deadline, "the trainer never reported a step"
         assert core.finetuner.running, core.finetuner.progress
         await asyncio.sleep(0.05)

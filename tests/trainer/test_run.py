@@ -17,13 +17,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from bot.engine.generator import TransformersGenerator, chat_ids
+from bot.learning.protocol import Done, Error, Event, Phase, Start, Step, TrainingSpec, parse
 from bot.settings import LoraSettings, ModelSettings, TrainingSettings
 from bot.trainer.examples import IGNORE
 from bot.trainer.loop import Runtime, optimize, sft_step, use_bf16
 from bot.trainer.run import (
     NO_LIKED,
     TrainingError,
-    TrainingSpec,
     build_examples,
     load_trainable,
     main,
@@ -79,7 +79,7 @@ def write_spec(
     return path
 
 
-def run_trainer(spec: Path) -> tuple[int, list[dict[str, Any]], str]:
+def run_trainer(spec: Path) -> tuple[int, list[Event], str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "bot.trainer", str(spec)],
@@ -89,8 +89,9 @@ def run_trainer(spec: Path) -> tuple[int, list[dict[str, Any]], str]:
         text=True,
         timeout=300,
     )
-    events = [json.loads(line) for line in done.stdout.splitlines()]  # every line is JSON
-    return done.returncode, events, done.stderr
+    events = [parse(line) for line in done.stdout.splitlines()]
+    assert None not in events, done.stdout  # stdout carries events only
+    return done.returncode, [e for e in events if e is not None], done.stderr
 
 
 # --- examples ------------------------------------------------------------------------------
@@ -173,13 +174,13 @@ def test_training_changes_lora_weights_only(
     model = load_trainable(spec, torch.device("cpu"))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     examples, _ = build_examples(tokenizer, ROWS, max_length=64)
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     settings = spec.training.model_copy(update={"learning_rate": 1e-2})
     cpu = torch.device("cpu")
     rt = Runtime(cpu, tokenizer.pad_token_id, use_bf16(settings.dtype, cpu))
     losses = optimize(model, examples, settings, 3, sft_step(model, rt), events.append)
     assert len(losses) == 3 and all(loss > 0 for loss in losses)
-    assert [e["step"] for e in events] == [1, 2, 3]
+    assert [e.step for e in events if isinstance(e, Step)] == [1, 2, 3] and len(events) == 3
     for name, param in model.named_parameters():
         if "lora_" in name:
             assert not torch.equal(param, before[name]), name
@@ -228,15 +229,16 @@ def test_trainer_subprocess_writes_a_loadable_adapter(tiny_model_dir: Path, tmp_
     code, events, stderr = run_trainer(spec_path)
 
     assert code == 0, stderr
-    start = {"event": "start", "method": "sft", "examples": 4, "dropped": 0, "total_steps": 3}
-    assert events[0].items() >= start.items()
-    assert events[1] == {"event": "phase", "phase": "training"}
-    assert [e["step"] for e in events[2:-1]] == [1, 2, 3]
-    assert all(e["event"] == "step" and e["total_steps"] == 3 for e in events[2:-1])
+    start = events[0]
+    assert isinstance(start, Start)
+    assert (start.method, start.examples, start.dropped, start.total_steps) == ("sft", 4, 0, 3)
+    assert events[1] == Phase("training")
+    steps = events[2:-1]
+    assert [e.step for e in steps if isinstance(e, Step) and e.total_steps == 3] == [1, 2, 3]
     done = events[-1]
-    assert done["event"] == "done"
-    assert done["metrics"]["steps"] == 3 and done["metrics"]["examples"] == 4
-    assert done["metrics"]["train_loss"] > 0 and done["metrics"]["duration_s"] > 0
+    assert isinstance(done, Done) and done.evaluation is None
+    assert done.metrics["steps"] == 3 and done.metrics["examples"] == 4
+    assert done.metrics["train_loss"] > 0 and done.metrics["duration_s"] > 0
     assert not stale.exists()
     assert {"adapter_config.json", "adapter_model.safetensors", "training.json"} <= {
         p.name for p in spec.output_dir.iterdir()
@@ -277,33 +279,32 @@ def test_trainer_subprocess_reports_errors(tiny_model_dir: Path, tmp_path: Path)
     spec_path = write_spec(tmp_path, tiny_model_dir, [ROWS[2]])
     code, events, _ = run_trainer(spec_path)
     assert code == 1
-    assert events == [{"event": "error", "message": NO_LIKED}]
+    assert events == [Error(NO_LIKED)]
     output = TrainingSpec.load(spec_path).output_dir
     assert not output.exists() and not output.with_name("v1.partial").exists()
 
 
-def run_main(spec: Path) -> tuple[int, list[dict[str, Any]]]:
+def run_main(spec: Path) -> tuple[int, list[Event | None]]:
     events = io.StringIO()
     code = main([str(spec)], events=events)
-    return code, [json.loads(line) for line in events.getvalue().splitlines()]
+    return code, [parse(line) for line in events.getvalue().splitlines()]
 
 
 def test_bad_specs_give_an_error_event(tiny_model_dir: Path, tmp_path: Path) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"dataset": "x"}))
-    assert run_main(spec) == (
-        1,
-        [{"event": "error", "message": "the training spec lacks 'model_dir'"}],
-    )
+    assert run_main(spec) == (1, [Error("the training spec lacks 'model_dir'")])
     spec.write_text("{not json")
-    code, events = run_main(spec)
-    assert code == 1 and events[0]["message"].startswith("cannot read the training spec")
+    code, (event,) = run_main(spec)
+    assert code == 1 and isinstance(event, Error)
+    assert event.message.startswith("cannot read the training spec")
     spec = write_spec(tmp_path, tiny_model_dir, ROWS)
     (tmp_path / "rows.jsonl").unlink()
-    code, events = run_main(spec)
-    assert code == 1 and "cannot read the dataset" in events[0]["message"]
+    code, (event,) = run_main(spec)
+    assert code == 1 and isinstance(event, Error) and "cannot read the dataset" in event.message
     bad_lora = json.loads(spec.read_text())
     bad_lora["lora"]["r"] = 0
     spec.write_text(json.dumps(bad_lora))
-    code, events = run_main(spec)
-    assert code == 1 and events[0]["message"].startswith("invalid training spec")
+    code, (event,) = run_main(spec)
+    assert code == 1 and isinstance(event, Error)
+    assert event.message.startswith("invalid training spec")
