@@ -37,6 +37,7 @@ from bot.settings.serving import (
     ModelSettings,
     TelegramSettings,
 )
+from bot.settings.web import WebSettings
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -87,6 +88,7 @@ class Settings(Section):
     schedule: ScheduleSettings = ScheduleSettings()
     telegram: TelegramSettings = TelegramSettings()
     discord: DiscordSettings = DiscordSettings()
+    web: WebSettings = WebSettings()
 
     @field_validator("data_dir")
     @classmethod
