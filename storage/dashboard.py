@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, case, func, or_, select
+from sqlalchemy import Select, case, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from storage.db import aware
-from storage.models import Chat, Message, Rating, TrainingRunRow, User, utcnow
+from storage.models import Chat, Message, Rating, TrainingRunRow, UsedLoginNonce, User, utcnow
 from storage.models import Exchange as ExchangeRow
 
 
@@ -230,6 +231,23 @@ class Dashboard:
                 .where(ExchangeRow.status == "done", ExchangeRow.finished_at >= since)
             )
         return count or 0
+
+    async def use_login_nonce(self, nonce: str, user_key: str, expires_at: datetime) -> bool:
+        """Mark a login link's nonce used; False when it was used before (a replay). The
+        primary key decides, so two tabs racing with one link cannot both log in."""
+        try:
+            async with self._sessions.begin() as session:
+                await session.execute(
+                    delete(UsedLoginNonce).where(UsedLoginNonce.expires_at < utcnow())
+                )
+                session.add(UsedLoginNonce(nonce=nonce, user_key=user_key, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
+    async def login_nonce_used(self, nonce: str) -> bool:
+        async with self._sessions() as session:
+            return await session.get(UsedLoginNonce, nonce) is not None
 
     async def ping(self) -> None:
         """Raises when the database cannot answer (for /healthz)."""
