@@ -86,15 +86,25 @@ def daily_ratings(bars: Sequence[DayBar], live: Sequence[tuple[str, int]]) -> Ma
                 f'<text x="{PAD + (i + 0.5) * step:.1f}" y="{HEIGHT - PAD + 16}" '
                 f'class="tick" text-anchor="middle">{escape(day[5:])}</text>'
             )
-    for day, version in live:
-        if day in days:
-            x = PAD + (days.index(day) + 0.05) * step
-            body.append(
-                f'<line x1="{x:.1f}" y1="10" x2="{x:.1f}" y2="{HEIGHT - PAD}" class="live"/>'
-            )
-            body.append(f'<text x="{x + 3:.1f}" y="22" class="tick">v{version} live</text>')
+    body += _live_markers(days, live, step)
     body += _legend(versions)
     return _svg(body, "ratings per day per adapter version")
+
+
+def _live_markers(days: list[str], live: Sequence[tuple[str, int]], step: float) -> list[str]:
+    """One dashed line per day on which versions went live, labelled with all of them."""
+    by_day: dict[str, list[int]] = {}
+    for day, version in sorted(set(live)):
+        by_day.setdefault(day, []).append(version)
+    parts = []
+    for day, versions in by_day.items():
+        if day not in days:
+            continue
+        x = PAD + (days.index(day) + 0.05) * step
+        label = ", ".join(f"v{v}" for v in versions) + " live"
+        parts.append(f'<line x1="{x:.1f}" y1="10" x2="{x:.1f}" y2="{HEIGHT - PAD}" class="live"/>')
+        parts.append(f'<text x="{x + 3:.1f}" y="22" class="tick">{escape(label)}</text>')
+    return parts
 
 
 def _stack(
