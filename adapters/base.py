@@ -6,10 +6,11 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
-from bot.types import Draft, Incoming, RateOutcome, Reply, Vote
+from bot.types import Draft, Incoming, RateOutcome, Reply, Vote, parse_id
 
 RATING_PREFIX = "rate"
-_RATING = re.compile(r"^rate:(\d{1,18}):(1|-1)$")
+# ASCII digits only: ``\d`` alone would also match "٣", which ``int`` reads as 3.
+_RATING = re.compile(r"rate:([0-9]{1,10}):(1|-1)", re.ASCII)
 
 
 class ChatCore(Protocol):
@@ -65,11 +66,13 @@ def encode_rating(exchange_id: int, vote: Vote) -> str:
 
 
 def parse_rating(data: str | None) -> tuple[int, Vote] | None:
-    """Inverse of encode_rating; None for anything malformed or forged."""
-    match = _RATING.match(data or "")
-    if match is None:
+    """Inverse of encode_rating; None for anything malformed or forged (a client can send any
+    data): an exchange id must be one the database can hold (``bot.types.parse_id``)."""
+    match = _RATING.fullmatch(data or "")
+    exchange_id = parse_id(match.group(1)) if match is not None else None
+    if match is None or exchange_id is None:
         return None
-    return int(match.group(1)), Vote(int(match.group(2)))
+    return exchange_id, Vote(int(match.group(2)))
 
 
 def utf16_len(text: str) -> int:

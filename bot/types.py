@@ -3,12 +3,62 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
 Role = Literal["system", "user", "assistant"]
+
+# -- what a platform sends: cleaned here, once, for every adapter -----------------------------
+
+MAX_ID = 2**31 - 1
+"""The largest id or version number taken from a user: what an INTEGER column holds on every
+database (PostgreSQL's is 32-bit; a larger number would not even reach the query)."""
+MAX_NAME_CHARS = 100
+
+# Characters a stored or shown text must not carry: C0/C1 controls (newline and tab are kept),
+# lone surrogates (half an emoji from a broken client: no UTF-8 encoder takes them), and the
+# explicit bidi embeddings, overrides and isolates, which reorder the text around them so a
+# name or message can disguise what it says. The bidi marks (LRM, RLM) and the zero-width
+# joiners (emoji sequences, Persian) are ordinary text and stay.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NEWLINES = re.compile(r"\r\n?")
+
+
+def _replace_unsafe(match: re.Match[str]) -> str:
+    return "\ufffd" if "\ud800" <= match.group() <= "\udfff" else ""
+
+
+def clean_text(text: str) -> str:
+    """A text from a platform as the core stores, prompts and shows it; never raises.
+
+    Lone surrogates become U+FFFD (the reader sees something was there); other control and bidi
+    control characters are dropped; ``\\r\\n`` and ``\\r`` become ``\\n``; surrounding
+    whitespace is trimmed. Length is not limited here: an over-long message is stored whole and
+    answered with "too long" (``bot.chat.service``)."""
+    return _UNSAFE.sub(_replace_unsafe, _NEWLINES.sub("\n", text)).strip()
+
+
+def clean_name(name: str) -> str:
+    """A sender's display name: cleaned like a text, on one line (in a group's prompt a line
+    break in a name could pose as a new turn), at most ``MAX_NAME_CHARS`` characters."""
+    return " ".join(clean_text(name).split())[:MAX_NAME_CHARS].strip()
+
+
+def parse_id(text: str) -> int | None:
+    """A version or id typed by a user: ASCII digits only, at most ``MAX_ID``; else None.
+
+    Strict on purpose: ``str.isdigit`` also accepts ``²`` (which ``int`` then refuses) and
+    ``int`` reads ``٣`` and ``1_0``; a number longer than any id is not converted at all."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_ID)):
+        return None
+    value = int(digits)
+    return value if value <= MAX_ID else None
 
 
 @dataclass(frozen=True)
@@ -30,6 +80,12 @@ class Incoming:
     reply_to_bot: bool = False
     thread_id: str | None = None
     is_admin: bool = False  # the platform vouches for it (e.g. a Discord admin role)
+
+    def __post_init__(self) -> None:
+        # The one validation path of what a platform sends: every adapter builds an Incoming,
+        # so none can forget to clean a text or a name (the fields are frozen, hence setattr).
+        object.__setattr__(self, "text", clean_text(self.text))
+        object.__setattr__(self, "user_name", clean_name(self.user_name))
 
     @property
     def chat_key(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from telegram import (
     Chat,
@@ -55,12 +56,23 @@ def reply_target(message: Message) -> Target:
     )
 
 
+def entity_texts(message: Message, kinds: Sequence[str]) -> list[tuple[MessageEntity, str]]:
+    """The message's entities of ``kinds``, each with its text. Telegram counts offsets in
+    UTF-16 units; PTB's ``parse_entities`` encodes the text strictly and fails on a lone
+    surrogate (half an emoji from a broken client), so the units are cut here, leniently."""
+    units = (message.text or "").encode("utf-16-le", "surrogatepass")
+
+    def text_of(entity: MessageEntity) -> str:
+        start, end = 2 * entity.offset, 2 * (entity.offset + entity.length)
+        return units[start:end].decode("utf-16-le", "surrogatepass")
+
+    return [(entity, text_of(entity)) for entity in message.entities if entity.type in kinds]
+
+
 def mentions(message: Message, me: User) -> bool:
     """Whether the message names the bot: ``@username`` or a mention of its account."""
     username = (me.username or "").lower()
-    for entity, text in message.parse_entities(
-        [MessageEntity.MENTION, MessageEntity.TEXT_MENTION]
-    ).items():
+    for entity, text in entity_texts(message, (MessageEntity.MENTION, MessageEntity.TEXT_MENTION)):
         if entity.type == MessageEntity.TEXT_MENTION and entity.user and entity.user.id == me.id:
             return True
         if entity.type == MessageEntity.MENTION and username and text.lower() == f"@{username}":

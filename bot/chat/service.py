@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 
@@ -24,15 +23,6 @@ log = logging.getLogger(__name__)
 
 Route = Callable[[Incoming, ParsedCommand], Awaitable[Reply]]
 """Answers a parsed command (``bot.commands.router.CommandRouter``, built in ``bot/app.py``)."""
-
-_KEEP = {"\n", "\t"}
-
-
-def clean_text(text: str) -> str:
-    """Drop control characters (keeping newlines and tabs) and surrounding whitespace."""
-    return "".join(
-        ch for ch in text if ch in _KEEP or unicodedata.category(ch) not in ("Cc", "Cs")
-    ).strip()
 
 
 class ChatService:
@@ -84,8 +74,11 @@ class ChatService:
     async def respond(
         self, incoming: Incoming, *, bot_username: str | None = None
     ) -> AsyncIterator[Draft | Reply]:
-        """Answer one message: drafts of the growing reply, then one final Reply."""
-        text = clean_text(incoming.text)
+        """Answer one message: drafts of the growing reply, then one final Reply.
+
+        The text is already clean: an Incoming cleans its text and sender's name when it is
+        built (``bot.types.clean_text``), whichever adapter builds it."""
+        text = incoming.text
         if not text:
             yield Reply(
                 "Empty message: nothing to answer. Type /help to see what I can do.",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bot.commands.args import version_arg
 from bot.commands.views import format_version
 from bot.errors import NothingToTrain, TrainingAlreadyRunning, VersionError
 from bot.learning.dataset import kto_rows, write_jsonl
@@ -93,17 +94,23 @@ async def train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def adapters(settings: Settings, args: argparse.Namespace) -> int:
+    """List, activate or roll back. Exit status: 0 done, 1 refused (no such version, nothing
+    to roll back), 2 a version argument that is not one (as argparse's usage errors)."""
+    action = args.action or "list"
+    try:  # a bad version number is refused before the database is opened
+        target = _version(action, args)
+    except VersionError as exc:
+        _err(f"selftune: {exc}")
+        return 2
     repo = await _repo(settings)
     versions = AdapterVersions(repo, None)
     try:
-        action = args.action or "list"
         if action == "activate":
-            target = None if args.version == 0 else args.version
             await versions.activate(target)
             print(f"now serving {describe(target)}")
         elif action == "rollback":
             await versions.sync()
-            now = await versions.rollback(None if args.version in (None, 0) else args.version)
+            now = await versions.rollback(target)
             print(f"rolled back: now serving {describe(now)}")
         else:
             active = await repo.adapters.active()
@@ -117,6 +124,16 @@ async def adapters(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     finally:
         await repo.aclose()
+
+
+def _version(action: str, args: argparse.Namespace) -> int | None:
+    """The version an ``adapters`` action names, parsed as strictly as the chat's /activate.
+    None: the base model for ``activate``; for ``rollback`` (no N, or 0) the previous one."""
+    if action == "activate":
+        return version_arg(args.version, "selftune adapters activate N")
+    if action == "rollback":
+        return version_arg(args.version or "0", "selftune adapters rollback [N]")
+    return None
 
 
 async def export(settings: Settings, args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@
   forget, optout, optin)
 - ``learning.py``: the admin commands of the learning loop (finetune, status, adapters,
   rollback, activate, ab, stats)
+- ``args.py``: strict parsing of the arguments: version numbers (ASCII digits, bounded) and
+  shares, for the chat commands and the CLI alike
 - ``views.py``: how adapter versions are shown (also by the CLI)
 - ``charts.py``: the /stats chart (matplotlib, imported only here)
 - ``docs.py``: ``python -m bot.commands.docs`` writes README's command table

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from bot.commands.args import share_arg, version_arg
 from bot.commands.context import CommandContext
 from bot.commands.views import format_version, version_details
 from bot.errors import VersionError
@@ -22,16 +23,6 @@ log = logging.getLogger(__name__)
 
 def _reply(text: str) -> Reply:
     return Reply(text, ReplyKind.COMMAND)
-
-
-def version_arg(args: str, usage: str) -> int | None:
-    """'3' → 3, '0' / 'base' → None (the base model); anything else is a usage error."""
-    value = args.strip().lower().lstrip("v")
-    if value in ("0", "base"):
-        return None
-    if not value.isdigit():
-        raise VersionError(f"Usage: {usage} (a version number; 0 is the base model).")
-    return int(value)
 
 
 async def finetune(ctx: CommandContext, incoming: Incoming, _args: str) -> Reply:
@@ -159,7 +150,7 @@ async def ab(ctx: CommandContext, incoming: Incoming, args: str) -> Reply:
         version = version_arg(rest[0], "/ab start N [share]")
         if version is None:
             raise VersionError("The base model cannot be an A/B candidate; pick a version.")
-        share = _share(rest[1]) if len(rest) > 1 else None
+        share = share_arg(rest[1]) if len(rest) > 1 else None
         return _reply(await ctx.ab.start(version, share, incoming.user_key))
     if action == "promote":
         return _reply(await ctx.ab.promote())
@@ -182,12 +173,3 @@ async def stats(ctx: CommandContext, _incoming: Incoming, _args: str) -> Reply:
 
 async def _log_only(text: str) -> None:
     log.info("training (not posted to the group): %s", text)
-
-
-def _share(text: str) -> float:
-    """'0.2', '20%' or '20' → 0.2."""
-    try:
-        value = float(text.rstrip("%"))
-    except ValueError:
-        raise VersionError(f"{text!r} is not a share of chats; try 0.2 or 20%.") from None
-    return value / 100 if value >= 1 or text.endswith("%") else value

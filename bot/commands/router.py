@@ -12,6 +12,7 @@ import importlib
 from dataclasses import replace
 from typing import cast
 
+from bot.commands.args import shown
 from bot.commands.context import CommandContext, Handler
 from bot.commands.table import COMMANDS, CommandSpec, ParsedCommand
 from bot.errors import UserError
@@ -42,7 +43,8 @@ class CommandRouter:
         spec = command.spec
         if spec is None:
             return Reply(
-                f"Unknown command /{command.name}. Type /help for the list.", ReplyKind.NOTICE
+                f"Unknown command /{shown(command.name)}. Type /help for the list.",
+                ReplyKind.NOTICE,
             )
         if spec.admin and not self._context.is_admin(incoming):
             return Reply(

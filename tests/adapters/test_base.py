@@ -16,6 +16,7 @@ def test_rating_tokens_round_trip_and_reject_forgeries() -> None:
     assert token == "rate:123456789:-1" and len(token.encode()) <= 64
     assert parse_rating(token) == (123456789, Vote.DOWN)
     assert parse_rating(encode_rating(5, Vote.UP)) == (5, Vote.UP)
+    assert parse_rating("rate:2147483647:1") == (2147483647, Vote.UP)
     for forged in (
         "",
         None,
@@ -27,6 +28,10 @@ def test_rating_tokens_round_trip_and_reject_forgeries() -> None:
         "rate:1:+1",
         "rate:" + "9" * 30 + ":1",
         " rate:1:1",
+        "rate:1:1\n",
+        "rate:٣:1",  # an Arabic-Indic 3: int() would read it
+        "rate:2147483648:1",  # beyond any id the database holds
+        "rate:\ud83d:1",
     ):
         assert parse_rating(forged) is None, forged
 

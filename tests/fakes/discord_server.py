@@ -303,6 +303,19 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_CREATE", message)
         return message
 
+    async def user_edits(self, message: Json, content: str) -> Json:
+        """The author edits one of their messages: Discord dispatches MESSAGE_UPDATE."""
+        message.update(content=content, edited_timestamp=_now())
+        await self.dispatch("MESSAGE_UPDATE", message)
+        return message
+
+    def plant_bot_message(self, channel_id: int, content: str, custom_ids: list[str]) -> Json:
+        """A message shown as the bot's, carrying buttons with any ids: a stale or forged
+        button that a press can then carry back (nothing is dispatched)."""
+        buttons = [{"type": 2, "style": 2, "label": "?", "custom_id": c} for c in custom_ids]
+        components = [{"type": 1, "components": buttons}]
+        return self._message(channel_id, self.bot, content, components=components)
+
     def bot_messages(self, channel_id: int, *, ephemeral: bool = False) -> list[Json]:
         """The bot's messages in a channel, oldest first (ephemeral ones only when asked)."""
         return [
@@ -378,6 +391,15 @@ class FakeDiscord:
             "type": 1,
             "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
         }
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return record
+
+    async def interact(
+        self, kind: int, user: FakeUser, channel_id: int, data: Json
+    ) -> FakeInteraction:
+        """Any interaction (``kind``: 4 autocomplete, 5 a modal submitted, ...) with ``data``."""
+        payload, record = self._interaction(kind, user, channel_id)
+        payload["data"] = data
         await self.dispatch("INTERACTION_CREATE", payload)
         return record
 

@@ -66,7 +66,8 @@ _BAD_LT = re.compile(r"<(?![a-zA-Z/])")
 
 
 def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+    # surrogatepass: a lone surrogate (a broken client's half emoji) is one UTF-16 unit too.
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 @dataclass
