@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from bot.settings import Settings
 
@@ -112,8 +112,10 @@ def copy_adapters(source: Path, destination: Path) -> int:
 def postgres_instructions(settings: Settings, target: Path) -> str:
     """What to run for a PostgreSQL database (no password in it: pg_dump reads PGPASSWORD or
     ~/.pgpass)."""
-    url = make_url(settings.database_url).set(drivername="postgresql", password=None)
-    plain = url.render_as_string(hide_password=False)
+    url = make_url(settings.database_url)
+    plain = URL.create(  # no password (``set(password=None)`` would keep it)
+        "postgresql", url.username, None, url.host, url.port, url.database
+    ).render_as_string(hide_password=False)
     return (
         "selftune db backup copies SQLite databases; this one is PostgreSQL. Run instead:\n"
         f"  mkdir -p {target}\n"
