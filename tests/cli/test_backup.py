@@ -46,7 +46,9 @@ async def test_a_backup_taken_while_20_users_chat_restores_every_stored_message(
     target = tmp_path / "backup"
     try:
         users = [asyncio.create_task(chatting(core, user)) for user in range(USERS)]
-        while len(message_ids(database)) < USERS * 2:  # mid-conversation for everyone
+        for _ in range(1000):  # until they are mid-conversation
+            if len(message_ids(database)) >= USERS * 2:
+                break
             await asyncio.sleep(0.01)
         before = message_ids(database)
         assert await backup(settings, target) == 0

@@ -59,7 +59,7 @@ async def test_selftune_run_serves_the_dashboard(
                     async with http.get(f"{base}/healthz") as response:
                         return response.status, await response.json()
 
-                status, body = await poll(health, lambda found: found[0] == 200)
+                _status, body = await poll(health, lambda found: found[0] == 200)
                 assert body == {
                     "status": "ok",
                     "database": True,
