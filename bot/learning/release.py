@@ -178,8 +178,7 @@ class Releaser:
             "method": trained.method,
             "data": trained.curated.report(),
             "trainer_data": {k: v for k, v in trained.result.data.items() if k != "losses"},
-            # Each step's loss (the trainer's data) beside the totals: the run page's curve.
-            "metrics": {**trained.result.metrics, "losses": trained.result.data.get("losses", [])},
+            "metrics": _with_losses(trained.result),
             "evaluation": _evaluation_json(trained.result),
             "gate": decision.as_dict(),
             "withdrawn_during_run": sorted(withdrawn),
@@ -222,6 +221,13 @@ def _moved(trained: Trained, now: int | None) -> str:
         f"(/activate or /rollback), so that one keeps serving. "
         f"/activate {trained.version} serves it."
     )
+
+
+def _with_losses(result: TrainResult) -> dict[str, Any]:
+    """The training numbers, with each step's loss where the trainer sent them (its data):
+    the run page draws its curve from them after a restart."""
+    losses = result.data.get("losses")
+    return {**result.metrics, "losses": losses} if isinstance(losses, list) else result.metrics
 
 
 def _evaluation_json(result: TrainResult) -> dict[str, Any]:
