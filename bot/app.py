@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from adapters.base import Adapter
+from bot.chat.access import Access
 from bot.chat.service import ChatService
 from bot.commands.context import CommandContext
 from bot.commands.router import CommandRouter
+from bot.errors import StartupError
 from bot.generation import Generator
 from bot.learning.ab import ABTesting
 from bot.learning.finetune import Finetuner
@@ -32,6 +34,9 @@ from bot.outbox import Outbox
 from bot.settings import PLATFORMS, Platform, Settings
 from bot.startup import InstanceLock, load_generator, open_repository, prepare_data_dir
 from storage.repository import Repository
+
+if TYPE_CHECKING:
+    from bot.web import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ class Core:
     outbox: Outbox
     scheduler: Scheduler  # training by schedule; started by serve()
     closers: list[Callable[[], None]] = field(default_factory=list)
+    dashboard: Dashboard | None = None  # the web dashboard (``web.enabled``), started by serve
+    adapters: list[Adapter] = field(default_factory=list)  # what serve_core runs (for /healthz)
 
     async def aclose(self) -> None:
         """Stop the schedule and any training run, then close the model and the database."""
@@ -94,6 +101,13 @@ async def build_core(
     ab = ABTesting(settings, repo, versions)
     finetuner = Finetuner(settings, repo, versions, model_path, trainer, ab=ab)
     outbox = Outbox(private_chats=[p.name for p in PLATFORMS if p.private == "chat"])
+    access = Access(settings, repo)
+    adapters: list[Adapter] = []
+    dashboard = None
+    if settings.web.enabled:
+        from bot.webwiring import build_dashboard  # aiohttp.web and Jinja2: only when enabled
+
+        dashboard = build_dashboard(settings, repo, generator, versions, ab, finetuner, adapters)
     commands = CommandContext(
         settings=settings,
         repo=repo,
@@ -102,6 +116,8 @@ async def build_core(
         finetuner=finetuner,
         ab=ab,
         outbox=outbox,
+        login_link=dashboard.issue_login_link if dashboard is not None else None,
+        access=access,
     )
     service = ChatService(
         settings=settings,
@@ -109,6 +125,7 @@ async def build_core(
         generator=generator,
         versions=versions,
         route=CommandRouter(commands),
+        access=access,
     )
     scheduler = Scheduler(settings.schedule, repo, finetuner, outbox)
     return Core(
@@ -122,6 +139,8 @@ async def build_core(
         outbox,
         scheduler,
         [instance.release],
+        dashboard,
+        adapters,
     )
 
 
@@ -168,8 +187,10 @@ async def serve_core(core: Core, adapters: Sequence[Adapter]) -> None:
     phase: the run is interrupted and the core closed cleanly.
     """
     log.info("serving on %s", ", ".join(a.platform for a in adapters))
-    core.scheduler.start()
+    core.adapters[:] = adapters
     try:
+        await _start_dashboard(core)
+        core.scheduler.start()
         with _SigtermStops() as sigterm:
             try:
                 async with asyncio.TaskGroup() as group:
@@ -182,7 +203,24 @@ async def serve_core(core: Core, adapters: Sequence[Adapter]) -> None:
                 sigterm.uncancel()
                 log.info("stopped by SIGTERM")
     finally:
+        if core.dashboard is not None:
+            await core.dashboard.stop()
         await core.aclose()
+
+
+async def _start_dashboard(core: Core) -> None:
+    """Serve the dashboard in this loop, before the adapters; a port in use is a start-up
+    error that says which setting to change."""
+    if core.dashboard is None:
+        return
+    web = core.settings.web
+    try:
+        await core.dashboard.start()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot serve the dashboard on {web.listen}:{web.port} ({exc.strerror or exc}). "
+            "Set web.port (or web.listen) to a free one, or web.enabled = false."
+        ) from None
 
 
 async def _finish_training(core: Core) -> None:

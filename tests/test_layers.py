@@ -43,9 +43,15 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "bot/outbox.py": _BASE,
     "bot/logs.py": (*_BASE, "bot.settings"),
     "bot/generation/": (*_BASE, "bot.settings", "bot.generation"),
-    "bot/learning/": (*_CORE, "bot.learning"),
+    "bot/learning/": (*_CORE, "bot.metrics", "bot.learning"),
     # The command table is a leaf (it imports bot.types only): the chat tells commands apart.
-    "bot/chat/": (*_CORE, "bot.learning.versions", "bot.commands.table", "bot.chat"),
+    "bot/chat/": (
+        *_CORE,
+        "bot.metrics",
+        "bot.learning.versions",
+        "bot.commands.table",
+        "bot.chat",
+    ),
     "bot/commands/": (*_CORE, "bot.learning", "bot.chat", "bot.commands"),
     "bot/engine/": (*_BASE, "bot.settings", "bot.generation", "bot.engine"),
     "bot/trainer/": (
@@ -62,6 +68,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # The operator's console: storage and the core's values, its services through WebDeps.
     "bot/web/": (*_CORE, "bot.metrics", "bot.web"),
     "bot/app.py": ("bot", "adapters", "storage", "migrations"),
+    "bot/webwiring.py": ("bot", "adapters", "storage", "migrations"),
     "bot/startup.py": ("bot", "adapters", "storage", "migrations"),
     "bot/cli/": ("bot", "adapters", "storage", "migrations"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bot.metrics as metrics
 from bot.types import RateAction, RateOutcome, Vote
 from storage.repository import Repository
 
@@ -17,4 +18,7 @@ async def rate(
         return RateOutcome(
             RateAction.REFUSED, exchange_id, None, "That reply is unknown here; nothing changed."
         )
-    return await repo.rate(exchange_id, user_key, vote)
+    outcome = await repo.rate(exchange_id, user_key, vote)
+    if outcome.action is not RateAction.REFUSED:
+        metrics.record_rating(int(vote), outcome.action.value)
+    return outcome

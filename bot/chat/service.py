@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 
+import bot.metrics as metrics
 from bot.chat import rating
+from bot.chat.access import Access
 from bot.chat.prompt import fit_prompt, to_turns
 from bot.chat.ratelimit import RateLimiter
 from bot.commands.table import ParsedCommand, parse_command
@@ -16,7 +19,17 @@ from bot.errors import GenerationError, ModelLoadError, PromptTooLong
 from bot.generation import Generator
 from bot.learning.versions import AdapterVersions
 from bot.settings import Settings
-from bot.types import Draft, GenerationParams, Incoming, RateOutcome, Reply, ReplyKind, Turn, Vote
+from bot.types import (
+    Draft,
+    GenerationParams,
+    Incoming,
+    RateAction,
+    RateOutcome,
+    Reply,
+    ReplyKind,
+    Turn,
+    Vote,
+)
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -36,6 +49,7 @@ class ChatService:
         generator: Generator,
         versions: AdapterVersions,
         route: Route,
+        access: Access | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -43,6 +57,7 @@ class ChatService:
         self.versions = versions
         self._route = route
         self._limiter = RateLimiter(settings.chat.user_messages_per_minute)
+        self.access = access or Access(settings, repo)  # who is answered (bot/chat/access.py)
 
     def default_params(self) -> GenerationParams:
         """The configured sampling parameters of a reply."""
@@ -64,9 +79,11 @@ class ChatService:
         """Record the platform's id of the message that shows a reply."""
         await self.repo.set_reply_platform_id(exchange_id, platform_id)
 
-    @staticmethod
-    def should_answer(incoming: Incoming, bot_username: str | None = None) -> bool:
-        """Private chats: always. Groups: when mentioned, replied to, or given a command."""
+    def should_answer(self, incoming: Incoming, bot_username: str | None = None) -> bool:
+        """Private chats: always. Groups: when mentioned, replied to, or given a command.
+        Never to a refused user (or chat) that already had its notice."""
+        if self.access.silenced(incoming):
+            return False
         if incoming.is_private or incoming.mentions_bot or incoming.reply_to_bot:
             return True
         return parse_command(incoming.text, bot_username) is not None
@@ -78,6 +95,10 @@ class ChatService:
 
         The text is already clean: an Incoming cleans its text and sender's name when it is
         built (``bot.types.clean_text``), whichever adapter builds it."""
+        refusal = await self.access.check(incoming)
+        if refusal is not None:  # not stored, not answered: one short notice
+            yield Reply(refusal.notice, ReplyKind.NOTICE)
+            return
         text = incoming.text
         if not text:
             yield Reply(
@@ -143,17 +164,20 @@ class ChatService:
         # is no await between here and then: the reply records exactly the adapter that wrote it.
         version = self.versions.serving(slot)
         stream = self.generator.stream(prompt, params, slot=slot)
-        text = ""
+        text, timing = "", _Timing(incoming.platform)
         try:
             async for piece in stream:
                 text += piece
+                timing.piece()
                 yield Draft(text)
         except GenerationError as exc:
             log.exception("generation failed for exchange %s", exchange_id)
             await self.repo.fail_exchange(exchange_id, str(exc), text)
+            timing.record("error")
             yield Reply(_sorry(exc), ReplyKind.ERROR)
             return
         except (asyncio.CancelledError, GeneratorExit):
+            timing.record("cancelled")
             await asyncio.shield(self.repo.fail_exchange(exchange_id, "cancelled", text))
             raise
         except Exception as exc:  # a bug, not a generation failure: recorded, then it goes on
@@ -161,6 +185,7 @@ class ChatService:
             raise
         text = text.strip()
         await self.repo.finish_exchange(exchange_id, text, adapter_version=version)
+        timing.record("answer")
         yield Reply(text or "…", ReplyKind.ANSWER, exchange_id=exchange_id, adapter_version=version)
 
     async def _prompt(self, incoming: Incoming, params: GenerationParams) -> list[Turn]:
@@ -176,8 +201,38 @@ class ChatService:
     ) -> RateOutcome:
         """Store a 👍/👎 press: one vote per user per reply; the other button changes it, the
         same button again retracts it. ``chat_key`` (when the platform tells) must match the
-        reply's chat, so a forged button from another chat changes nothing."""
+        reply's chat, so a forged button from another chat changes nothing. A refused user's
+        press counts for nothing (their notice is the answer)."""
+        refused = await self.access.rater_refused(user_key)
+        if refused is not None:
+            return RateOutcome(RateAction.REFUSED, exchange_id, None, refused)
         return await rating.rate(self.repo, exchange_id, user_key, vote, chat_key=chat_key)
+
+
+class _Timing:
+    """A reply's timings for ``/metrics``: from the request to the generator (the prompt is
+    built by then) to its first text and to its end; stream pieces count as tokens (one per
+    decoded token from the local engine, one per streamed chunk from a server)."""
+
+    def __init__(self, platform: str) -> None:
+        self._platform = platform
+        self._started = time.monotonic()
+        self._first: float | None = None
+        self._pieces = 0
+
+    def piece(self) -> None:
+        if self._first is None:
+            self._first = time.monotonic() - self._started
+        self._pieces += 1
+
+    def record(self, outcome: str) -> None:
+        metrics.record_reply(
+            self._platform,
+            outcome,
+            tokens=self._pieces,
+            seconds=time.monotonic() - self._started,
+            first_token_s=self._first,
+        )
 
 
 def _sorry(exc: Exception) -> str:

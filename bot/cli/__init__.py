@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     db_sub.add_parser("upgrade", help="apply pending migrations")
     db_sub.add_parser("current", help="show the schema revision")
+    backup = db_sub.add_parser("backup", help="copy the database and the adapters to PATH")
+    backup.add_argument("path", type=Path, help="a new (or empty) folder")
     install.add_config_parser(sub)
     return parser
 
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"selftune: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, settings_secrets(settings))
+    setup_logging(settings.log_level, settings_secrets(settings), settings.log_format)
     try:
         return asyncio.run(_dispatch(args, settings))
     except KeyboardInterrupt:

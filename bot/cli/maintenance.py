@@ -155,6 +155,10 @@ async def export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def db(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "backup":
+        from bot.cli.backup import backup
+
+        return await backup(settings, args.path)
     prepare_data_dir(settings)
     engine = create_engine(settings.database_url)
     try:

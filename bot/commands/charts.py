@@ -5,12 +5,10 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # no screen: render to memory
-
-from matplotlib import pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from storage.stats import DailyRatings
 
@@ -38,32 +36,48 @@ def ratings_table(daily: Sequence[DailyRatings]) -> str:
 
 
 def ratings_chart(daily: Sequence[DailyRatings]) -> bytes:
-    """Share of 👍 per day, one line per adapter version, with vote counts as bars."""
-    fig: Figure = plt.figure(figsize=(8, 4.5), dpi=100)
-    try:
-        share_ax = fig.add_subplot(1, 1, 1)
-        count_ax = share_ax.twinx()
-        days = sorted({row.day for row in daily})
-        index = {day: i for i, day in enumerate(days)}
-        versions = sorted({row.adapter_version for row in daily}, key=lambda v: v or 0)
-        width = 0.8 / max(1, len(versions))
-        for n, version in enumerate(versions):
-            rows = [row for row in daily if row.adapter_version == version]
-            xs = [index[row.day] for row in rows]
-            shares = [100.0 * row.ups / max(1, row.ups + row.downs) for row in rows]
-            totals = [row.ups + row.downs for row in rows]
-            line = share_ax.plot(xs, shares, marker="o", label=_label(version))[0]
-            offsets = [x - 0.4 + width * (n + 0.5) for x in xs]
-            count_ax.bar(offsets, totals, width=width, alpha=0.2, color=line.get_color())
-        share_ax.set_ylim(0, 105)
-        share_ax.set_ylabel("liked (%)")
-        count_ax.set_ylabel("votes")
-        share_ax.set_xticks(range(len(days)), days, rotation=30, ha="right", fontsize=8)
-        share_ax.set_title("Ratings per day and adapter version")
-        share_ax.legend(loc="lower left", title="adapter")
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        return buffer.getvalue()
-    finally:
-        plt.close(fig)
+    """The chart of ``draw`` as PNG."""
+    buffer = io.BytesIO()
+    draw(daily).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def draw(daily: Sequence[DailyRatings]) -> Figure:
+    """Votes per day as bars, one per adapter version: 👍 solid, 👎 stacked on top, hatched.
+
+    One axis of counts from 0 with whole-number ticks, so a new bot's first few votes look like
+    a few votes (a share of 👍 on a second axis made one vote look like 100 %). Drawn with the
+    object API (``Figure``, no pyplot state): safe in a worker thread, which is where /stats
+    draws it.
+    """
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    days = sorted({row.day for row in daily})
+    index = {day: i for i, day in enumerate(days)}
+    versions = sorted({row.adapter_version for row in daily}, key=lambda v: v or 0)
+    width = 0.8 / max(1, len(versions))
+    handles: list[Patch] = []
+    for n, version in enumerate(versions):
+        rows = [row for row in daily if row.adapter_version == version]
+        xs = [index[row.day] - 0.4 + width * (n + 0.5) for row in rows]
+        color = f"C{n % 10}"
+        ups = [row.ups for row in rows]
+        downs = [row.downs for row in rows]
+        ax.bar(xs, ups, width=width, color=color)
+        ax.bar(xs, downs, width=width, bottom=ups, color=color, alpha=0.35, hatch="//")
+        handles.append(Patch(color=color, label=_label(version)))
+    handles.append(Patch(facecolor="white", edgecolor="grey", label="liked (solid)"))
+    handles.append(Patch(facecolor="white", edgecolor="grey", hatch="//", label="disliked"))
+    _axes(ax, days, max((row.ups + row.downs for row in daily), default=0))
+    ax.legend(handles=handles, loc="upper left", title="adapter", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _axes(ax: Axes, days: list[str], highest: int) -> None:
+    # From 0, whole votes, and headroom above the highest bar for the legend.
+    ax.set_ylim(0, highest + max(1.0, highest * 0.3))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("votes")
+    ax.set_xticks(range(len(days)), days, rotation=30, ha="right", fontsize=8)
+    ax.set_title("Ratings per day and adapter version")

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from bot.chat.access import Access
 from bot.generation import Generator
 from bot.learning.ab import ABTesting
 from bot.learning.finetune import Finetuner
@@ -33,6 +34,9 @@ class CommandContext:
     outbox: Outbox
     # Tasks a command started and nobody awaits (kept referenced so they are not collected).
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # The dashboard's one-time login link for an admin's user key (None: the dashboard is off).
+    login_link: Callable[[str], str] | None = None
+    access: Access | None = None  # the chat's access check: /block and /unblock update it
 
     def is_admin(self, incoming: Incoming) -> bool:
         """Configured admin user keys, or a platform-vouched admin (``incoming.is_admin``)."""

@@ -119,6 +119,31 @@ COMMANDS: tuple[CommandSpec, ...] = (
         private=True,
         handler="learning:stats",
     ),
+    CommandSpec(
+        "block",
+        "Block a user: one notice, then no answers; their ratings never train",
+        admin=True,
+        private=True,
+        handler="access:block",
+        args="USER_KEY",
+        arg_help="The user's key, e.g. telegram:42 (the dashboard's Users page lists them)",
+    ),
+    CommandSpec(
+        "unblock",
+        "Lift a user's block",
+        admin=True,
+        private=True,
+        handler="access:unblock",
+        args="USER_KEY",
+        arg_help="The user's key, e.g. telegram:42",
+    ),
+    CommandSpec(
+        "dashboard",
+        "A one-time login link to the web dashboard",
+        admin=True,
+        private=True,
+        handler="access:dashboard",
+    ),
 )
 
 BY_NAME = {spec.name: spec for spec in COMMANDS}

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import bot.metrics as metrics
 from bot.errors import NothingToTrain, TrainingAlreadyRunning, TrainingFailed
 from bot.learning.ab import ABTesting
 from bot.learning.curation import Curated, curate
@@ -274,6 +275,7 @@ class Finetuner:
         partial = output.with_name(output.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         await asyncio.shield(self._repo.runs.finish(run_id, status, message))
+        metrics.record_run(status)
 
 
 __all__ = [

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import bot.metrics as metrics_registry
 from bot.errors import VersionError
 from bot.learning.ab import ABTesting
 from bot.learning.curation import Curated
@@ -130,9 +131,11 @@ class Releaser:
         message += _dropped_note(trained.result)
         run_status = RunStatus.REJECTED if decision.verdict == "fail" else RunStatus.SUCCEEDED
         report = self._report(trained, decision, withdrawn, len(forgotten), now)
+        report["curation"] = await self._curation(trained.run_id)
         await self._repo.runs.finish(
             trained.run_id, run_status, message, adapter_version=trained.version, report=report
         )
+        metrics_registry.record_run(run_status)
         return Released(run_status, message, decision, metrics, report)
 
     async def _act(self, trained: Trained, decision: GateDecision, live: bool) -> str:
@@ -154,6 +157,13 @@ class Releaser:
             "gate": {**self._settings.gate.model_dump(), **decision.as_dict()},
         }
 
+    async def _curation(self, run_id: int) -> dict[str, int]:
+        """The operator's curation since the previous run read its data (all of it before a
+        first run), by action: what this run's data reflects that the last one's did not."""
+        previous = [run for run in await self._repo.runs.recent(limit=5) if run.id < run_id]
+        since = previous[0].started_at if previous else None
+        return await self._repo.curation.summary_since(since)
+
     def _report(
         self,
         trained: Trained,
@@ -167,8 +177,8 @@ class Releaser:
             "active_at_release": active,
             "method": trained.method,
             "data": trained.curated.report(),
-            "trainer_data": trained.result.data,
-            "metrics": trained.result.metrics,
+            "trainer_data": {k: v for k, v in trained.result.data.items() if k != "losses"},
+            "metrics": _with_losses(trained.result),
             "evaluation": _evaluation_json(trained.result),
             "gate": decision.as_dict(),
             "withdrawn_during_run": sorted(withdrawn),
@@ -211,6 +221,13 @@ def _moved(trained: Trained, now: int | None) -> str:
         f"(/activate or /rollback), so that one keeps serving. "
         f"/activate {trained.version} serves it."
     )
+
+
+def _with_losses(result: TrainResult) -> dict[str, Any]:
+    """The training numbers, with each step's loss where the trainer sent them (its data):
+    the run page draws its curve from them after a restart."""
+    losses = result.data.get("losses")
+    return {**result.metrics, "losses": losses} if isinstance(losses, list) else result.metrics
 
 
 def _evaluation_json(result: TrainResult) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from bot.errors import ConfigError
+from bot.settings.access import AccessSettings
 from bot.settings.base import Section, xdg
 from bot.settings.learning import (
     ABSettings,
@@ -64,6 +65,9 @@ class Settings(Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Logging threshold (logs go to stderr, tokens masked)."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json': one JSON object per log line (for a log collector)."
+    )
     # Sections are frozen, so one default instance can be shared safely.
     database: DatabaseSettings = DatabaseSettings()
     model: ModelSettings = ModelSettings()
@@ -78,6 +82,7 @@ class Settings(Section):
     telegram: TelegramSettings = TelegramSettings()
     discord: DiscordSettings = DiscordSettings()
     web: WebSettings = WebSettings()
+    access: AccessSettings = AccessSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, SecretStr, field_validator
 
 from bot.settings.base import Section
@@ -9,6 +11,8 @@ from bot.settings.base import Section
 
 class WebSettings(Section):
     """The dashboard: off unless enabled; on 127.0.0.1 unless told otherwise."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("password_hash", "secret_key", "metrics_token")
 
     enabled: bool = Field(False, description="Serve the web dashboard (`selftune run`).")
     listen: str = Field(

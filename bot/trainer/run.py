@@ -115,7 +115,9 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
         **extra,
     }
     model.save_pretrained(partial, save_embedding_layers=False)
-    result = TrainOutput(metrics, data=data_report(spec, data))
+    result = TrainOutput(
+        metrics, data=data_report(spec, data) | {"losses": [round(x, 6) for x in losses]}
+    )
     if before is not None:
         emit(Phase("evaluation", heldout=len(data.heldout)))
         candidate = score(model, data.heldout, rt)

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 
 from bot.app import Core
-from bot.commands import conversation, learning
+from bot.commands import access, conversation, learning
 from bot.commands.context import CommandContext
 from bot.commands.docs import README, readme_with_table
 from bot.commands.router import CommandRouter, resolve
@@ -22,7 +22,7 @@ from tests.support.records import say
 
 ADMIN = Incoming("console", "local", "local", "Ann", "")
 GUEST = Incoming("telegram", "-100", "7", "Bob", "", is_private=False)
-HANDLER_MODULES: tuple[ModuleType, ...] = (conversation, learning)
+HANDLER_MODULES: tuple[ModuleType, ...] = (access, conversation, learning)
 
 
 def _handlers(module: ModuleType) -> set[str]:

@@ -55,7 +55,9 @@ class FakeTrainer:
         (partial / "adapter_config.json").write_text("{}", encoding="utf-8")
         partial.rename(spec.output_dir)
         done = Done(
-            {"train_loss": 1.5, "steps": 2.0}, self._evaluation(rows), {"method": spec.method}
+            {"train_loss": 1.5, "steps": 2.0},
+            self._evaluation(rows),
+            {"method": spec.method, "losses": [2.5, 1.5]},  # as bot/trainer/run.py sends them
         )
         await progress(done)
         return TrainResult.of(spec.output_dir, done)

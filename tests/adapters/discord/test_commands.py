@@ -14,7 +14,18 @@ from tests.fakes.discord_server import (
 )
 
 USER_COMMANDS = {"help", "new", "persona", "forget", "optout", "optin"}
-ADMIN_COMMANDS = {"finetune", "status", "adapters", "rollback", "activate", "ab", "stats"}
+ADMIN_COMMANDS = {
+    "finetune",
+    "status",
+    "adapters",
+    "rollback",
+    "activate",
+    "ab",
+    "stats",
+    "block",
+    "unblock",
+    "dashboard",
+}
 
 
 async def run(
