@@ -191,3 +191,42 @@ class ABTestRow(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """Who did what from the operator's side (dashboard, admin commands), and when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # a user key, or "web:password"
+    action: Mapped[str] = mapped_column(String(32), index=True)  # e.g. "rating.flip", "user.block"
+    target: Mapped[str] = mapped_column(String(200))  # e.g. "rating:12", "user:telegram:42"
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class UserControl(Base):
+    """An operator's decisions about one user: blocked, or their ratings kept out of training.
+
+    Keyed by the user key, not the users row: a key can be blocked before it ever writes, and
+    the decision outlives a /forget (which deletes the users row)."""
+
+    __tablename__ = "user_controls"
+
+    user_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    ratings_excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UsedLoginNonce(Base):
+    """A one-time login link that was used: the primary key refuses a second use."""
+
+    __tablename__ = "web_login_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(128))
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # rows past it can be deleted

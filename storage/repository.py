@@ -21,6 +21,8 @@ from bot.types import (
 )
 from storage.abtests import ABTests
 from storage.adapter_store import AdapterStore
+from storage.curation import Curation
+from storage.dashboard import Dashboard
 from storage.db import aware, session_factory
 from storage.forget import ForgetReport, forget_user
 from storage.models import Chat, Message, Rating, User, utcnow
@@ -48,6 +50,8 @@ class Repository:
         self.runs = TrainingRuns(self._sessions)
         self.training = TrainingRows(self._sessions)  # what training may read
         self.stats = Stats(self._sessions)
+        self.curation = Curation(self._sessions)  # operator decisions and the audit log
+        self.dashboard = Dashboard(self._sessions)  # the web dashboard's read queries
 
     async def aclose(self) -> None:
         await self.engine.dispose()

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from bot.types import Exchange, RatedExchange, Turn
+from storage.curation import untrainable_raters
 from storage.db import aware
 from storage.forget import Quoted, quoted_forms, scrub
 from storage.models import Chat, Message, Rating, User
@@ -46,9 +47,10 @@ class TrainingRows:
         self._sessions = sessions
 
     async def rated(self, limit: int | None = None) -> list[RatedExchange]:
-        """Every usable rating, newest first: on answered exchanges not excluded by a /forget,
-        from raters who did not opt out, on exchanges whose author did not opt out either (the
-        prompt holds their words). One row per rating."""
+        """Every usable rating, newest first: on answered exchanges not excluded by a /forget
+        (or an operator), from raters who did not opt out and whom no operator blocked or
+        excluded, on exchanges whose author did not opt out either (the prompt holds their
+        words). One row per rating."""
         rater, author = User, aliased(User)
         query = (
             select(Rating, ExchangeRow, rater.key)
@@ -60,6 +62,7 @@ class TrainingRows:
                 ExchangeRow.training_excluded.is_(False),
                 rater.training_opt_out.is_(False),
                 author.training_opt_out.is_(False),
+                rater.key.not_in(untrainable_raters()),  # blocked or excluded by an operator
             )
             .order_by(Rating.updated_at.desc(), Rating.id.desc())
         )

@@ -42,6 +42,7 @@ from bot.settings.serving import (
     GenerationSettings,
     ModelSettings,
 )
+from bot.settings.web import WebSettings
 
 __all__ = ["CONFIG_ENV", "ENV_PREFIX", "Settings", "default_config_path", "load_settings"]
 
@@ -76,6 +77,7 @@ class Settings(Section):
     schedule: ScheduleSettings = ScheduleSettings()
     telegram: TelegramSettings = TelegramSettings()
     discord: DiscordSettings = DiscordSettings()
+    web: WebSettings = WebSettings()
 
     @field_validator("data_dir")
     @classmethod
