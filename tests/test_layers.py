@@ -58,6 +58,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bot.trainer",
     ),
     "adapters/": (*_BASE, "bot.settings", "bot.commands.table", "adapters"),
+    "bot/metrics.py": _BASE,
+    # The operator's console: storage and the core's values, its services through WebDeps.
+    "bot/web/": (*_CORE, "bot.metrics", "bot.web"),
     "bot/app.py": ("bot", "adapters", "storage", "migrations"),
     "bot/startup.py": ("bot", "adapters", "storage", "migrations"),
     "bot/cli/": ("bot", "adapters", "storage", "migrations"),

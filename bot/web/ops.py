@@ -8,7 +8,7 @@ import secrets
 
 from aiohttp import web
 
-from bot import metrics
+import bot.metrics as metrics
 from bot.web.auth import session_of
 from bot.web.context import CONTEXT
 
