@@ -12,7 +12,11 @@ of posting another.
 
 Button presses are the exception: a press toggles a vote, so one handled twice would undo it.
 They are marked done before they are handled (at most once: a press lost in a crash is pressed
-again).
+again). A command a crash interrupted runs again at the next start.
+
+What can still be shown twice: a reply whose first message was sent in the instant before the
+crash and not yet recorded (a draft, usually: the answer then edits a new message), and the
+later messages of a reply longer than one Telegram message.
 """
 
 from __future__ import annotations
