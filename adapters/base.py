@@ -6,6 +6,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
+from adapters.delivery import DeliveryLog
 from bot.types import Draft, Incoming, RateOutcome, Reply, Vote, parse_id
 
 RATING_PREFIX = "rate"
@@ -18,6 +19,11 @@ class ChatCore(Protocol):
 
     Adapters never reach past it into storage, settings or the learning loop.
     """
+
+    @property
+    def deliveries(self) -> DeliveryLog:
+        """Where updates are stored before the platform is told they arrived."""
+        ...
 
     @property
     def admins(self) -> Sequence[str]:

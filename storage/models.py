@@ -85,6 +85,9 @@ class Message(Base):
     content: Mapped[str] = mapped_column(Text)
     user_name: Mapped[str | None] = mapped_column(String(256))
     platform_message_id: Mapped[str | None] = mapped_column(String(64))
+    # "<chat key>/<platform message id>" for messages from a chat platform, whose ids are
+    # stable: unique, so a message delivered again (after a crash) is stored once.
+    source_key: Mapped[str | None] = mapped_column(String(256), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -230,3 +233,22 @@ class UsedLoginNonce(Base):
     user_key: Mapped[str] = mapped_column(String(128))
     used_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)  # rows past it can be deleted
+
+
+class Delivery(Base):
+    """One update from a platform, stored before the platform is told it arrived and marked
+    done once handled: what a crash interrupted is handled again at the next start.
+
+    ``platform`` names the bot account (``telegram:<bot id>``), ``key`` the update (Telegram's
+    update_id, Discord's message id); the primary key drops an update delivered twice."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_pending", "platform", "done"),)
+
+    platform: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The platform's id of the reply's first message, once sent: answered again, it is edited.
+    reply_ref: Mapped[str | None] = mapped_column(String(64))
+    done: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

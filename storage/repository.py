@@ -24,6 +24,7 @@ from storage.adapter_store import AdapterStore
 from storage.curation import Curation
 from storage.dashboard import Dashboard
 from storage.db import aware, session_factory
+from storage.deliveries import Deliveries
 from storage.forget import ForgetReport, forget_user
 from storage.models import Chat, Message, Rating, User, utcnow
 from storage.models import Exchange as ExchangeRow
@@ -52,6 +53,7 @@ class Repository:
         self.stats = Stats(self._sessions)
         self.curation = Curation(self._sessions)  # operator decisions and the audit log
         self.dashboard = Dashboard(self._sessions)  # the web dashboard's read queries
+        self.deliveries = Deliveries(self._sessions)  # platform updates, stored before confirmed
 
     async def aclose(self) -> None:
         await self.engine.dispose()
@@ -113,11 +115,26 @@ class Repository:
     # -- messages and exchanges ---------------------------------------------------------------
 
     async def add_user_message(
-        self, chat_key: str, user_key: str, user_name: str, text: str, platform_id: str | None
+        self,
+        chat_key: str,
+        user_key: str,
+        user_name: str,
+        text: str,
+        platform_id: str | None,
+        *,
+        source_key: str | None = None,
     ) -> int:
-        """Store an incoming message (before it is answered); returns its id."""
+        """Store an incoming message (before it is answered); returns its id. A message with a
+        ``source_key`` stored before (delivered again after a crash) is not stored twice: the
+        first copy's id is returned."""
 
         async def work(session: AsyncSession) -> int:
+            if source_key is not None:
+                known = await session.scalar(
+                    select(Message.id).where(Message.source_key == source_key)
+                )
+                if known is not None:
+                    return int(known)
             chat = await self._chat(session, chat_key)
             user = await self._user(session, user_key, user_name)
             message = Message(
@@ -128,6 +145,7 @@ class Repository:
                 content=text,
                 user_name=user_name,
                 platform_message_id=platform_id,
+                source_key=source_key,
             )
             session.add(message)
             await session.flush()

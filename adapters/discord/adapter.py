@@ -4,19 +4,33 @@
 so Discord, Telegram and the core share one asyncio loop. The REST base and gateway URLs are
 settings (``discord.api_base``, ``discord.gateway_url``), so the bot can talk to a
 Discord-compatible server, and the tests to a fake one.
+
+What a crash can lose here. Discord's gateway does not send an event again to a new session,
+so delivery cannot be at least once end to end as on Telegram. What is kept: a message the bot
+will answer is recorded (``deliveries``, by message id) and stored by the core before it is
+answered, and marked done once answered; at the next start the ones a crash interrupted (the
+replies being generated) are fetched again by id and answered, a reply written before the
+crash shown from the database rather than written again. What is lost: an event the process
+received but had not yet recorded (a few milliseconds), and every message sent while the bot
+was down (the gateway does not replay them; they stay in the channel, unanswered). A partial
+draft left by the crash stays on screen above the new answer. Button presses and slash
+commands are interactions: a crash before the answer makes Discord show "interaction failed",
+and the user presses again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import aiohttp
 import yarl
 
 from adapters.base import ChatCore
 from adapters.discord.incoming import PLATFORM, target_channel_id
-from adapters.discord.messages import MessageHandler
+from adapters.discord.messages import MessageHandler, delivery_platform
 from adapters.discord.private import DirectMessages
 from adapters.discord.rating import RateButton, RatingHandler
 from adapters.discord.replies import send_pieces
@@ -87,6 +101,7 @@ class SelftuneClient(discord.Client):
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s (%d servers)", self.user, len(self.guilds))
         self._adapter.ready.set()
+        self._adapter.track(self._adapter.recover())
 
     async def on_message(self, message: discord.Message) -> None:
         if self.user is not None:
@@ -112,6 +127,9 @@ class DiscordAdapter:
         self.messages = MessageHandler(service, settings, self.direct.remember)
         self.ready = asyncio.Event()
         self.client: SelftuneClient | None = None
+        self._service = service
+        self._recovered = False  # on_ready comes again after each reconnect
+        self._again: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Log in, connect and serve until cancelled; a fatal refusal becomes a clear error."""
@@ -132,7 +150,40 @@ class DiscordAdapter:
         finally:
             self.ready.clear()
             await self.messages.aclose()  # answers in flight get the shutdown grace
+            await self._stop_tracked()
             await client.close()
+
+    async def recover(self) -> None:
+        """Once per process: answer the messages a crash interrupted (recorded, not done)."""
+        client = self._connected()
+        if self._recovered or client.user is None:
+            return
+        self._recovered = True
+        me, deliveries = client.user, self._service.deliveries
+        platform = delivery_platform(me)
+        for key, place, _ref in await deliveries.unfinished(platform):
+            guild = place.get("guild_id") or None
+            channel = client.get_partial_messageable(
+                int(place["channel_id"]), guild_id=int(guild) if guild else None
+            )
+            try:
+                message = await channel.fetch_message(int(key))
+            except discord.HTTPException as exc:  # deleted meanwhile, or no longer visible
+                log.info("message %s cannot be answered after the restart: %s", key, exc)
+                await deliveries.finish(platform, key)
+                continue
+            self.track(self.messages.handle(message, me, again=True))
+
+    def track(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task that ends with the adapter (recovery, answers again)."""
+        task = asyncio.create_task(work)
+        self._again.add(task)
+        task.add_done_callback(self._again.discard)
+
+    async def _stop_tracked(self) -> None:
+        for task in self._again:
+            task.cancel()
+        await asyncio.gather(*self._again, return_exceptions=True)
 
     @staticmethod
     def _fail(message: str) -> DiscordStartupError:

@@ -31,6 +31,12 @@ from bot.types import Incoming, Reply, ReplyKind
 
 log = logging.getLogger(__name__)
 
+
+def delivery_platform(me: discord.abc.Snowflake) -> str:
+    """The bot account's name in the delivery records."""
+    return f"discord:{me.id}"
+
+
 # Ordinary messages and replies; not joins, pins, thread-created notices and the like.
 CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 BROKEN = (
@@ -59,23 +65,39 @@ class MessageHandler:
         self._pacer = channel_pacer(settings.edit_interval_s)
         self._inflight = InFlight(settings.shutdown_grace_s)
 
-    async def handle(self, message: discord.Message, me: discord.ClientUser) -> None:
-        """Entry point for every MESSAGE_CREATE (discord.py runs each in its own task)."""
+    async def handle(
+        self, message: discord.Message, me: discord.ClientUser, *, again: bool = False
+    ) -> None:
+        """Entry point for every MESSAGE_CREATE (discord.py runs each in its own task);
+        ``again``: a message a crash interrupted, handled at the next start."""
         author = message.author
         if author.id == me.id or author.bot or message.type not in CHAT_TYPES:
             return
         with self._inflight.track():
-            await self._handle(message, me)
+            await self._handle(message, me, again)
 
     async def aclose(self) -> None:
         """At shutdown: let answers in flight finish (up to ``shutdown_grace_s``), then stop
         the rest (their exchanges are marked as cancelled)."""
         await self._inflight.drain()
 
-    async def _handle(self, message: discord.Message, me: discord.ClientUser) -> None:
+    async def _handle(self, message: discord.Message, me: discord.ClientUser, again: bool) -> None:
         incoming = await incoming_from_message(message, me.id, self._settings.admin_role_id)
         if not self._service.should_answer(incoming, me.name):
             return
+        platform, key = delivery_platform(me), str(message.id)
+        guild = str(message.guild.id) if message.guild is not None else ""
+        place = {"channel_id": str(message.channel.id), "guild_id": guild}
+        deliveries = self._service.deliveries
+        if not await deliveries.receive_one(platform, key, place) and not again:
+            return  # the gateway sent it twice: it is being (or was) answered
+        await self._answer_stored(message, incoming, me)
+        await deliveries.finish(platform, key)  # not reached when cut off: answered at start
+
+    async def _answer_stored(
+        self, message: discord.Message, incoming: Incoming, me: discord.ClientUser
+    ) -> None:
+        """Answer a message whose delivery is recorded (the core stores it, then answers)."""
         if self._on_answered is not None:
             self._on_answered(incoming)
         extras = unreadable_parts(message)

@@ -1,14 +1,19 @@
 """The bot on Telegram (python-telegram-bot 22), in the event loop every adapter shares.
 
-PTB's explicit lifecycle (``initialize``, ``start``, ``updater.start_polling`` or
-``start_webhook``, and the reverse when the task is cancelled), never ``run_polling()``, which
-would own the loop. Updates are handled concurrently, so many chats are answered at once.
+PTB's explicit lifecycle (``initialize``, ``start``, and the reverse when the task is
+cancelled), never ``run_polling()``, which would own the loop. Updates are handled
+concurrently, so many chats are answered at once.
+
+Delivery is at least once (``adapters.telegram.inbox``): an update is stored before Telegram
+is told it arrived (long polling or webhook, ``adapters.telegram.receiving``), and what a crash
+interrupted is handled at the next start; a message is stored and answered once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -23,12 +28,13 @@ from adapters.telegram.app import (
     TelegramStartupError,
     build_application,
     initialize,
-    receive,
     register_commands,
     stop_receiving,
 )
 from adapters.telegram.bot_api import Target, TelegramIO, describe
 from adapters.telegram.format import Piece, split_reply
+from adapters.telegram.inbox import Inbox
+from adapters.telegram.receiving import receive
 from adapters.telegram.stream import telegram_stream
 from adapters.telegram.updates import (
     PLATFORM,
@@ -67,6 +73,7 @@ class TelegramAdapter:
         self._pacer = Pacer(settings.edit_interval_s)
         self._io: TelegramIO | None = None
         self._me: User | None = None
+        self._inbox: Inbox | None = None
         self._inflight = InFlight(settings.shutdown_grace_s)
         self.ready = asyncio.Event()  # set while updates are being received
 
@@ -84,9 +91,12 @@ class TelegramAdapter:
             await register_commands(app.bot, self._service.admins, self._safe)
             await app.start()
             stack.push_async_callback(app.stop)
+            inbox = self._inbox = Inbox(app, self._service.deliveries)
+            stack.push_async_callback(inbox.close)  # after the grace: the rest, next start
             stack.push_async_callback(self._inflight.drain)
-            await receive(app, self._settings, self._on_polling_error)
-            stack.push_async_callback(stop_receiving, app)
+            await inbox.recover()
+            receiving = await receive(app.bot, inbox, self._settings, self._on_polling_error)
+            stack.push_async_callback(stop_receiving, receiving)
             self.ready.set()
             stack.callback(self.ready.clear)
             log.info("serving Telegram as @%s (%s)", self._me.username, self._settings.mode)
@@ -105,6 +115,7 @@ class TelegramAdapter:
 
     def _forget_bot(self) -> None:
         self._io = self._me = None
+        self._inbox = None
 
     # -- updates --------------------------------------------------------------------------
 
@@ -116,12 +127,20 @@ class TelegramAdapter:
         if incoming is None or not self._service.should_answer(incoming, me.username):
             return
         with self._inflight.track():
-            await self._answer(incoming, reply_target(message))
+            await self._answer(incoming, reply_target(message), update)
 
-    async def _answer(self, incoming: Incoming, target: Target) -> None:
-        """Stream the core's reply into the chat; hand private output to the user's DM."""
+    async def _answer(self, incoming: Incoming, target: Target, update: Update) -> None:
+        """Stream the core's reply into the chat; hand private output to the user's DM. The
+        reply's first message is recorded, and after a restart the same update edits it."""
         io, username = self._require_io(), self._me.username if self._me else None
-        stream = telegram_stream(io, target, self._pacer)
+        inbox = self._inbox
+        stream = telegram_stream(
+            io,
+            target,
+            self._pacer,
+            reuse=inbox.reply_ref(update) if inbox else None,
+            on_first=functools.partial(inbox.reply_started, update) if inbox else None,
+        )
         typing = asyncio.create_task(self._typing(target, stream.visible))
         try:
             reply = await stream.show(self._service.respond(incoming, bot_username=username))

@@ -1,13 +1,13 @@
 """python-telegram-bot's Application as the adapter uses it: built from TelegramSettings,
-initialised patiently, receiving by long polling or webhook, with the command menu set."""
+initialised patiently, with the command menu set. Updates do not come through PTB's Updater
+(which confirms them before they are stored) but ``adapters.telegram.receiving``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
 from telegram import Bot, BotCommand, BotCommandScopeChat, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
@@ -46,6 +46,7 @@ def build_application(settings: TelegramSettings, token: str) -> App:
     builder = (
         ApplicationBuilder()
         .token(token)
+        .updater(None)  # updates come through adapters.telegram.receiving, stored first
         .concurrent_updates(settings.concurrent_updates)
         .rate_limiter(
             AIORateLimiter(
@@ -93,39 +94,19 @@ async def _get_me(app: App, redact: Redact) -> None:
             delay = min(delay * 2, 60.0)
 
 
-async def receive(
-    app: App, settings: TelegramSettings, on_error: Callable[[TelegramError], None]
-) -> None:
-    """Start taking updates: long polling, or a webhook server when so configured."""
-    updater = app.updater
-    assert updater is not None  # ApplicationBuilder always makes one
-    if settings.mode == "webhook":
-        assert settings.webhook_url is not None  # the settings validate this
-        secret = settings.secret_token
-        await updater.start_webhook(
-            listen=settings.listen,
-            port=settings.port,
-            url_path=urlsplit(settings.webhook_url).path.lstrip("/"),
-            webhook_url=settings.webhook_url,
-            secret_token=secret.get_secret_value() if secret else None,
-            allowed_updates=ALLOWED_UPDATES,
-            bootstrap_retries=3,
-        )
-    else:
-        await updater.start_polling(
-            allowed_updates=ALLOWED_UPDATES, bootstrap_retries=3, error_callback=on_error
-        )
+class Receiving(Protocol):
+    """Updates coming in (``adapters.telegram.receiving``): stopped at shutdown."""
+
+    async def stop(self) -> None:
+        """Take no more updates (and confirm the ones stored)."""
+        ...
 
 
-async def stop_receiving(app: App) -> None:
-    """``updater.stop()``, bounded. While Telegram is unreachable PTB's polling loop sleeps up
-    to 30 s between tries and sees the stop only then; a shutdown should not wait for that."""
-    updater = app.updater
-    if updater is None or not updater.running:
-        return
+async def stop_receiving(receiving: Receiving) -> None:
+    """Stop taking updates, bounded: while Telegram is unreachable the last confirming call
+    could hang, and a shutdown should not wait for that."""
     try:
-        # On timeout wait_for cancels stop(), which cancels the polling task it awaits.
-        await asyncio.wait_for(updater.stop(), STOP_RECEIVING_S)
+        await asyncio.wait_for(receiving.stop(), STOP_RECEIVING_S)
     except TimeoutError:
         log.warning("Telegram did not answer while stopping; recent updates may come again")
 

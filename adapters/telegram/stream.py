@@ -1,8 +1,11 @@
 """What is Telegram's own in showing a reply (the driver is ``adapters.streaming``): HTML
-pieces of at most 4096 UTF-16 units, a cursor on drafts, the 👍/👎 keyboard, and a draft the
-user deleted ("message to edit not found") going on in a new message."""
+pieces of at most 4096 UTF-16 units, a cursor on drafts, the 👍/👎 keyboard, a draft the
+user deleted ("message to edit not found") going on in a new message, and a reply's first
+message recorded when sent, so the same update answered again after a crash edits it."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from telegram import InlineKeyboardMarkup
 from telegram.error import BadRequest
@@ -23,9 +26,18 @@ class TelegramSurface:
 
     cursor = CURSOR
 
-    def __init__(self, io: TelegramIO, target: Target) -> None:
+    def __init__(
+        self,
+        io: TelegramIO,
+        target: Target,
+        *,
+        reuse: int | None = None,
+        on_first: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self._io = io
         self.target = target
+        self._reuse = reuse  # the first message of this reply, sent before a restart
+        self._on_first = on_first  # told the first message's id once it is sent
 
     @property
     def key(self) -> int:
@@ -44,7 +56,15 @@ class TelegramSurface:
     async def send(
         self, piece: Piece, suffix: str, buttons: InlineKeyboardMarkup | None, *, first: bool
     ) -> int:
+        if first and self._reuse is not None:
+            reuse, self._reuse = self._reuse, None
+            try:
+                return await self.edit(reuse, piece, suffix, buttons)
+            except MessageGone:
+                pass  # deleted meanwhile: a new message, as for any deleted draft
         message = await self._io.send(self.target, piece, suffix=suffix, markup=buttons)
+        if first and self._on_first is not None:
+            await self._on_first(message.message_id)
         return message.message_id
 
     async def edit(
@@ -62,6 +82,13 @@ class TelegramSurface:
         await self._io.delete(self.target.chat_id, message)
 
 
-def telegram_stream(io: TelegramIO, target: Target, pacer: Pacer) -> TelegramStream:
-    """A reply stream into ``target``."""
-    return ReplyStream(TelegramSurface(io, target), pacer)
+def telegram_stream(
+    io: TelegramIO,
+    target: Target,
+    pacer: Pacer,
+    *,
+    reuse: int | None = None,
+    on_first: Callable[[int], Awaitable[None]] | None = None,
+) -> TelegramStream:
+    """A reply stream into ``target``; ``reuse``: its first message is that one, edited."""
+    return ReplyStream(TelegramSurface(io, target, reuse=reuse, on_first=on_first), pacer)

@@ -18,7 +18,7 @@ from bot.commands.table import ParsedCommand, parse_command
 from bot.errors import GenerationError, ModelLoadError, PromptTooLong
 from bot.generation import Generator
 from bot.learning.versions import AdapterVersions
-from bot.settings import Settings
+from bot.settings import PLATFORMS, Settings
 from bot.types import (
     Draft,
     GenerationParams,
@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 
 Route = Callable[[Incoming, ParsedCommand], Awaitable[Reply]]
 """Answers a parsed command (``bot.commands.router.CommandRouter``, built in ``bot/app.py``)."""
+
+# Chat platforms give every message a stable id; the console numbers its lines per session.
+_STABLE_IDS = frozenset(p.name for p in PLATFORMS)
+
+
+def source_key(incoming: Incoming) -> str | None:
+    """``<chat key>/<message id>`` for a platform's message: the same message delivered again
+    (after a crash) is stored once and answered once."""
+    if incoming.platform not in _STABLE_IDS or not incoming.message_id:
+        return None
+    return f"{incoming.chat_key}/{incoming.message_id}"
 
 
 class ChatService:
@@ -58,6 +69,7 @@ class ChatService:
         self._route = route
         self._limiter = RateLimiter(settings.chat.user_messages_per_minute)
         self.access = access or Access(settings, repo)  # who is answered (bot/chat/access.py)
+        self.deliveries = repo.deliveries  # adapters store updates here before confirming them
 
     def default_params(self) -> GenerationParams:
         """The configured sampling parameters of a reply."""
@@ -110,8 +122,17 @@ class ChatService:
         if command is not None:
             yield await self._route(incoming, command)
             return
+        source = source_key(incoming)
+        if source is not None and (stored := await self.repo.deliveries.answer_to(source)):
+            yield stored  # answered before a crash cut the delivery short: shown, not rewritten
+            return
         message_id = await self.repo.add_user_message(
-            incoming.chat_key, incoming.user_key, incoming.user_name, text, incoming.message_id
+            incoming.chat_key,
+            incoming.user_key,
+            incoming.user_name,
+            text,
+            incoming.message_id,
+            source_key=source,
         )
         wait = self._limiter.check(incoming.user_key)
         if wait > 0:
