@@ -93,6 +93,7 @@ async def train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def adapters(settings: Settings, args: argparse.Namespace) -> int:
+    """``selftune adapters``: list the LoRA versions, or activate or roll back one."""
     repo = await _repo(settings)
     versions = AdapterVersions(repo, None)
     try:
@@ -120,6 +121,7 @@ async def adapters(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def export(settings: Settings, args: argparse.Namespace) -> int:
+    """``selftune export``: write every usable rating as KTO JSONL to a file or stdout."""
     repo = await _repo(settings)
     try:
         rated = await repo.training.rated()
@@ -138,6 +140,7 @@ async def export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def db(settings: Settings, args: argparse.Namespace) -> int:
+    """``selftune db``: upgrade the schema to the newest migration, or show its revision."""
     prepare_data_dir(settings)
     engine = create_engine(settings.database_url)
     try:
