@@ -294,7 +294,7 @@ class Repository:
             .where(Rating.exchange_id == exchange_id)
             .group_by(Rating.value)
         )
-        counts = dict(rows.tuples().all())
+        counts = dict(rows.all())
         return counts.get(1, 0), counts.get(-1, 0)
 
     async def user_vote(self, exchange_id: int, user_key: str) -> Vote | None:
