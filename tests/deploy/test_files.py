@@ -29,7 +29,7 @@ def _pyproject() -> dict[str, object]:
 def _torch_pin() -> str:
     dependencies = _pyproject()["dependencies"]
     assert isinstance(dependencies, list)
-    return next(d for d in dependencies if d.startswith("torch=="))
+    return next(d for d in dependencies if isinstance(d, str) and d.startswith("torch=="))
 
 
 def _make_dry_run(*variables: str) -> str:

@@ -95,7 +95,8 @@ async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) ->
         assert set(version.exchange_ids) == {liked, disliked}
         assert version.parent is None and version.metrics["train_loss"] == 1.5
         assert version.hyperparams["method"] == "sft"
-        assert version.hyperparams["gate"]["verdict"] == "undecided"  # (too few held out)
+        gate = version.hyperparams["gate"]
+        assert isinstance(gate, dict) and gate["verdict"] == "undecided"  # (too few held out)
         _assert_first_spec_and_data(trainer, settings, liked, disliked)
         assert any("step 2/2 (100%), loss 1.500" in n for n in notes)
         assert "adapter v1 is live" in notes[-1].lower()

@@ -86,7 +86,8 @@ def _perturb(model: Any) -> None:
 def test_loss_equals_trl_kto_trainer(tiny_model_dir: Path, tmp_path: Path) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import KTOConfig, KTOTrainer
+    from trl.trainer.kto_config import KTOConfig
+    from trl.trainer.kto_trainer import KTOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     args = KTOConfig(
@@ -110,6 +111,7 @@ def test_loss_equals_trl_kto_trainer(tiny_model_dir: Path, tmp_path: Path) -> No
             peft_config=lora_config(LoraSettings(dropout=0.0)),  # reference: adapter off = base
         )
     model = trainer.model
+    assert model is not None
     _perturb(model)
     batch = next(iter(trainer.get_train_dataloader()))
     model.train()
