@@ -119,7 +119,8 @@ class ConsoleAdapter:
     def _prefix(reply: Reply) -> str:
         return {ReplyKind.ERROR: "bot! ", ReplyKind.NOTICE: "bot: "}.get(reply.kind, "bot> ")
 
-    async def send(self, chat_key: str, text: str) -> None:
+    # chat_key: the ChatAdapter protocol names the chat; the console has only one.
+    async def send(self, chat_key: str, text: str) -> None:  # noqa: ARG002
         async with self._write_lock:
             self._say(f"[{text}]")
 

@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from serving_baselines import BaselineResult, llama_cpp, transformers_generate
-from serving_chats import PeakMemory, Request, RunResult, run_chats
-from serving_report import print_report
 
+from bench.serving_baselines import BaselineResult, llama_cpp, transformers_generate
+from bench.serving_chats import PeakMemory, Request, RunResult, run_chats
+from bench.serving_report import print_report
 from bot.app import build_core
 from bot.engine.generator import TransformersGenerator
 from bot.engine.runtime import default_threads
@@ -130,7 +129,7 @@ async def run_ours(args: argparse.Namespace) -> tuple[dict[int, RunResult], dict
                     flush=True,
                 )
             if args.profile:
-                from serving_profile import profile_batch1
+                from bench.serving_profile import profile_batch1
 
                 profile_batch1(gen)
         finally:

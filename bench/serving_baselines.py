@@ -23,11 +23,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bot.*, when run as a script
 
 import torch
-from serving_chats import PeakMemory, Request
-from serving_llamacpp import ensure_installed
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
+from bench.serving_chats import PeakMemory, Request
+from bench.serving_llamacpp import ensure_installed
 from bot.types import GenerationParams, Turn
 
 

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from serving_baselines import BaselineResult
-from serving_chats import Request, RunResult
 from transformers import AutoTokenizer
 
 from bench.common import percentile
+from bench.serving_baselines import BaselineResult
+from bench.serving_chats import Request, RunResult
 
 
 class Counter:

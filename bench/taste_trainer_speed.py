@@ -76,7 +76,7 @@ def ours(model_dir: Path, data: list[dict[str, Any]], args: argparse.Namespace) 
     return [b - a for a, b in itertools.pairwise(stamps[1:])]  # the first step is a warm-up
 
 
-class _Stamps(TrainerCallback):  # type: ignore[misc]
+class _Stamps(TrainerCallback):
     def __init__(self) -> None:
         self.stamps: list[float] = []
 
@@ -86,7 +86,8 @@ class _Stamps(TrainerCallback):  # type: ignore[misc]
 
 def trl(model_dir: Path, data: list[dict[str, Any]], args: argparse.Namespace) -> list[float]:
     from datasets import Dataset
-    from trl import KTOConfig, KTOTrainer
+    from trl.trainer.kto_config import KTOConfig
+    from trl.trainer.kto_trainer import KTOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     stamps = _Stamps()
@@ -125,7 +126,8 @@ def trl(model_dir: Path, data: list[dict[str, Any]], args: argparse.Namespace) -
 def _trl_replies(model_dir: Path, data: list[dict[str, Any]], max_length: int) -> list[list[int]]:
     """The reply tokens TRL's KTOTrainer keeps of ``data`` (rows it drops are missing)."""
     from datasets import Dataset
-    from trl import KTOConfig, KTOTrainer
+    from trl.trainer.kto_config import KTOConfig
+    from trl.trainer.kto_trainer import KTOTrainer
 
     config = KTOConfig(
         output_dir=tempfile.mkdtemp(),

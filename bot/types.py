@@ -136,6 +136,8 @@ class Draft:
 
 
 class ReplyKind(enum.StrEnum):
+    """What a reply is, which decides how adapters show it and whether it can be rated."""
+
     ANSWER = "answer"  # a model reply: rateable
     COMMAND = "command"  # the answer to a /command
     ERROR = "error"  # something went wrong; the text says what
@@ -159,11 +161,15 @@ class Reply:
 
 
 class Vote(enum.IntEnum):
+    """A user's rating of a reply, stored as -1 or 1."""
+
     DOWN = -1
     UP = 1
 
 
 class RateAction(enum.StrEnum):
+    """What a 👍/👎 press did to the stored vote."""
+
     STORED = "stored"
     CHANGED = "changed"
     RETRACTED = "retracted"
@@ -209,6 +215,8 @@ class RatedExchange:
 
 
 class AdapterStatus(enum.StrEnum):
+    """The life-cycle state of a trained LoRA version."""
+
     READY = "ready"  # trained and usable; not serving
     ACTIVE = "active"  # serving now
     REJECTED = "rejected"  # failed the evaluation gate
@@ -236,6 +244,8 @@ class AdapterVersion:
 
 
 class RunStatus(enum.StrEnum):
+    """The state of a training run: running, or how it ended."""
+
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -245,6 +255,8 @@ class RunStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class TrainingRun:
+    """A training run as recorded: who or what started it, when, how it ended, what it made."""
+
     id: int
     status: RunStatus
     trigger: str
@@ -257,6 +269,8 @@ class TrainingRun:
 
 @dataclass(frozen=True)
 class ChatInfo:
+    """A chat's persona and the number of its current conversation."""
+
     key: str
     persona: str | None
     conversation: int  # increases with /new; history is the messages of the current one

@@ -25,6 +25,7 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def head_revision() -> str | None:
+    """The newest migration's revision id (None when there are no migrations)."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 

@@ -44,6 +44,7 @@ async def _run_async() -> None:
 
 
 def run_migrations_offline() -> None:
+    """Emit the migrations as SQL without a database (``alembic upgrade --sql``)."""
     context.configure(
         url=_url(), target_metadata=target_metadata, render_as_batch=True, literal_binds=True
     )

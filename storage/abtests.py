@@ -17,6 +17,8 @@ from storage.models import Exchange as ExchangeRow
 
 
 class ABStatus(enum.StrEnum):
+    """The state of an A/B test: running, or how it ended."""
+
     RUNNING = "running"
     PROMOTED = "promoted"  # the candidate went live for everyone
     RETIRED = "retired"  # the candidate was taken out of use
@@ -25,6 +27,8 @@ class ABStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class ABTest:
+    """An A/B test: the candidate, the control it is compared with, and its share of chats."""
+
     id: int
     candidate: int
     control: int | None  # the version serving the other chats when it started (None: base)

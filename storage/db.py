@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 
 
 def is_sqlite(url: str) -> bool:
+    """Whether the database URL names SQLite."""
     return make_url(url).get_backend_name() == "sqlite"
 
 
@@ -41,6 +42,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose objects stay readable after commit (no expiry)."""
     return async_sessionmaker(engine, expire_on_commit=False)
 
 

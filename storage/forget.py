@@ -44,6 +44,8 @@ def scrub(chat_id: int, prompt: list[dict[str, str]], quoted: Quoted) -> list[di
 
 @dataclass(frozen=True)
 class ForgetReport:
+    """What /forget deleted, and the versions trained on the user's ratings."""
+
     messages: int
     exchanges: int
     ratings: int

@@ -35,10 +35,14 @@ NAMING_CONVENTION = {
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (the default of every stored timestamp)."""
     return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
+    """The declarative base: the constraint naming convention and the column types of datetimes and
+    dicts."""
+
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: DateTime(timezone=True),
@@ -47,6 +51,8 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
+    """A platform user, with their training opt-out and /forget time."""
+
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -59,6 +65,8 @@ class User(Base):
 
 
 class Chat(Base):
+    """A platform chat, with its persona and current conversation number."""
+
     __tablename__ = "chats"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -134,6 +142,8 @@ class Rating(Base):
 
 
 class AdapterVersionRow(Base):
+    """A trained LoRA version: where it is, its parent, status, training data and metrics."""
+
     __tablename__ = "adapter_versions"
 
     version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
@@ -164,6 +174,8 @@ def one_running(table: str) -> Index:
 
 
 class TrainingRunRow(Base):
+    """A training run: its trigger, trainer process, outcome and the version it made."""
+
     __tablename__ = "training_runs"
     __table_args__ = (one_running("training_runs"),)
 

@@ -316,7 +316,7 @@ class Repository:
             .where(Rating.exchange_id == exchange_id)
             .group_by(Rating.value)
         )
-        counts = {value: count for value, count in rows}
+        counts = dict(rows.all())
         return counts.get(1, 0), counts.get(-1, 0)
 
     async def user_vote(self, exchange_id: int, user_key: str) -> Vote | None:

@@ -14,6 +14,8 @@ from storage.models import Exchange as ExchangeRow
 
 @dataclass(frozen=True)
 class Counts:
+    """Totals for /status: users, chats, exchanges (and failed ones), 👍 and 👎."""
+
     users: int
     chats: int
     exchanges: int
@@ -24,6 +26,8 @@ class Counts:
 
 @dataclass(frozen=True)
 class DailyRatings:
+    """One day's 👍 and 👎 for one adapter version (the /stats chart's points)."""
+
     day: str  # ISO date
     adapter_version: int | None
     ups: int

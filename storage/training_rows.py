@@ -23,12 +23,15 @@ from storage.models import Exchange as ExchangeRow
 
 
 def turns(raw: Sequence[dict[str, str]]) -> tuple[Turn, ...]:
+    """Stored prompt JSON as typed turns."""
     return tuple(Turn(role=t["role"], content=t["content"]) for t in raw)  # type: ignore[arg-type]
 
 
 def exchange(
     row: ExchangeRow, chat_key: str, user_key: str, prompt: Sequence[dict[str, str]] | None = None
 ) -> Exchange:
+    """An exchange row as a ``bot.types.Exchange`` (with ``prompt`` in place of the stored one when
+    given, e.g. scrubbed)."""
     return Exchange(
         id=row.id,
         chat_key=chat_key,

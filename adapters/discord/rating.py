@@ -43,7 +43,7 @@ class RateButton(ui.DynamicItem[ui.Button[ui.View]], template=RATE_TEMPLATE):
     @classmethod
     async def from_custom_id(
         cls,
-        interaction: discord.Interaction[discord.Client],
+        _interaction: discord.Interaction[discord.Client],  # discord.py's signature; unused
         item: ui.Item[Any],
         match: re.Match[str],
         /,

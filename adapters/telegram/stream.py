@@ -53,8 +53,14 @@ class TelegramSurface:
     def buttons(self, reply: Reply) -> InlineKeyboardMarkup | None:
         return rating_keyboard(reply.exchange_id) if reply.rateable and reply.exchange_id else None
 
+    # first: the streaming driver passes it by name; Telegram sends every piece the same way.
     async def send(
-        self, piece: Piece, suffix: str, buttons: InlineKeyboardMarkup | None, *, first: bool
+        self,
+        piece: Piece,
+        suffix: str,
+        buttons: InlineKeyboardMarkup | None,
+        *,
+        first: bool,
     ) -> int:
         if first and self._reuse is not None:
             reuse, self._reuse = self._reuse, None

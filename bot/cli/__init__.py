@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``selftune`` command line; the return value is the process exit status."""
     args = _parser().parse_args(argv)
     if args.command == "config":
         return install.config(args)

@@ -137,6 +137,7 @@ def _version(action: str, args: argparse.Namespace) -> int | None:
 
 
 async def export(settings: Settings, args: argparse.Namespace) -> int:
+    """``selftune export``: write every usable rating as KTO JSONL to a file or stdout."""
     repo = await _repo(settings)
     try:
         rated = await repo.training.rated()
@@ -155,6 +156,7 @@ async def export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def db(settings: Settings, args: argparse.Namespace) -> int:
+    """``selftune db``: upgrade the schema, show its revision, or back the database up."""
     if args.action == "backup":
         from bot.cli.backup import backup
 

@@ -180,6 +180,8 @@ class SequenceState:
 
 
 def deliver(request: EngineRequest, item: str | BaseException | None) -> None:
+    """Hand ``item`` (text, an error, or None at the end) to the request's consumer; cancel the
+    request if the consumer is gone."""
     try:
         request.sink(item)
     except Exception:  # the consumer is gone (e.g. its event loop closed): stop working for it

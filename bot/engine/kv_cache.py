@@ -99,7 +99,7 @@ class RowCache:
         return (positions[None, :] <= self.lengths[:, None])[:, None, None, :]
 
     def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_args: Any, **_kwargs: Any
     ) -> Pair:
         """Write each row's new key and value (rows × H × 1 × D) at its own position; return
         the keys and values attended to this step (a view of the buffers)."""

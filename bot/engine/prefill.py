@@ -25,6 +25,8 @@ Pairs = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 @dataclass
 class PrefixStats:
+    """How much prefill work the prefix cache has saved so far."""
+
     hits: int = 0  # prompts whose prefix came from the cache
     misses: int = 0  # prefixes computed (and kept)
     reused_tokens: int = 0  # prompt tokens not prefilled thanks to the cache

@@ -57,6 +57,8 @@ def fisher_exact(a: int, b: int, c: int, d: int) -> float:
 
 @dataclass(frozen=True)
 class Comparison:
+    """The outcome of a two-group test of 👍-rates: both groups, the p-value and the test used."""
+
     candidate: VersionVotes
     control: VersionVotes
     p_value: float

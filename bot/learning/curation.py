@@ -35,6 +35,8 @@ NOT_SAMPLED = "held out: not sampled this run"
 
 @dataclass(frozen=True)
 class Dropped:
+    """A rating a run does not train on, and the reason."""
+
     exchange_id: int
     user_key: str
     reason: str

@@ -26,11 +26,13 @@ def kto_row(rated: RatedExchange) -> dict[str, Any]:
 
 
 def kto_rows(rated: Iterable[RatedExchange]) -> Iterator[dict[str, Any]]:
+    """One KTO row per rated exchange, lazily."""
     for item in rated:
         yield kto_row(item)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
+    """Write ``rows`` to ``out`` one JSON object a line; return how many were written."""
     count = 0
     for row in rows:
         out.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -39,6 +41,7 @@ def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
 
 
 def write_jsonl_file(rows: Iterable[dict[str, Any]], path: Path) -> int:
+    """Write ``rows`` as JSONL to ``path`` (its folder created); return how many were written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
         return write_jsonl(rows, out)

@@ -41,6 +41,8 @@ class RowScore:
 
 
 def preference_accuracy(scores: Sequence[RowScore]) -> float | None:
+    """The share of (👍, 👎) pairs where the 👍 reply has the higher per-token log-probability (ties
+    count half); None without both labels."""
     liked = sorted(s.logp / max(1, s.tokens) for s in scores if s.label)
     disliked = [s.logp / max(1, s.tokens) for s in scores if not s.label]
     if not liked or not disliked:
@@ -55,12 +57,15 @@ def preference_accuracy(scores: Sequence[RowScore]) -> float | None:
 
 
 def liked_nll(scores: Sequence[RowScore]) -> float | None:
+    """The mean per-token negative log-likelihood of the 👍 replies; None when there are none."""
     liked = [s for s in scores if s.label]
     tokens = sum(s.tokens for s in liked)
     return -sum(s.logp for s in liked) / tokens if tokens else None
 
 
 def reward_margin(scores: Sequence[RowScore], beta: float) -> float | None:
+    """The KTO implicit reward (``beta`` × log-ratio to the base) of 👍 minus 👎 replies, averaged;
+    None without both labels."""
     liked = [beta * (s.logp - s.base_logp) for s in scores if s.label]
     disliked = [beta * (s.logp - s.base_logp) for s in scores if not s.label]
     if not liked or not disliked:
@@ -148,6 +153,8 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class GateDecision:
+    """The gate's verdict on a candidate, why, and the metric values it compared."""
+
     verdict: Verdict
     reason: str
     metric: str | None = None

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FinetuneOutcome:
+    """How a fine-tuning run ended: its status, the version it made (if any) and its metrics."""
+
     run_id: int
     version: int | None
     status: RunStatus

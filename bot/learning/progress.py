@@ -18,6 +18,8 @@ _PHASES = {
 
 
 class HasProgress(Protocol):
+    """Anything that shows the latest trainer event (the finetuner, for /status)."""
+
     progress: Event | None
 
 

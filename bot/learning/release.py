@@ -48,6 +48,8 @@ class Trained:
 
 @dataclass(frozen=True)
 class Released:
+    """What releasing a trained run decided: its final status, message, gate decision and report."""
+
     status: RunStatus
     message: str
     decision: GateDecision

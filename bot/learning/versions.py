@@ -24,6 +24,7 @@ _NOT_FOR_ROLLBACK = (AdapterStatus.REJECTED, AdapterStatus.RETIRED)
 
 
 def describe(version: int | None) -> str:
+    """A version as users read it: ``adapter vN``, or the base model for None."""
     return "the base model (no adapter)" if version is None else f"adapter v{version}"
 
 

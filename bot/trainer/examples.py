@@ -39,6 +39,8 @@ class Example:
 
 @dataclass(frozen=True)
 class Dropped:
+    """A dataset row the trainer could not use, and the reason."""
+
     exchange_id: int | None
     reason: str
 
@@ -155,6 +157,8 @@ def _drop_oldest_turn(prompt: list[dict[str, str]]) -> bool:
 
 
 def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The token that ends an assistant turn: ChatML's ``<|im_end|>`` when the tokenizer knows it,
+    else EOS."""
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
         return im_end

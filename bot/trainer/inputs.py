@@ -81,4 +81,5 @@ def dropped_summary(dropped: list[Dropped]) -> dict[str, Any]:
 
 
 def data_report(spec: TrainingSpec, data: Prepared) -> dict[str, Any]:
+    """The run's data figures for its report: method, example counts and drops by reason."""
     return {"method": spec.method, **data.counts(), **dropped_summary(data.dropped)}

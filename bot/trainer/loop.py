@@ -57,6 +57,7 @@ def batches(items: Sequence[T], size: int, total: int, seed: int) -> Iterator[li
 
 
 def micro_batches(batch: Sequence[Example]) -> Iterator[list[Example]]:
+    """Split ``batch`` into groups whose padded size stays under ``MICRO_BATCH_TOKENS``."""
     # Same gradient as one pass, less memory: activations scale with padded tokens per pass.
     group: list[Example] = []
     for example in batch:
@@ -178,6 +179,8 @@ def _step(number: int, total: int, stats: dict[str, float]) -> Step:
 
 
 def use_bf16(dtype: str, device: torch.device) -> bool:
+    """Whether to train with bfloat16 autocast: as configured, or on ``auto`` where the device
+    supports it."""
     if dtype != "auto":
         return dtype == "bfloat16"
     if device.type == "cuda":

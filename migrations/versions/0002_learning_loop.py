@@ -17,6 +17,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """Add the A/B test table and the exchanges' ``training_excluded`` flag."""
     op.create_table(
         "ab_tests",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -45,6 +46,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the ``training_excluded`` flag and the A/B test table."""
     with op.batch_alter_table("exchanges", schema=None) as batch_op:
         batch_op.drop_column("training_excluded")
 

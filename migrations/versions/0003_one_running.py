@@ -34,6 +34,7 @@ def _interrupt_extra_running() -> None:
 
 
 def upgrade() -> None:
+    """End all but the newest running row, then allow only one running row per table."""
     _interrupt_extra_running()
     running = sa.text("status = 'running'")
     for table in TABLES:
@@ -48,6 +49,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the one-running indexes (the rows ended by the upgrade stay ended)."""
     for table in reversed(TABLES):
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_index(f"uq_{table}_one_running")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -179,6 +180,7 @@ async def test_cancelled_reply_is_recorded_as_failed(settings: Settings) -> None
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        assert inspect.isasyncgen(stream)  # what adapters close on a cancelled reply
         await stream.aclose()
         counts = await core.repo.stats.counts()
         assert counts.failed_exchanges == 1

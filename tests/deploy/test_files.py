@@ -29,7 +29,7 @@ def _pyproject() -> dict[str, object]:
 def _torch_pin() -> str:
     dependencies = _pyproject()["dependencies"]
     assert isinstance(dependencies, list)
-    return next(d for d in dependencies if d.startswith("torch=="))
+    return next(d for d in dependencies if isinstance(d, str) and d.startswith("torch=="))
 
 
 def _make_dry_run(*variables: str) -> str:
@@ -71,8 +71,8 @@ def test_make_installs_the_pinned_torch_from_torch_index_url_first() -> None:
 
 def _env_example() -> dict[str, str]:
     lines = (DEPLOY / "selftune.env.example").read_text(encoding="utf-8").splitlines()
-    pairs = (line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
-    return {name: value for name, value in pairs}
+    pairs = (line.partition("=") for line in lines if line.strip() and not line.startswith("#"))
+    return {name: value for name, _, value in pairs}
 
 
 def test_the_env_example_loads_as_settings() -> None:

@@ -41,6 +41,27 @@ def _base_weights(core: Core) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
 
 
+async def _assert_new_adapter_files(core: Core) -> None:
+    # The new adapter: standard PEFT files, LoRA B weights moved away from zero.
+    version = await core.repo.adapters.get(1)
+    assert version is not None
+    files = {p.name for p in Path(version.path).iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    weights = load_file(str(Path(version.path) / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())
+    assert len(version.exchange_ids) == 3
+
+
+async def _assert_rollback_and_activate(core: Core, before: str, after: str) -> None:
+    # /rollback brings back the base model's exact replies; /activate 1 the adapter's.
+    rolled = await _say(core, "/rollback")
+    assert "base model" in rolled.text
+    assert await _probe(core) == before
+
+    await _say(core, "/activate 1")
+    assert await _probe(core) == after
+
+
 async def test_rate_finetune_swap_rollback_restart(
     settings: Settings, tiny_model_dir: Path
 ) -> None:
@@ -60,26 +81,14 @@ async def test_rate_finetune_swap_rollback_restart(
         assert outcome is not None and outcome.status is RunStatus.SUCCEEDED, outcome
         assert core.versions.current == 1
 
-        # The new adapter: standard PEFT files, LoRA B weights moved away from zero.
-        version = await core.repo.adapters.get(1)
-        assert version is not None
-        files = {p.name for p in Path(version.path).iterdir()}
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= files
-        weights = load_file(str(Path(version.path) / "adapter_model.safetensors"))
-        assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())
-        assert len(version.exchange_ids) == 3
+        await _assert_new_adapter_files(core)
 
         after = await _probe(core)
         assert after != before
         for name, tensor in _base_weights(core).items():
             assert torch.equal(tensor, base[name]), name
 
-        rolled = await _say(core, "/rollback")
-        assert "base model" in rolled.text
-        assert await _probe(core) == before
-
-        await _say(core, "/activate 1")
-        assert await _probe(core) == after
+        await _assert_rollback_and_activate(core, before, after)
     finally:
         await core.aclose()
 

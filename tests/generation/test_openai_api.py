@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,13 +16,14 @@ import pytest
 from pydantic import SecretStr, ValidationError
 from transformers import AutoTokenizer
 
-from bot.app import build_core, load_generator
+from bot.app import build_core
 from bot.engine.runtime import chat_ids
 from bot.errors import AdapterError, ConfigError, GenerationError, ModelLoadError, StartupError
 from bot.generation import DEFAULT_SLOT, Generator
 from bot.generation.openai_api import OpenAIGenerator
 from bot.logs import RedactSecrets, settings_secrets
 from bot.settings import BackendSettings, ModelSettings, Settings, load_settings
+from bot.startup import load_generator
 from bot.types import GenerationParams, Incoming, Reply, ReplyKind, Turn
 from tests.fakes.openai_server import BASE_MODEL, MAX_MODEL_LEN, Failure, FakeOpenAI
 
@@ -173,7 +175,7 @@ async def test_swaps_load_adapters_on_the_server_and_requests_name_them(
     assert gen.slot_adapter("candidate") == v2
     name2 = gen.served_model("candidate")
     both = await asyncio.gather(reply(gen, HELLO), reply(gen, HELLO, slot="candidate"))
-    assert both == [f"[{name1}] Hello there", f"[{name2}] Hello there"]
+    assert list(both) == [f"[{name1}] Hello there", f"[{name2}] Hello there"]  # gather: a list
     await gen.swap_adapter(None)
     assert gen.active_adapter is None
     assert await reply(gen, HELLO) == f"[{BASE_MODEL}] Hello there"
@@ -328,7 +330,7 @@ def test_api_key_is_checked_in_the_settings(tmp_path: Path) -> None:
         assert "visible ASCII" in str(caught.value)
         assert "leaky" not in str(caught.value) and "ключ" not in str(caught.value)
         with pytest.raises(ValidationError) as direct:
-            BackendSettings(api_key=bad)  # type: ignore[arg-type]  # as TOML would give it
+            BackendSettings(api_key=bad)  # a plain string, as TOML would give it
         assert "leaky" not in str(direct.value) and "ключ" not in str(direct.value)
 
 
@@ -532,6 +534,7 @@ async def test_a_full_connection_pool_is_its_own_error(
         with pytest.raises(GenerationError, match=r"backend\.max_connections = 1") as caught:
             await reply(gen, HELLO)
         assert "did not answer" not in str(caught.value)
+        assert inspect.isasyncgen(first)  # closing it frees the connection
         await first.aclose()
         assert await reply(gen, HELLO) == f"[{BASE_MODEL}] Hello there"  # free again
 

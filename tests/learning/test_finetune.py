@@ -45,6 +45,37 @@ def _recorder() -> tuple[list[str], Any]:
     return notes, notify
 
 
+def _assert_first_spec_and_data(
+    trainer: FakeTrainer, settings: Settings, liked: int, disliked: int
+) -> None:
+    # What the first run handed the trainer, and the report it left (without users' words).
+    spec = trainer.specs[0]
+    assert spec.model_dir == Path("/m") and spec.lora.r == settings.lora.r
+    assert spec.method == "sft" and spec.serving_lora is None
+    rows = trainer.datasets[0]
+    assert {r["exchange_id"]: r["label"] for r in rows} == {liked: True, disliked: False}
+    assert all(r["split"] == "train" for r in rows)
+    assert not spec.dataset.exists()  # users' words are not left lying around
+    report_file = spec.dataset.parent / "report.json"
+    report = json.loads(report_file.read_text())
+    assert report["data"]["train"] == {"liked": 1, "disliked": 1}
+    assert report["gate"]["verdict"] == "undecided" and "good one" not in report_file.read_text()
+
+
+async def _assert_a_second_run_is_a_child(
+    core: Core, trainer: FakeTrainer, notify: Any, first_path: Path
+) -> None:
+    # A run while v1 serves: the new version's parent is v1, trained on top of v1's LoRA.
+    await _rated(core, "more")
+    await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
+    second = await core.finetuner.wait()
+    assert second is not None and second.version == 2
+    child = await core.repo.adapters.get(2)
+    assert child is not None and child.parent == 1
+    assert trainer.specs[1].serving_lora == first_path
+    assert trainer.specs[1].serving_version == 1
+
+
 async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) -> None:
     trainer = FakeTrainer()
     core = await trainer_core(_settings(settings, when_undecided="activate"), trainer)
@@ -64,33 +95,15 @@ async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) ->
         assert set(version.exchange_ids) == {liked, disliked}
         assert version.parent is None and version.metrics["train_loss"] == 1.5
         assert version.hyperparams["method"] == "sft"
-        assert version.hyperparams["gate"]["verdict"] == "undecided"  # (too few held out)
-        spec = trainer.specs[0]
-        assert spec.model_dir == Path("/m") and spec.lora.r == settings.lora.r
-        assert spec.method == "sft" and spec.serving_lora is None
-        rows = trainer.datasets[0]
-        assert {r["exchange_id"]: r["label"] for r in rows} == {liked: True, disliked: False}
-        assert all(r["split"] == "train" for r in rows)
-        assert not spec.dataset.exists()  # users' words are not left lying around
-        report_file = spec.dataset.parent / "report.json"
-        report = json.loads(report_file.read_text())
-        assert report["data"]["train"] == {"liked": 1, "disliked": 1}
-        assert (
-            report["gate"]["verdict"] == "undecided" and "good one" not in report_file.read_text()
-        )
+        gate = version.hyperparams["gate"]
+        assert isinstance(gate, dict) and gate["verdict"] == "undecided"  # (too few held out)
+        _assert_first_spec_and_data(trainer, settings, liked, disliked)
         assert any("step 2/2 (100%), loss 1.500" in n for n in notes)
         assert "adapter v1 is live" in notes[-1].lower()
         reply = await say(core, ME, "again")
         assert "[v0001]" in reply.text
         assert reply.adapter_version == 1
-        await _rated(core, "more")
-        await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
-        second = await core.finetuner.wait()
-        assert second is not None and second.version == 2
-        child = await core.repo.adapters.get(2)
-        assert child is not None and child.parent == 1
-        assert trainer.specs[1].serving_lora == Path(version.path)
-        assert trainer.specs[1].serving_version == 1
+        await _assert_a_second_run_is_a_child(core, trainer, notify, Path(version.path))
     finally:
         await core.aclose()
 

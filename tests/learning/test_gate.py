@@ -103,7 +103,8 @@ async def test_poisoned_ratings_give_a_candidate_the_gate_rejects(
         assert core.versions.current == 1  # still serving the honest adapter
         rejected = await core.repo.adapters.get(2)
         assert rejected is not None and rejected.status is AdapterStatus.REJECTED
-        assert rejected.parent == 1 and rejected.hyperparams["gate"]["verdict"] == "fail"
+        gate = rejected.hyperparams["gate"]
+        assert rejected.parent == 1 and isinstance(gate, dict) and gate["verdict"] == "fail"
         assert Path(rejected.path).is_dir()  # kept, with its numbers, for an admin to inspect
     finally:
         await core.aclose()

@@ -16,6 +16,7 @@ import pytest
 from bot.app import Core
 from bot.learning.protocol import Step
 from bot.learning.trainer_process import SubprocessTrainer
+from bot.outbox import Notify
 from bot.settings import Settings
 from bot.types import Incoming, Reply, RunStatus, Vote
 from tests.support.records import say
@@ -49,6 +50,29 @@ async def _wait_for_steps(core: Core, trainer: SubprocessTrainer) -> int:
     return trainer.pid
 
 
+async def _assert_nothing_went_live(core: Core, settings: Settings) -> None:
+    runs = await core.repo.runs.recent()
+    assert runs[0].status is RunStatus.FAILED and await core.repo.runs.running() is None
+    assert await core.repo.adapters.all() == []  # nothing registered
+    assert core.versions.current is None  # nothing partial went live
+    assert not any(settings.adapters_dir.iterdir())  # no .partial, no half adapter
+
+
+async def _assert_a_fresh_start_trains_on_everything(
+    settings: Settings, tiny_model_dir: Path, notify: Notify
+) -> None:
+    # A fresh start (a restart after the kill) trains on everything, the new ratings included.
+    core = await tiny_core(_settings(settings, tiny_model_dir, epochs=1.0), SubprocessTrainer())
+    try:
+        retry = await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
+        assert retry.status is RunStatus.SUCCEEDED, retry.message
+        version = await core.repo.adapters.get(1)
+        assert version is not None and len(version.exchange_ids) == 9
+        assert core.versions.current == 1
+    finally:
+        await core.aclose()
+
+
 async def test_killing_the_trainer_mid_run(settings: Settings, tiny_model_dir: Path) -> None:
     trainer = SubprocessTrainer(nice=10)
     core = await tiny_core(_settings(settings, tiny_model_dir, epochs=2000.0), trainer)
@@ -72,11 +96,7 @@ async def test_killing_the_trainer_mid_run(settings: Settings, tiny_model_dir: P
 
         assert outcome is not None and outcome.status is RunStatus.FAILED
         assert "killed by signal 9" in outcome.message and "Nothing changed" in notes[-1]
-        runs = await core.repo.runs.recent()
-        assert runs[0].status is RunStatus.FAILED and await core.repo.runs.running() is None
-        assert await core.repo.adapters.all() == []  # nothing registered
-        assert core.versions.current is None  # nothing partial went live
-        assert not any(settings.adapters_dir.iterdir())  # no .partial, no half adapter
+        await _assert_nothing_went_live(core, settings)
         counts = await core.repo.stats.counts()
         assert counts.ups == counts_before.ups + len(during)  # nothing lost
         assert counts.exchanges == counts_before.exchanges + len(during)
@@ -84,13 +104,4 @@ async def test_killing_the_trainer_mid_run(settings: Settings, tiny_model_dir: P
     finally:
         await core.aclose()
 
-    # A fresh start (a restart after the kill) trains on everything, the new ratings included.
-    core = await tiny_core(_settings(settings, tiny_model_dir, epochs=1.0), SubprocessTrainer())
-    try:
-        retry = await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
-        assert retry.status is RunStatus.SUCCEEDED, retry.message
-        version = await core.repo.adapters.get(1)
-        assert version is not None and len(version.exchange_ids) == 9
-        assert core.versions.current == 1
-    finally:
-        await core.aclose()
+    await _assert_a_fresh_start_trains_on_everything(settings, tiny_model_dir, notify)

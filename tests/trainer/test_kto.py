@@ -86,7 +86,8 @@ def _perturb(model: Any) -> None:
 def test_loss_equals_trl_kto_trainer(tiny_model_dir: Path, tmp_path: Path) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import KTOConfig, KTOTrainer
+    from trl.trainer.kto_config import KTOConfig
+    from trl.trainer.kto_trainer import KTOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     args = KTOConfig(
@@ -110,6 +111,7 @@ def test_loss_equals_trl_kto_trainer(tiny_model_dir: Path, tmp_path: Path) -> No
             peft_config=lora_config(LoraSettings(dropout=0.0)),  # reference: adapter off = base
         )
     model = trainer.model
+    assert model is not None
     _perturb(model)
     batch = next(iter(trainer.get_train_dataloader()))
     model.train()
@@ -216,6 +218,18 @@ def test_both_labels_get_the_reply_and_end_of_turn_as_labels(tokenizer: Any) -> 
     assert not {ex.exchange_id for ex in heldout} & {ex.exchange_id for ex in examples}
 
 
+def _assert_the_candidate_left_out_heldout_and_serving(
+    spec_path: Path, rows: list[dict[str, Any]]
+) -> None:
+    output = TrainingSpec.load(spec_path).output_dir
+    record = json.loads((output / "training.json").read_text())
+    heldout_ids = {r["exchange_id"] for r in rows if r["split"] == "heldout"}
+    assert set(record["heldout_exchange_ids"]) == heldout_ids
+    assert not heldout_ids & set(record["exchange_ids"])  # never trained on
+    weights = load_file(output / "adapter_model.safetensors")
+    assert all(".serving." not in key for key in weights)  # only the candidate's own tensors
+
+
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 def test_kto_subprocess_evaluates_base_serving_and_candidate(
     tiny_model_dir: Path, tmp_path: Path
@@ -249,13 +263,7 @@ def test_kto_subprocess_evaluates_base_serving_and_candidate(
     # Trained on 👍 and 👎, the candidate ranks the held-out liked replies first.
     assert evaluation.candidate["preference_accuracy"] == 1.0
     assert evaluation.candidate["reward_margin"] > 0
-    output = TrainingSpec.load(spec_path).output_dir
-    record = json.loads((output / "training.json").read_text())
-    heldout_ids = {r["exchange_id"] for r in rows if r["split"] == "heldout"}
-    assert set(record["heldout_exchange_ids"]) == heldout_ids
-    assert not heldout_ids & set(record["exchange_ids"])  # never trained on
-    weights = load_file(output / "adapter_model.safetensors")
-    assert all(".serving." not in key for key in weights)  # only the candidate's own tensors
+    _assert_the_candidate_left_out_heldout_and_serving(spec_path, rows)
 
 
 def test_self_supervised_term_labels_the_user_message_only(
