@@ -78,7 +78,12 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False)
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+    def formatTime(
+        self,
+        record: logging.LogRecord,
+        datefmt: str | None = None,  # noqa: ARG002 - logging.Formatter's signature; fixed format
+    ) -> str:
+        """UTC in ISO 8601 with milliseconds, whatever ``datefmt`` asks."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return f"{stamp}.{int(record.msecs):03d}Z"
 

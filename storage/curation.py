@@ -169,7 +169,7 @@ class Curation:
         if since is not None:
             query = query.where(AuditEntry.at >= since)
         async with self._sessions() as session:
-            return {action: count for action, count in (await session.execute(query)).all()}
+            return dict((await session.execute(query)).all())
 
 
 _USER_ACTIONS = {

@@ -22,6 +22,8 @@ from storage.models import Exchange as ExchangeRow
 
 @dataclass(frozen=True)
 class ChatSummary:
+    """One chat in the conversations list."""
+
     key: str
     platform: str
     messages: int
@@ -63,6 +65,8 @@ class TranscriptLine:
 
 @dataclass(frozen=True)
 class UserSummary:
+    """One user in the users list, with their rating counts and state."""
+
     key: str
     name: str
     ups: int
@@ -73,6 +77,8 @@ class UserSummary:
 
 @dataclass(frozen=True)
 class RunDetail:
+    """One training run as the run page shows it."""
+
     id: int
     status: str
     trigger: str

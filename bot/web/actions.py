@@ -67,36 +67,42 @@ def handler(action: Action) -> Callable[[web.Request], Awaitable[web.StreamRespo
 
 
 async def flip_rating(ctx: Context, actor: str, form: Form) -> str:
+    """Turn a 👍 into a 👎 or back (audited); training reads the flipped label."""
     rating = form.number("rating_id")
     value = await ctx.deps.repo.curation.flip_rating(rating, actor)
     return f"Rating #{rating} is now {'👍' if value > 0 else '👎'}."
 
 
 async def drop_rating(ctx: Context, actor: str, form: Form) -> str:
+    """Delete a rating (audited): no run trains on it again."""
     rating = form.number("rating_id")
     await ctx.deps.repo.curation.drop_rating(rating, actor)
     return f"Rating #{rating} dropped: no training run will use it."
 
 
 async def never_train(ctx: Context, actor: str, form: Form) -> str:
+    """Mark an exchange never to be trained on (audited; one-way by design)."""
     exchange = form.number("exchange_id")
     await ctx.deps.repo.curation.never_train(exchange, actor)
     return f"Exchange #{exchange} will never be trained on."
 
 
 async def block_user(ctx: Context, actor: str, form: Form) -> str:
+    """Block or unblock a user key (audited): not answered, ratings not trained on."""
     user, blocked = form.text("user_key"), form.flag("blocked")
     await ctx.deps.repo.curation.set_user(user, actor, blocked=blocked)
     return f"{user} is {'blocked' if blocked else 'unblocked'}."
 
 
 async def exclude_user(ctx: Context, actor: str, form: Form) -> str:
+    """Leave a user's ratings out of training, or let them back in (audited)."""
     user, excluded = form.text("user_key"), form.flag("excluded")
     await ctx.deps.repo.curation.set_user(user, actor, ratings_excluded=excluded)
     return f"{user}'s ratings are {'excluded from' if excluded else 'used in'} training."
 
 
 async def activate(ctx: Context, actor: str, form: Form) -> str:
+    """Serve a version now (0 or empty: the base model), audited."""
     version, before = form.optional_int("version"), ctx.deps.versions.current
     await ctx.deps.versions.activate(version)
     detail = {"before": before, "after": version}
@@ -105,6 +111,7 @@ async def activate(ctx: Context, actor: str, form: Form) -> str:
 
 
 async def rollback(ctx: Context, actor: str, form: Form) -> str:
+    """Serve the version before the current one (or the one named), audited."""
     before = ctx.deps.versions.current
     now = await ctx.deps.versions.rollback(form.optional_int("version"))
     detail = {"before": before, "after": now}
@@ -113,6 +120,7 @@ async def rollback(ctx: Context, actor: str, form: Form) -> str:
 
 
 async def ab_start(ctx: Context, actor: str, form: Form) -> str:
+    """Start an A/B test of a version on a share of chats, audited."""
     version = form.number("version")
     try:
         share = float(form.fields["share"]) if form.fields.get("share") else None
@@ -124,12 +132,14 @@ async def ab_start(ctx: Context, actor: str, form: Form) -> str:
 
 
 async def ab_promote(ctx: Context, actor: str, _form: Form) -> str:
+    """End the A/B test by serving its candidate to everyone, audited."""
     message = await ctx.deps.ab.promote()
     await ctx.deps.repo.curation.record(actor, "ab.promote", "ab", {})
     return message
 
 
 async def ab_retire(ctx: Context, actor: str, _form: Form) -> str:
+    """End the A/B test and keep serving the control, audited."""
     message = await ctx.deps.ab.retire()
     await ctx.deps.repo.curation.record(actor, "ab.retire", "ab", {})
     return message

@@ -65,7 +65,7 @@ def _client(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def _next(request: web.Request, raw: object) -> str:
+def _next(raw: object) -> str:
     target = str(raw or "/")
     # Only a path of this site: "//evil.example" or "https://…" would leave it.
     return target if target.startswith("/") and not target.startswith("//") else "/"
@@ -87,8 +87,9 @@ def start_session(ctx: Context, response: web.StreamResponse, actor: str) -> Non
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:
+    """The login page: a password form (when one is configured) and how to get a link."""
     ctx = request.app[CONTEXT]
-    return _login_form(ctx, _next(request, request.query.get("next")))
+    return _login_form(ctx, _next(request.query.get("next")))
 
 
 def _login_form(ctx: Context, target: str, error: str = "", status: int = 200) -> web.Response:
@@ -106,9 +107,10 @@ def _login_form(ctx: Context, target: str, error: str = "", status: int = 200) -
 
 
 async def password_login(request: web.Request) -> web.StreamResponse:
+    """Log in with the configured password (rate-limited per client address)."""
     ctx, client = request.app[CONTEXT], _client(request)
     form = await request.post()
-    target = _next(request, form.get("next"))
+    target = _next(form.get("next"))
     if not ctx.limiter.allowed(client):
         return _login_form(ctx, target, "Too many attempts: wait a minute.", 429)
     stored = ctx.web.password_hash
@@ -141,6 +143,7 @@ def _link_refused(ctx: Context) -> web.Response:
 
 
 async def link_login(request: web.Request) -> web.StreamResponse:
+    """Spend a one-time login link (on the confirm page's POST) and start a session."""
     ctx, client = request.app[CONTEXT], _client(request)
     if not ctx.limiter.allowed(client):
         return _login_form(ctx, "/", "Too many attempts: wait a minute.", 429)
@@ -159,7 +162,8 @@ async def link_login(request: web.Request) -> web.StreamResponse:
     raise response
 
 
-async def logout(request: web.Request) -> web.StreamResponse:
+async def logout(request: web.Request) -> web.StreamResponse:  # noqa: ARG001 - a handler
+    """End the session: the cookie is deleted."""
     response = web.HTTPSeeOther("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
     raise response

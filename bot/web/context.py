@@ -15,6 +15,8 @@ from bot.web.security import RateLimit, Signer
 
 @dataclass
 class Context:
+    """What every request handler of the dashboard shares (deps, signer, limits, templates)."""
+
     deps: WebDeps
     signer: Signer
     limiter: RateLimit

@@ -44,6 +44,7 @@ def _bearer_ok(request: web.Request) -> bool:
 
 
 async def prometheus(request: web.Request) -> web.StreamResponse:
+    """``/metrics`` in Prometheus' text format (a session or the bearer token)."""
     if session_of(request) is None and not _bearer_ok(request):
         raise web.HTTPUnauthorized(text="Log in, or send the configured bearer token.")
     deps = request.app[CONTEXT].deps

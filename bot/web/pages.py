@@ -26,6 +26,7 @@ def render(request: web.Request, name: str, **context: Any) -> web.Response:
 
 
 async def overview(request: web.Request) -> web.StreamResponse:
+    """The overview: model, serving LoRA, A/B state, activity, training progress."""
     ctx = request.app[CONTEXT]
     deps, repo = ctx.deps, ctx.deps.repo
     test = await repo.ab.running()
@@ -48,6 +49,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
 
 
 async def chats(request: web.Request) -> web.StreamResponse:
+    """Chats by platform, newest first, with a search over their messages."""
     dashboard = request.app[CONTEXT].deps.repo.dashboard
     platform, search = request.query.get("platform") or None, request.query.get("q") or None
     return render(
@@ -61,6 +63,7 @@ async def chats(request: web.Request) -> web.StreamResponse:
 
 
 async def transcript(request: web.Request) -> web.StreamResponse:
+    """One chat's transcript: each reply's ratings, version and exact prompt."""
     key = request.match_info["key"]
     lines = await request.app[CONTEXT].deps.repo.dashboard.transcript(key)
     if not lines:
@@ -98,12 +101,14 @@ def rating_filter(query: Any) -> RatingFilter:
 
 
 async def ratings(request: web.Request) -> web.StreamResponse:
+    """Ratings with filters (label, user, chat, version, dates) and curation actions."""
     repo = request.app[CONTEXT].deps.repo
     votes = await repo.dashboard.ratings(rating_filter(request.query))
     return render(request, "ratings.html", votes=votes, q=dict(request.query))
 
 
 async def users(request: web.Request) -> web.StreamResponse:
+    """Users: how much each rates, opt-out and forget state, block and exclude."""
     repo = request.app[CONTEXT].deps.repo
     listed = await repo.dashboard.users()
     controls = await repo.curation.controls()
@@ -113,6 +118,7 @@ async def users(request: web.Request) -> web.StreamResponse:
 
 
 async def adapters(request: web.Request) -> web.StreamResponse:
+    """Versions as a lineage tree with the gate's metrics and reasons, and actions."""
     ctx = request.app[CONTEXT]
     versions = await ctx.deps.repo.adapters.all()
     test = await ctx.deps.repo.ab.running()
@@ -130,11 +136,13 @@ async def adapters(request: web.Request) -> web.StreamResponse:
 
 
 async def runs(request: web.Request) -> web.StreamResponse:
+    """The latest training runs."""
     recent = await request.app[CONTEXT].deps.repo.runs.recent(50)
     return render(request, "runs.html", runs=recent)
 
 
 async def run(request: web.Request) -> web.StreamResponse:
+    """One training run: loss curve, curation report, gate, duration."""
     ctx = request.app[CONTEXT]
     run_id = _int(request.match_info["run_id"]) or 0
     detail = await ctx.deps.repo.dashboard.run(run_id)
@@ -150,6 +158,7 @@ async def run(request: web.Request) -> web.StreamResponse:
 
 
 async def stats(request: web.Request) -> web.StreamResponse:
+    """Ratings per day per version, with the days versions went live."""
     repo = request.app[CONTEXT].deps.repo
     daily = await repo.stats.daily_ratings()
     bars = [DayBar(d.day, d.adapter_version, d.ups, d.downs) for d in daily]
@@ -168,5 +177,6 @@ async def stats(request: web.Request) -> web.StreamResponse:
 
 
 async def audit(request: web.Request) -> web.StreamResponse:
+    """The audit log of every operator action."""
     entries = await request.app[CONTEXT].deps.repo.curation.audit(500)
     return render(request, "audit.html", entries=entries)

@@ -17,6 +17,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """Add the audit log, per-user controls and used login nonces."""
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -54,6 +55,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the operator console's tables."""
     with op.batch_alter_table("web_login_nonces", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_web_login_nonces_expires_at"))
     op.drop_table("web_login_nonces")

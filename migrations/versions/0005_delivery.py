@@ -18,6 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """Add the delivery log and a unique source key per stored message."""
     op.create_table(
         "deliveries",
         sa.Column("platform", sa.String(length=64), nullable=False),
@@ -40,6 +41,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the delivery log and the source key."""
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("uq_messages_source_key"), type_="unique")
         batch_op.drop_column("source_key")

@@ -33,6 +33,28 @@ async def chatting(core: Core, user: int) -> None:
         await say(core, who, f"message {n} from user {user}, a few words long")
 
 
+async def check_restore(settings: Settings, target: Path, tmp_path: Path, copied: set[int]) -> None:
+    """Restore as the README says (into a data dir, then start): every copied message is there."""
+    restored = settings.model_copy(update={"data_dir": tmp_path / "restored"})
+    restored.adapters_dir.parent.mkdir(parents=True)
+    shutil.copy(target / "selftune.db", restored.data_dir / "selftune.db")
+    shutil.copytree(target / "adapters", restored.adapters_dir)
+    core = await build_core(restored, generator=ScriptedGenerator(), progress=False)
+    try:
+        counts = await core.repo.stats.counts()
+        with sqlite3.connect(restored.data_dir / "selftune.db") as connection:
+            check = connection.execute("PRAGMA integrity_check").fetchone()[0]
+            orphans = connection.execute(
+                "SELECT count(*) FROM exchanges e LEFT JOIN messages m "
+                "ON m.id = e.request_message_id WHERE m.id IS NULL"
+            ).fetchone()[0]
+        assert check == "ok" and orphans == 0
+        assert message_ids(restored.data_dir / "selftune.db") == copied
+        assert counts.exchanges > 0  # replies finished by then, with their messages
+    finally:
+        await core.aclose()
+
+
 async def test_a_backup_taken_while_20_users_chat_restores_every_stored_message(
     settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -63,25 +85,7 @@ async def test_a_backup_taken_while_20_users_chat_restores_every_stored_message(
     assert "backed up" in capsys.readouterr().out
     assert sorted(p.name for p in (target / "adapters").iterdir()) == ["v0001"]
 
-    # Restore as the README says: into a data dir, then start.
-    restored = settings.model_copy(update={"data_dir": tmp_path / "restored"})
-    restored.adapters_dir.parent.mkdir(parents=True)
-    shutil.copy(target / "selftune.db", restored.data_dir / "selftune.db")
-    shutil.copytree(target / "adapters", restored.adapters_dir)
-    core = await build_core(restored, generator=ScriptedGenerator(), progress=False)
-    try:
-        counts = await core.repo.stats.counts()
-        with sqlite3.connect(restored.data_dir / "selftune.db") as connection:
-            check = connection.execute("PRAGMA integrity_check").fetchone()[0]
-            orphans = connection.execute(
-                "SELECT count(*) FROM exchanges e LEFT JOIN messages m "
-                "ON m.id = e.request_message_id WHERE m.id IS NULL"
-            ).fetchone()[0]
-        assert check == "ok" and orphans == 0
-        assert message_ids(restored.data_dir / "selftune.db") == copied
-        assert counts.exchanges > 0  # replies finished by then, with their messages
-    finally:
-        await core.aclose()
+    await check_restore(settings, target, tmp_path, copied)
 
 
 def test_the_command_refuses_a_folder_in_use(

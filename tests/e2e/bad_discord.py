@@ -54,11 +54,12 @@ class DiscordCorpus:
         fake = self.fake
         file = {"id": "1", "filename": "a\ud83d.png", "size": 1, "url": "u", "proxy_url": "u"}
         sticker = {"id": "2", "name": "wave", "format_type": 1}
-        for case, content, extra, expect in (
+        files: list[tuple[str, str, dict[str, Any], str]] = [
             ("dc-attachment-only", "", {"attachments": [file]}, "cannot see the file"),
             ("dc-sticker-only", "", {"sticker_items": [sticker]}, "cannot see the sticker"),
             ("dc-attachment-and-text", "look", {"attachments": [file]}, "left out the file"),
-        ):
+        ]
+        for case, content, extra, expect in files:
             user = next(self.users)
             await fake.user_says(user, content, **extra)
             self.replies[case] = (fake.dm_channel(user), expect)

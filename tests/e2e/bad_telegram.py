@@ -128,7 +128,7 @@ class TelegramCorpus:
     def unknown_updates(self, member: dict[str, Any]) -> None:
         for case, update in odd_updates(self.tg.group(GROUP), member).items():
             self.tg.push(update)
-            self.silent[case] = CHANNEL["id"]
+            self.silent[case] = int(str(CHANNEL["id"]))
 
     async def press_buttons(self) -> None:
         """Forged button data on a real reply, and a real id pressed from a foreign chat."""
@@ -184,5 +184,5 @@ class TelegramCorpus:
             tally.silence(case, shown_in(self.tg, chat))
         spoken = {c.chat_id for c in self.tg.calls if c.method == "sendMessage"}
         expected = {chat for chat, _ in self.replies.values()}
-        for chat in spoken - expected:
-            tally.problems.append(f"the bot wrote to chat {chat}, where nothing was asked")
+        for stray in spoken - expected:
+            tally.problems.append(f"the bot wrote to chat {stray}, where nothing was asked")

@@ -68,7 +68,8 @@ async def test_console(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
     caplog.set_level(logging.INFO)
     settings, _ = load_settings(None, {"SELFTUNE_DATA_DIR": str(tmp_path / "data"), **UNLIMITED})
     core = await _core(settings)
-    tally, sent = Tally("the console"), []
+    tally = Tally("the console")
+    sent: list[tuple[str, bytes, str | None]] = []
     try:
         for case in TEXTS:
             line = case.text.replace("\n", " ")  # one line is one message

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.web.passwords import hash_password
@@ -31,20 +32,22 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 @pytest.fixture
-async def client(world: World) -> AsyncIterator[TestClient[object, object]]:
+async def client(world: World) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """A client with no session."""
     async with TestClient(TestServer(world.dashboard.app)) as anonymous:
         yield anonymous
 
 
 @pytest.fixture
-async def admin(world: World, client: TestClient[object, object]) -> TestClient[object, object]:
+async def admin(
+    world: World, client: TestClient[web.Request, web.Application]
+) -> TestClient[web.Request, web.Application]:
     """The same client, logged in by a one-time link."""
     await login_by_link(client, world.dashboard.issue_login_link(ADMIN))
     return client
 
 
-async def login_by_link(client: TestClient[object, object], link: str) -> int:
+async def login_by_link(client: TestClient[web.Request, web.Application], link: str) -> int:
     """Open the link's page and press its button; the status of the POST."""
     parts = urlsplit(link)
     page = await client.get(f"{parts.path}?{parts.query}")

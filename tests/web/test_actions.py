@@ -3,11 +3,12 @@ audit log with the operator's key, and is respected by what training reads."""
 
 from __future__ import annotations
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.web.support import ADMIN, World, csrf_of
 
-Client = TestClient[object, object]
+Client = TestClient[web.Request, web.Application]
 
 
 async def act(client: Client, path: str, **fields: str) -> str:

@@ -87,15 +87,29 @@ def _session(browser: Any, base: str, link: str, shots: Path) -> None:
     press("(//span[@class='rating']//button[text()='flip'])[1]")
     assert "is now 👎" in flash()
     shot("04-transcript")
+    _block_and_roll_back(browser, base, shots)
+    _tour(browser, base, shots)
+
+
+def _block_and_roll_back(browser: Any, base: str, shots: Path) -> None:
+    """Block a user on the users page, then roll the serving adapter back."""
+    from selenium.webdriver.common.by import By
+
     browser.get(base + "/users")
-    press("//tr[@id='u-discord:7']//button[text()='block']")
-    assert flash() == "discord:7 is blocked."
-    shot("05-users")
+    browser.find_element(By.XPATH, "//tr[@id='u-discord:7']//button[text()='block']").click()
+    assert browser.find_element(By.ID, "flash").text == "discord:7 is blocked."
+    browser.save_screenshot(str(shots / "05-users.png"))
     browser.get(base + "/adapters")
-    press("//button[text()='roll back']")
-    assert "now serving adapter v1" in flash()
+    browser.find_element(By.XPATH, "//button[text()='roll back']").click()
+    assert "now serving adapter v1" in browser.find_element(By.ID, "flash").text
     assert browser.find_element(By.ID, "serving").text == "v1"
-    shot("06-adapters")
+    browser.save_screenshot(str(shots / "06-adapters.png"))
+
+
+def _tour(browser: Any, base: str, shots: Path) -> None:
+    """The remaining pages, each saved as a screenshot; the audit log names every action."""
+    from selenium.webdriver.common.by import By
+
     for name, path in (
         ("07-ratings", "/ratings"),
         ("08-runs", "/runs"),
@@ -104,7 +118,7 @@ def _session(browser: Any, base: str, link: str, shots: Path) -> None:
         ("11-audit", "/audit"),
     ):
         browser.get(base + path)
-        shot(name)
+        browser.save_screenshot(str(shots / f"{name}.png"))
     audit = browser.find_element(By.TAG_NAME, "main").text
     for action in ("rating.flip", "user.block", "adapter.rollback"):
         assert action in audit

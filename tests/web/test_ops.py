@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bot import metrics
 from tests.web.support import World
 
-Client = TestClient[object, object]
+Client = TestClient[web.Request, web.Application]
 
 
 async def test_healthz_reports_each_part(client: Client, world: World) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bot.types import RunStatus
 from tests.web.support import World
 
-Client = TestClient[object, object]
+Client = TestClient[web.Request, web.Application]
 
 
 async def text(client: Client, path: str) -> str:

@@ -6,6 +6,7 @@ import time
 from urllib.parse import quote
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bot.web.actions import ROUTES
@@ -13,7 +14,7 @@ from bot.web.server import _PAGES
 from tests.web.conftest import PASSWORD, login_by_link
 from tests.web.support import ADMIN, XSS, World, csrf_of
 
-Client = TestClient[object, object]
+Client = TestClient[web.Request, web.Application]
 PAGES = [p.replace("{key}", "telegram:10").replace("{run_id}", "1") for p in _PAGES]
 ACTIONS = [
     p.replace("{rating_id}", "1").replace("{exchange_id}", "1") for p in [*ROUTES, "/logout"]

@@ -77,12 +77,17 @@ async def test_selftune_run_serves_the_dashboard(
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
+    _check_exposition(exposition)
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass  # stopped with the bot
+
+
+def _check_exposition(exposition: str) -> None:
+    """The reply, the rating and the connected platform are counted (printed for the note)."""
     print("\n".join(line for line in exposition.splitlines() if line.startswith("selftune_")))
     assert 'selftune_replies_total{outcome="answer",platform="telegram"}' in exposition
     assert 'selftune_ratings_total{action="stored",vote="up"}' in exposition
     assert 'selftune_platform_connected{platform="telegram"} 1.0' in exposition
-    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        pass  # stopped with the bot
 
 
 async def _chat_and_rate(tg: FakeTelegram) -> None:
