@@ -63,6 +63,7 @@ def _driver(chromium: str, chromedriver: str) -> Any:
 def _session(browser: Any, base: str, link: str, shots: Path) -> None:
     """The operator's visit, in the browser (blocking: runs in a thread)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     def shot(name: str) -> None:
         browser.save_screenshot(str(shots / f"{name}.png"))
@@ -78,7 +79,9 @@ def _session(browser: Any, base: str, link: str, shots: Path) -> None:
     browser.get(link)
     shot("01-login-link")
     browser.find_element(By.ID, "login").click()
-    assert "Overview" in browser.title
+    # The click navigates; the title changes when the next page has loaded (implicit waits
+    # cover element look-ups only).
+    WebDriverWait(browser, 10).until(lambda b: "Overview" in b.title)
     shot("02-overview")
     browser.get(base + "/chats")
     shot("03-conversations")
