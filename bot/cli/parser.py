@@ -43,6 +43,11 @@ def _common(default: object) -> argparse.ArgumentParser:
     return common
 
 
+def _action(sub: _Sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """An action of a subcommand (``db current``); it takes --config and --verbose too."""
+    return sub.add_parser(name, help=summary, parents=[_common(argparse.SUPPRESS)])
+
+
 def _command(sub: _Sub, name: str, summary: str, example: str) -> argparse.ArgumentParser:
     """A subcommand whose --help says what it does (``summary``) with an ``example``."""
     return sub.add_parser(
@@ -106,10 +111,10 @@ def _adapters(sub: _Sub) -> None:
         "selftune adapters activate 2",
     )
     actions = adapters.add_subparsers(dest="action", metavar="ACTION")
-    actions.add_parser("list", help="list the versions (default)")
-    activate = actions.add_parser("activate", help="serve version N (0 = base model)")
+    _action(actions, "list", "list the versions (default)")
+    activate = _action(actions, "activate", "serve version N (0 = base model)")
     activate.add_argument("version", type=int)
-    rollback = actions.add_parser("rollback", help="back to the previous version (or to N)")
+    rollback = _action(actions, "rollback", "back to the previous version (or to N)")
     rollback.add_argument("version", type=int, nargs="?")
 
 
@@ -133,5 +138,5 @@ def _data(sub: _Sub) -> None:
         "selftune db upgrade",
     )
     actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("upgrade", help="apply pending migrations (start-up does it too)")
-    actions.add_parser("current", help="show the schema revision (creates nothing)")
+    _action(actions, "upgrade", "apply pending migrations (start-up does it too)")
+    _action(actions, "current", "show the schema revision (creates nothing)")
