@@ -61,7 +61,9 @@ class Settings(Section):
         description="User keys allowed to run admin commands, e.g. 'telegram:42'.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Logging threshold (logs go to stderr, tokens masked)."
+        "INFO",
+        description="Logging threshold of <data_dir>/logs/selftune.log (stderr: warnings, "
+        "or everything with --verbose; tokens masked).",
     )
     # Sections are frozen, so one default instance can be shared safely.
     database: DatabaseSettings = DatabaseSettings()
