@@ -5,6 +5,7 @@ works (the lock was released)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -90,7 +91,12 @@ async def test_killing_the_trainer_mid_run(settings: Settings, tiny_model_dir: P
         retry = await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
         assert retry.status is RunStatus.SUCCEEDED, retry.message
         version = await core.repo.adapters.get(1)
-        assert version is not None and len(version.exchange_ids) == 9
+        assert version is not None
+        # Every rating is used: trained on, or held out to judge it (a young bot's gate).
+        work = settings.data_dir / "training" / f"run-{retry.run_id:04d}"
+        held = json.loads((work / "report.json").read_text())["data"]["heldout_exchange_ids"]
+        used = set(version.exchange_ids) | set(held)
+        assert len(used) == 9 and {r.exchange_id for r in during} <= used
         assert core.versions.current == 1
     finally:
         await core.aclose()
