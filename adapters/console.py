@@ -46,6 +46,7 @@ class ConsoleAdapter:
         self._interactive = self._out.isatty() and self._in.isatty()
         self._write_lock = asyncio.Lock()
         self._count = 0
+        self._at_prompt = False  # "you> " is the last thing on the screen, input pending
 
     @property
     def chat_key(self) -> str:
@@ -57,6 +58,7 @@ class ConsoleAdapter:
         while True:
             self._prompt()
             raw = await loop.run_in_executor(None, self._in.readline, MAX_LINE_BYTES)
+            self._at_prompt = False
             if not raw:
                 break
             await self.handle_line(raw)
@@ -121,8 +123,16 @@ class ConsoleAdapter:
 
     # chat_key: the ChatAdapter protocol names the chat; the console has only one.
     async def send(self, chat_key: str, text: str) -> None:  # noqa: ARG002
+        """A notice that arrives on its own (training progress, the gate's verdict)."""
         async with self._write_lock:
+            if self._at_prompt:
+                # It arrives while "you> " waits for input: take the prompt's place, then
+                # draw the prompt again below it, so the next input still has one.
+                self._out.write("\r\x1b[K")
             self._say(f"[{text}]")
+            if self._at_prompt:
+                self._out.write("you> ")
+                self._out.flush()
 
     def _say(self, text: str) -> None:
         self._out.write(text + "\n")
@@ -132,3 +142,4 @@ class ConsoleAdapter:
         if self._interactive:
             self._out.write("you> ")
             self._out.flush()
+            self._at_prompt = True

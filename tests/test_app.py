@@ -105,7 +105,7 @@ def test_cli_db_adapters_export(
     head = head_revision()
     assert f"database revision {head}; latest {head}" in capsys.readouterr().out
     assert main(["adapters"]) == 0
-    assert "* base model (version 0)" in capsys.readouterr().out
+    assert "▶ base model (version 0)" in capsys.readouterr().out  # the chat's mark too
     assert main(["adapters", "rollback"]) == 1
     assert "Nothing to roll back" in capsys.readouterr().err
     assert main(["adapters", "activate", "3"]) == 1

@@ -34,7 +34,7 @@ def test_the_setting() -> None:
 
 
 def test_json_lines_with_secrets_masked(restored: None, capsys: pytest.CaptureFixture[str]) -> None:
-    setup_logging("INFO", [SECRET], "json")
+    setup_logging("INFO", [SECRET], log_format="json")
     log = logging.getLogger("bot.test")
     log.info("connecting with %s to 123456:%s", SECRET, "A" * 30)
     try:

@@ -1,6 +1,7 @@
 """The ``selftune`` command: the parser and its dispatch (entry point ``bot.cli:main``).
 
-- ``__init__``: arguments, configuration loading, the subcommands that serve (run, chat)
+- ``__init__``: configuration loading, logging, the subcommands that serve (run, chat)
+- ``parser.py``: the arguments, every subcommand's help with an example
 - ``maintenance.py``: the subcommands that do not serve (train, adapters, export, db)
 - ``install.py``: what needs no configuration: ``--version``, ``config example``
 """
@@ -11,54 +12,18 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from bot.cli import install
+from bot.cli.parser import build_parser
 from bot.errors import ConfigError
 from bot.logs import settings_secrets, setup_logging
 from bot.settings import Settings, load_settings
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="selftune",
-        description="A chat bot that answers with its own local model and learns from 👍/👎.",
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="TOML config file (default: ./selftune.toml, "
-        "$SELFTUNE_CONFIG or ~/.config/selftune/config.toml)",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {install.version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("run", help="serve every configured platform (the console if none)")
-    sub.add_parser("chat", help="chat in the terminal")
-    train = sub.add_parser("train", help="fine-tune on the rated replies now")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    adapters = sub.add_parser("adapters", help="list, activate or roll back adapter versions")
-    adapters_sub = adapters.add_subparsers(dest="action", metavar="ACTION")
-    adapters_sub.add_parser("list", help="list the versions (default)")
-    activate = adapters_sub.add_parser("activate", help="serve version N (0 = base model)")
-    activate.add_argument("version")  # parsed strictly by maintenance (bot.commands.args)
-    rollback = adapters_sub.add_parser("rollback", help="back to the previous version")
-    rollback.add_argument("version", nargs="?")
-    export = sub.add_parser("export", help="rated exchanges as JSONL (TRL's KTO format)")
-    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
-    db = sub.add_parser("db", help="database maintenance")
-    db_sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
-    db_sub.add_parser("upgrade", help="apply pending migrations")
-    db_sub.add_parser("current", help="show the schema revision")
-    backup = db_sub.add_parser("backup", help="copy the database and the adapters to PATH")
-    backup.add_argument("path", type=Path, help="a new (or empty) folder")
-    install.add_config_parser(sub)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``selftune`` command line; the return value is the process exit status."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "config":
         return install.config(args)
     try:
@@ -66,7 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"selftune: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, settings_secrets(settings), settings.log_format)
+    setup_logging(
+        settings.log_level,
+        settings_secrets(settings),
+        data_dir=settings.data_dir,
+        verbose=bool(args.verbose),
+        log_format=settings.log_format,
+    )
     try:
         return asyncio.run(_dispatch(args, settings))
     except KeyboardInterrupt:

@@ -22,9 +22,20 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def add_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_config_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser] | None = None,
+) -> None:
     """Add ``config example [-o FILE]`` to the subcommands ``sub`` (argparse's subparsers)."""
-    config = sub.add_parser("config", help="the documented example configuration")
+    config = sub.add_parser(
+        "config",
+        help="the documented example configuration",
+        description="The documented example configuration: every key, its default and what "
+        "it does.",
+        epilog="example:\n  selftune config example -o selftune.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=parents or [],
+    )
     actions = config.add_subparsers(dest="action", metavar="ACTION", required=True)
     example = actions.add_parser(
         "example",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.commands.args import version_arg
-from bot.commands.views import format_version
+from bot.commands.views import SERVING_MARK, format_version, mark
 from bot.errors import NothingToTrain, TrainingAlreadyRunning, VersionError
 from bot.learning.dataset import kto_rows, write_jsonl
 from bot.learning.finetune import Finetuner
@@ -18,7 +18,7 @@ from bot.settings import Settings
 from bot.startup import open_repository, prepare_data_dir, resolve_model_dir
 from bot.types import RunStatus
 from migrations import head_revision, upgrade_database
-from storage.db import create_engine
+from storage.db import create_engine, is_sqlite
 from storage.repository import Repository
 
 
@@ -116,8 +116,9 @@ async def adapters(settings: Settings, args: argparse.Namespace) -> int:
             active = await repo.adapters.active()
             rows = await repo.adapters.all()
             for version in rows:
-                print(("* " if version.active else "  ") + format_version(version))
-            print(("* " if active is None else "  ") + "base model (version 0)")
+                print(mark(version.active) + format_version(version))
+            print(mark(active is None) + "base model (version 0)")
+            print(f"{SERVING_MARK} = serving now")
         return 0
     except VersionError as exc:
         _err(f"selftune: {exc}")
@@ -137,7 +138,8 @@ def _version(action: str, args: argparse.Namespace) -> int | None:
 
 
 async def export(settings: Settings, args: argparse.Namespace) -> int:
-    """``selftune export``: write every usable rating as KTO JSONL to a file or stdout."""
+    """Write every rated exchange as a JSONL row (TRL's KTO format; ``--with-meta``: with
+    the exchange id, rater, adapter version and rating time)."""
     repo = await _repo(settings)
     try:
         rated = await repo.training.rated()
@@ -145,36 +147,61 @@ async def export(settings: Settings, args: argparse.Namespace) -> int:
         await repo.aclose()
     output: Path | None = args.output
     if output is None:
-        count = write_jsonl(kto_rows(rated), sys.stdout)
+        count = write_jsonl(kto_rows(rated, with_meta=args.with_meta), sys.stdout)
         sys.stdout.flush()
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w", encoding="utf-8") as handle:
-            count = write_jsonl(kto_rows(rated), handle)
+            count = write_jsonl(kto_rows(rated, with_meta=args.with_meta), handle)
     _err(f"exported {count} rated exchange(s)" + (f" to {output}" if output else ""))
     return 0
 
 
 async def db(settings: Settings, args: argparse.Namespace) -> int:
-    """``selftune db``: upgrade the schema, show its revision, or back the database up."""
+    """``db upgrade``: apply pending migrations; ``db current``: show the revision, creating
+    nothing (a data dir without a database says so); ``db backup PATH``: an online copy."""
     if args.action == "backup":
         from bot.cli.backup import backup
 
         return await backup(settings, args.path)
+    if args.action == "current":
+        return await _db_current(settings)
     prepare_data_dir(settings)
     engine = create_engine(settings.database_url)
     try:
-        if args.action == "upgrade":
-            before = await upgrade_database(engine)
-            print(f"database at revision {head_revision()} (was {before or 'empty'})")
-        else:
-            from alembic.runtime.migration import MigrationContext
-
-            async with engine.connect() as connection:
-                current = await connection.run_sync(
-                    lambda sync: MigrationContext.configure(sync).get_current_revision()
-                )
-            print(f"database revision {current or 'none'}; latest {head_revision()}")
+        before = await upgrade_database(engine)
+        print(f"database at revision {head_revision()} (was {before or 'empty'})")
     finally:
         await engine.dispose()
     return 0
+
+
+async def _db_current(settings: Settings) -> int:
+    from alembic.runtime.migration import MigrationContext
+
+    missing = _missing_sqlite_file(settings.database_url)
+    if missing is not None:
+        # Connecting would create an empty file: say there is none instead.
+        print(f"no database yet at {missing}; latest revision {head_revision()}")
+        return 0
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as connection:
+            current = await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+    finally:
+        await engine.dispose()
+    print(f"database revision {current or 'none'}; latest {head_revision()}")
+    return 0
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file of ``url`` when it does not exist yet; None for any other database."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not is_sqlite(url) or not parsed.database or parsed.database == ":memory:":
+        return None
+    path = Path(parsed.database).expanduser()
+    return None if path.exists() else path

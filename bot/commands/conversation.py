@@ -1,4 +1,4 @@
-"""The commands every user has: start, help, new, persona, good, bad, forget, optout, optin.
+"""The commands every user has: start, help, whoami, new, persona, good, bad, forget, optout, optin.
 
 Each is ``async (context, incoming, args) -> Reply``; the spec in ``table.py`` names it and says
 who sees the answer.
@@ -29,6 +29,21 @@ async def start(ctx: CommandContext, incoming: Incoming, _args: str) -> Reply:
 async def help(ctx: CommandContext, incoming: Incoming, _args: str) -> Reply:
     """The commands this user may use."""
     return _reply(help_text(ctx.is_admin(incoming)))
+
+
+async def whoami(ctx: CommandContext, incoming: Incoming, _args: str) -> Reply:
+    """The asker's user key and the chat's key: what ``admins`` and ``schedule.notify_chats``
+    take, so a self-hoster can find their own without reading logs."""
+    key = incoming.user_key
+    if ctx.is_admin(incoming):
+        role = "You are an admin here."
+    else:
+        role = (
+            f'You are not an admin. To make you one, add "{key}" to admins in the config '
+            f'(admins = ["{key}"]) or SELFTUNE_ADMINS, and restart the bot.'
+        )
+    name = f" ({incoming.user_name})" if incoming.user_name else ""
+    return _reply(f"Your user key: {key}{name}\nThis chat: {incoming.chat_key}\n{role}")
 
 
 async def new(ctx: CommandContext, incoming: Incoming, _args: str) -> Reply:

@@ -11,7 +11,13 @@ import logging
 
 from bot.commands.args import share_arg, version_arg
 from bot.commands.context import CommandContext
-from bot.commands.views import format_version, version_details
+from bot.commands.views import (
+    CANDIDATE_MARK,
+    SERVING_MARK,
+    format_version,
+    mark,
+    version_details,
+)
 from bot.errors import VersionError
 from bot.learning.protocol import Phase, Step
 from bot.learning.versions import describe
@@ -99,13 +105,12 @@ async def adapters(ctx: CommandContext, _incoming: Incoming, args: str) -> Reply
     if not versions:
         return _reply("No adapter versions yet: serving the base model. /finetune makes one.")
     lines = [
-        ("▶ " if v.version == current else "◐ " if v.version == candidate else "  ")
-        + format_version(v)
-        for v in versions
+        mark(v.version == current, v.version == candidate) + format_version(v) for v in versions
     ]
-    lines.append(("▶ " if current is None else "  ") + "base model (version 0)")
+    lines.append(mark(current is None) + "base model (version 0)")
+    lines.append(f"{SERVING_MARK} = serving now")
     if candidate is not None:
-        lines.append("◐ = the A/B test's candidate (/ab)")
+        lines.append(f"{CANDIDATE_MARK} = the A/B test's candidate (/ab)")
     lines.append("/adapters N: hyperparameters, the gate's reasons, all metrics, exchanges.")
     return _reply("\n".join(lines))
 

@@ -31,6 +31,11 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("start", "Say hello and show what I can do", handler="conversation:start"),
     CommandSpec("help", "List the commands", handler="conversation:help"),
     CommandSpec(
+        "whoami",
+        "Show your user key (what the admins setting lists) and this chat's key",
+        handler="conversation:whoami",
+    ),
+    CommandSpec(
         "new",
         "Start a new conversation (I forget the context, not your ratings)",
         handler="conversation:new",

@@ -6,11 +6,19 @@ from __future__ import annotations
 from bot.learning.evaluation import GATE_METRICS, gate_metric
 from bot.types import AdapterVersion
 
+_TRAINER_TIME = "duration_s"  # the trainer's own time, shown with the run's (``_took``)
 _NAMES = {"train_loss": "train loss"}  # other numbers than the gate's, as shown; rest as recorded
 _GATE_METRICS = tuple(m.name for m in GATE_METRICS)  # the default first
 _PREFIXES = ("serving.", "base.")
 _FIRST_IDS = 10  # exchange ids the detail view lists
+SERVING_MARK = "▶"  # the active version, in the chat's /adapters and in `selftune adapters`
+CANDIDATE_MARK = "◐"  # the A/B test's candidate
 _GATE_SETTINGS = ("margin", "min_heldout", "when_undecided", "heldout_fraction", "heldout_max")
+
+
+def mark(serving: bool, candidate: bool = False) -> str:
+    """The column in front of a version in a list: serving, A/B candidate, or blank."""
+    return f"{SERVING_MARK} " if serving else f"{CANDIDATE_MARK} " if candidate else "  "
 
 
 def _name(metric: str) -> str:
@@ -62,6 +70,16 @@ def format_version(v: AdapterVersion) -> str:
     )
 
 
+def _took(v: AdapterVersion) -> str:
+    """The run's wall time and, apart, the trainer's own (``duration_s``): they differ by
+    the trainer's start-up and the release, and must not read as two answers to one question."""
+    if v.duration_s is None:
+        return ""
+    trainer = v.metrics.get(_TRAINER_TIME)
+    inside = f", {trainer:.0f} s of it in the trainer" if trainer is not None else ""
+    return f"; the run took {v.duration_s:.0f} s{inside}"
+
+
 def _settings_line(title: str, values: object) -> str | None:
     if not isinstance(values, dict) or not values:
         return None
@@ -76,17 +94,16 @@ def _settings_line(title: str, values: object) -> str | None:
 def version_details(v: AdapterVersion, serving: int | None, candidate: int | None) -> str:
     """Everything recorded about one version (``/adapters N``)."""
     role = (
-        " ▶ serving"
+        f" {SERVING_MARK} serving"
         if v.version == serving
-        else " ◐ the A/B test's candidate"
+        else f" {CANDIDATE_MARK} the A/B test's candidate"
         if v.version == candidate
         else ""
     )
-    took = f"; training took {v.duration_s:.0f} s" if v.duration_s is not None else ""
     lines = [
         f"Adapter v{v.version} [{v.status}]{role}",
         f"Parent: {'v' + str(v.parent) if v.parent else 'base model'}",
-        f"Created: {v.created_at:%Y-%m-%d %H:%M} UTC{took}",
+        f"Created: {v.created_at:%Y-%m-%d %H:%M} UTC{_took(v)}",
         "Tainted: yes, trained on data a user later asked to /forget"
         if v.tainted
         else "Tainted: no",
@@ -128,7 +145,9 @@ def _gate_lines(v: AdapterVersion) -> list[str]:
                 f"  {_name(metric)}: {shown}" + (" ◀ decides" if metric == decides else "")
             )
     other = {
-        k: val for k, val in v.metrics.items() if k not in held and not k.startswith(_PREFIXES)
+        k: val
+        for k, val in v.metrics.items()
+        if k not in held and k != _TRAINER_TIME and not k.startswith(_PREFIXES)
     }
     line = _settings_line("Training numbers", other)
     if line:

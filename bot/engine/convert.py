@@ -7,6 +7,7 @@ must be converted, it imports this module then.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ def convert_gguf(source: str, gguf_file: str, dest: Path, *, progress: bool = Tr
 
     stages = tqdm(total=3, desc=f"Preparing {gguf_file}", disable=not progress, file=sys.stderr)
     try:
-        with stages, transformers_progress(progress):
+        # One bar on the first start: ours, by stage; transformers' own (dequantizing, loading,
+        # writing shards) would nest three more under it.
+        with stages, transformers_progress(False), _quiet_gguf_tensors():
             stages.set_postfix_str("tokenizer")
             tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
             stages.update()
@@ -43,6 +46,23 @@ def convert_gguf(source: str, gguf_file: str, dest: Path, *, progress: bool = Tr
             stages.update()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot convert {source}/{gguf_file}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _quiet_gguf_tensors() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar, which its progress switch does not
+    govern: while converting, its module's ``tqdm`` is one that is disabled."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:  # a transformers that reads GGUF otherwise: nothing to quiet
+        yield
+        return
+    setattr(gguf_utils, "tqdm", functools.partial(original, disable=True))  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(gguf_utils, "tqdm", original)  # noqa: B010
 
 
 @contextlib.contextmanager

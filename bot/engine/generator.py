@@ -141,7 +141,9 @@ class TransformersGenerator:
         if device.type == "cpu":
             torch.set_num_threads(settings.threads or default_threads())
         try:
-            with transformers_progress(progress):
+            # No bar for loading the converted model (a second or two): the first start's
+            # conversion above shows the only one.
+            with transformers_progress(False):
                 tokenizer = AutoTokenizer.from_pretrained(model_dir)
                 base: Any = AutoModelForCausalLM.from_pretrained(
                     model_dir,

@@ -9,8 +9,10 @@ on by any run, and the adapter serving now is compared with a candidate on rows 
 While the pool is smaller than ``gate.min_heldout`` it cannot judge anything and is trained
 on instead. Pool rows the serving adapter was trained on are not scored (they would flatter
 it) nor trained on (so they can judge a later adapter that did not see them); the pool can judge
-only if at least ``gate.min_heldout`` rows remain. Every rating is accounted for: trained on,
-scored, or in ``dropped`` with a reason ("held out: …" for pool rows this run leaves unused).
+only if at least ``gate.min_heldout`` rows remain. A young bot, with too few rows for that, holds
+out fewer (bot.learning.heldout): its first runs can be judged too. Every rating is accounted
+for: trained on, scored, or in ``dropped`` with a reason ("held out: …" for pool rows this run
+leaves unused).
 Opted-out and forgotten users never reach this module: the repository leaves them out, and
 their words in group members' prompts arrive already replaced.
 """
@@ -25,10 +27,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from bot.learning.heldout import (
+    heldout_needed,
+    is_heldout,
+    is_young,
+    ratings_to_judge,
+    young_slice,
+)
 from bot.settings import GateSettings, TrainingSettings
 from bot.types import RatedExchange, Turn, messages
 
-_SPLIT_SALT = "selftune-heldout-v1"  # fixed: changing it would move rows between the splits
+__all__ = ["Curated", "Dropped", "Row", "content_key", "curate", "is_heldout"]
+
 SEEN_BY_SERVING = "held out: seen by serving adapter"
 NOT_SAMPLED = "held out: not sampled this run"
 
@@ -90,6 +100,9 @@ class Curated:
     dropped: list[Dropped] = field(default_factory=list)
     ratings: int = 0
     heldout_pool: int = 0  # held-out rows in all; ``heldout`` is this run's sample of them
+    min_heldout: int = 8  # held-out rows the gate needs to judge this run (fewer while young)
+    # With no held-out slice: about how many more rated replies the gate needs (None: never).
+    to_judge: int | None = None
 
     @property
     def rows(self) -> list[Row]:
@@ -111,6 +124,21 @@ class Curated:
         liked = sum(1 for r in rows if r.label)
         return liked, len(rows) - liked
 
+    def trained_ids(self, method: str) -> list[int]:
+        """The exchanges a run of ``method`` learns from: SFT only from the 👍 rows."""
+        return [i for r in self.train if r.label or method != "sft" for i in r.exchange_ids]
+
+    def gate_note(self) -> str:
+        """For the admin when this run cannot be judged: how many more ratings it takes."""
+        if self.heldout or self.to_judge is None:
+            return ""
+        more = self.to_judge
+        return (
+            f"The gate can judge a run once there are about {more} more rated "
+            f"repl{'y' if more == 1 else 'ies'} (new texts); until then a new adapter waits "
+            "for /activate."
+        )
+
     def report(self) -> dict[str, Any]:
         """What was used and what was dropped, and why (stored in the run report)."""
         reasons = Counter(d.reason for d in self.dropped)
@@ -124,10 +152,17 @@ class Curated:
             "users": len({u for r in self.rows for u in r.users}),
         }
 
-    def summary(self) -> str:
-        """One line for the admin."""
+    def summary(self, method: str = "kto") -> str:
+        """One line for the admin; under SFT, which learns from 👍 only, the 👎 are said to
+        be unused rather than counted as trained on."""
         liked, disliked = self.counts("train")
         held_l, held_d = self.counts("heldout")
+        if method == "sft":
+            trained = f"training on {liked} 👍" + (
+                f" (SFT imitates 👍 only: {disliked} 👎 unused)" if disliked else ""
+            )
+        else:
+            trained = f"training on {liked} 👍 / {disliked} 👎"
         unused = Counter(d.reason for d in self.dropped if d.reason.startswith("held out:"))
         reasons = Counter(d.reason for d in self.dropped if not d.reason.startswith("held out:"))
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
@@ -135,7 +170,7 @@ class Curated:
             f"{n} {reason.removeprefix('held out: ')}" for reason, n in sorted(unused.items())
         )
         return (
-            f"{self.ratings} ratings → training on {liked} 👍 / {disliked} 👎, "
+            f"{self.ratings} ratings → {trained}, "
             f"held out {held_l} 👍 / {held_d} 👎"
             + (f" (+{sum(unused.values())} held out, unused: {idle})" if idle else "")
             + (f"; dropped {sum(reasons.values())}: {dropped}" if dropped else "")
@@ -151,12 +186,6 @@ def content_key(rated: RatedExchange) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def is_heldout(key: str, fraction: float) -> bool:
-    """Stable split by the text's hash: the same row lands on the same side in every run."""
-    digest = hashlib.sha256(f"{_SPLIT_SALT}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
 def curate(
     rated: Sequence[RatedExchange],
     training: TrainingSettings,
@@ -170,21 +199,42 @@ def curate(
     kept = [r for r in rated if r.completion.strip() or _drop(dropped, r, "empty replies")]
     kept = _cap_per_user(kept, training.max_per_user, dropped)
     rows = _merge_duplicates(kept, dropped)
-    fraction = gate.heldout_fraction if gate.enabled else 0.0
     seen = set(seen_by_serving)
+    unseen = [r for r in rows if not seen.intersection(r.exchange_ids)]
+    if is_young(len(rows), gate):
+        train, heldout, pool = _young(rows, unseen, gate)
+    else:
+        train, heldout, pool = _by_hash(rows, seen, gate, dropped)
+    held = [replace(r, split="heldout") for r in heldout]
+    to_judge = None if held else ratings_to_judge(len(rows), len(unseen), gate)
+    needed = heldout_needed(len(rows), gate)
+    return Curated(train, held, dropped, len(rated), len(pool), needed, to_judge)
+
+
+_Sides = tuple[list[Row], list[Row], list[Row]]  # train, held out (scored), the held-out pool
+
+
+def _young(rows: list[Row], unseen: list[Row], gate: GateSettings) -> _Sides:
+    """A young bot: a small slice of unseen rows, or all trained on when even that is too many."""
+    heldout = young_slice(rows, unseen, gate)
+    chosen = {id(r) for r in heldout}
+    return [r for r in rows if id(r) not in chosen], heldout, heldout
+
+
+def _by_hash(rows: list[Row], seen: set[int], gate: GateSettings, dropped: list[Dropped]) -> _Sides:
+    """The hash pool; pool rows the serving adapter saw are neither scored nor trained on."""
+    fraction = gate.heldout_fraction if gate.enabled else 0.0
     train = [r for r in rows if not is_heldout(r.key, fraction)]
     pool = [r for r in rows if is_heldout(r.key, fraction)]
     heldout = [r for r in pool if not seen.intersection(r.exchange_ids)]
     if len(heldout) < gate.min_heldout:
         # Too few rows the serving adapter did not see to judge with: better trained on than
         # wasted (the gate then cannot judge this run).
-        train, heldout, pool = rows, [], []
-    else:
-        for row in pool:
-            if seen.intersection(row.exchange_ids):
-                _drop_row(dropped, row, SEEN_BY_SERVING)
-    held = [replace(r, split="heldout") for r in heldout]
-    return Curated(train, held, dropped, len(rated), len(pool))
+        return rows, [], []
+    for row in pool:
+        if seen.intersection(row.exchange_ids):
+            _drop_row(dropped, row, SEEN_BY_SERVING)
+    return train, heldout, pool
 
 
 def _drop(dropped: list[Dropped], rated: RatedExchange, reason: str) -> bool:

@@ -12,23 +12,35 @@ from typing import Any, TextIO
 from bot.types import RatedExchange, messages
 
 
-def kto_row(rated: RatedExchange) -> dict[str, Any]:
+def kto_row(rated: RatedExchange, *, with_meta: bool = False) -> dict[str, Any]:
     """``{"prompt": [messages], "completion": [assistant message], "label": bool}``.
 
     The prompt is the exact context the model saw when it wrote the reply (system prompt and
     history included), so the row trains the model on the situation it was actually in.
+    ``with_meta`` adds where the row came from: the exchange, the rater, the adapter version
+    that wrote the reply (None: the base model) and when it was rated.
     """
-    return {
+    row: dict[str, Any] = {
         "prompt": messages(rated.prompt),
         "completion": [{"role": "assistant", "content": rated.completion}],
         "label": rated.label,
     }
+    if with_meta:
+        row |= {
+            "exchange_id": rated.exchange_id,
+            "user_key": rated.user_key,
+            "adapter_version": rated.adapter_version,
+            "rated_at": rated.rated_at.isoformat(),
+        }
+    return row
 
 
-def kto_rows(rated: Iterable[RatedExchange]) -> Iterator[dict[str, Any]]:
-    """One KTO row per rated exchange, lazily."""
+def kto_rows(
+    rated: Iterable[RatedExchange], *, with_meta: bool = False
+) -> Iterator[dict[str, Any]]:
+    """:func:`kto_row` of each rated exchange."""
     for item in rated:
-        yield kto_row(item)
+        yield kto_row(item, with_meta=with_meta)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO) -> int:

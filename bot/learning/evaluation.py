@@ -176,13 +176,24 @@ def decide(
     candidate: Mapping[str, float],
     heldout: int,
     gate: GateSettings,
+    min_heldout: int | None = None,
 ) -> GateDecision:
-    """Pass when the candidate is not worse than the serving adapter by more than the margin."""
-    if heldout < gate.min_heldout:
+    """Pass when the candidate is not worse than the serving adapter by more than the margin.
+
+    ``min_heldout``: the held-out rows this run needs (fewer for a young bot,
+    bot.learning.heldout); default ``gate.min_heldout``.
+    """
+    needed = gate.min_heldout if min_heldout is None else min_heldout
+    if heldout < needed:
+        setting = (
+            f"gate.min_heldout = {needed}"
+            if needed == gate.min_heldout
+            else f"a young bot's gate needs {needed}"
+        )
         return GateDecision(
             "undecided",
             f"the held-out slice has {heldout} rated repl{'y' if heldout == 1 else 'ies'}, "
-            f"too few to judge (gate.min_heldout = {gate.min_heldout})",
+            f"too few to judge ({setting})",
         )
     metric = _BY_NAME[gate.metric]
     if metric.name not in current or metric.name not in candidate:

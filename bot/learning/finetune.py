@@ -33,6 +33,7 @@ from bot.learning.evaluation import GateDecision
 from bot.learning.progress import reporter
 from bot.learning.protocol import Event, Method, TrainingSpec
 from bot.learning.release import Releaser, Trained
+from bot.learning.repeat import repeats_last
 from bot.learning.trainer_process import ProgressFn, SubprocessTrainer, Trainer
 from bot.learning.versions import AdapterVersions
 from bot.outbox import Notify
@@ -114,9 +115,12 @@ class Finetuner:
         await self._settle()
         plan = await self._prepare(trigger, requested_by)
         self._task = asyncio.create_task(self._run(plan, notify), name=f"train-{plan.run_id}")
+        note = plan.curated.gate_note()
         return (
             f"Fine-tuning started (run #{plan.run_id}, {plan.method.upper()}): "
-            f"{plan.curated.summary()}. I will report progress as it goes; the chat stays usable."
+            f"{plan.curated.summary(plan.method)}."
+            + (f" {note}" if note else "")
+            + " I will report progress as it goes; the chat stays usable."
         )
 
     async def _settle(self) -> None:
@@ -149,7 +153,8 @@ class Finetuner:
         """Train in the foreground (``selftune train``); ``on_event`` sees every trainer event."""
         plan = await self._prepare(trigger, requested_by)
         await notify(
-            f"Training run #{plan.run_id} ({plan.method.upper()}): {plan.curated.summary()}"
+            f"Training run #{plan.run_id} ({plan.method.upper()}): "
+            f"{plan.curated.summary(plan.method)}"
         )
         return await self._run(plan, notify, on_event)
 
@@ -173,8 +178,11 @@ class Finetuner:
             what = "liked repl" + ("y" if liked == 1 else "ies") if method == "sft" else "ratings"
             raise NothingToTrain(
                 f"Nothing to fine-tune on yet: {usable} {what} (need {cfg.min_examples}). "
-                f"{curated.summary()}. Rate replies with 👍/👎 first."
+                f"{curated.summary(method)}. Rate replies with 👍/👎 first."
             )
+        repeat = await repeats_last(self._repo, self._settings, method, curated.trained_ids(method))
+        if repeat is not None:
+            raise NothingToTrain(repeat)
         run_id = await self._repo.runs.start(trigger, requested_by, os.getpid())
         curated.sample_heldout(run_id, self._settings.gate.heldout_max)
         return Plan(run_id, method, curated, serving, read_at)

@@ -62,9 +62,12 @@ def gate(settings: Settings, trained: Trained) -> GateDecision:
     if not settings.gate.enabled:
         return GateDecision("pass", "the gate is off (gate.enabled = false)")
     evaluation = trained.result.evaluation
+    needed = trained.curated.min_heldout
     if evaluation is None:
-        return decide({}, {}, 0, settings.gate)
-    return decide(evaluation.serving, evaluation.candidate, evaluation.heldout, settings.gate)
+        return decide({}, {}, 0, settings.gate, needed)
+    return decide(
+        evaluation.serving, evaluation.candidate, evaluation.heldout, settings.gate, needed
+    )
 
 
 def version_metrics(result: TrainResult) -> dict[str, float]:
@@ -98,7 +101,7 @@ class Releaser:
         decision), act on the decision, and end the run."""
         decision = gate(self._settings, trained)
         metrics = version_metrics(trained.result)
-        train_ids = [i for r in trained.curated.train for i in r.exchange_ids]
+        train_ids = trained.curated.trained_ids(trained.method)  # SFT: the 👍 rows only
         # A /forget while the run trained: the adapter learned from rows that are gone now
         # (the author's exchanges, or prompts scrubbed of their words), or from the ratings of
         # a user who is gone now (the exchange, someone else's, stays).
@@ -146,9 +149,11 @@ class Releaser:
             return self._rejected(trained, decision)
         if live:
             return await self._go_live(trained, decision)
+        note = trained.curated.gate_note()
         return (
-            f"Adapter v{trained.version} is ready but not serving: the gate could not judge, "
-            f"{decision.reason}. /activate {trained.version} serves it."
+            f"Adapter v{trained.version} is ready but not serving: trained, not yet proven "
+            f"(the gate could not judge, {decision.reason}). /activate {trained.version} "
+            f"tries it; /rollback undoes that." + (f" {note}" if note else "")
         )
 
     def _hyperparams(self, trained: Trained, decision: GateDecision) -> dict[str, Any]:

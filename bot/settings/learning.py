@@ -88,6 +88,13 @@ class GateSettings(Section):
     min_heldout: int = Field(
         8, ge=1, description="Fewer held-out rows than this: the gate cannot judge."
     )
+    heldout_floor: int = Field(
+        2,
+        ge=0,
+        description="A young bot (too few ratings for min_heldout) holds out heldout_fraction "
+        "of its rated replies, at least this many, so its first runs can be judged and go "
+        "live; 0 = no young gate: runs wait for /activate until min_heldout is reached.",
+    )
     when_undecided: Literal["activate", "keep"] = Field(
         "keep",
         description="When the gate cannot judge (too few held-out rows): serve the candidate "

@@ -63,7 +63,9 @@ class Settings(Section):
         description="User keys allowed to run admin commands, e.g. 'telegram:42'.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Logging threshold (logs go to stderr, tokens masked)."
+        "INFO",
+        description="Logging threshold of <data_dir>/logs/selftune.log (stderr: warnings, "
+        "or everything with --verbose; tokens masked).",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="'json': one JSON object per log line (for a log collector)."

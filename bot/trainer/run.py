@@ -181,7 +181,46 @@ def save_record(partial: Path, spec: TrainingSpec, result: TrainOutput, data: Pr
         "dropped": result.data["dropped"],
     }
     (partial / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    os.rename(partial, spec.output_dir)  # atomic: the adapter appears complete or not at all
+    # peft writes an empty model-card template here; say what this adapter is instead.
+    (partial / "README.md").write_text(adapter_readme(spec, result, data), encoding="utf-8")
+    os.rename(partial, spec.output_dir)
+
+
+def adapter_readme(spec: TrainingSpec, result: TrainOutput, data: Prepared) -> str:
+    """The adapter folder's README: what it is, what it was trained on, how it scored."""
+    liked, disliked, held_liked, held_disliked = (
+        data.counts()[key] for key in ("liked", "disliked", "heldout_liked", "heldout_disliked")
+    )
+    lora = spec.lora
+    lines = [
+        f"# selftune LoRA adapter {spec.output_dir.name}",
+        "",
+        "A LoRA adapter that selftune trained on its users' 👍/👎 ratings. It is one version of",
+        "the bot's model; `selftune adapters` lists them all and `/activate` serves one.",
+        "",
+        f"- Base model: `{spec.model_dir}`",
+        f"- Method: {spec.method.upper()}"
+        + (" (imitates the 👍 replies)" if spec.method == "sft" else " (learns from 👍 and 👎)"),
+        f"- Trained from: {'v' + str(spec.serving_version) if spec.serving_version else 'base'}"
+        " (judged against it)",
+        f"- Data: {liked} 👍 / {disliked} 👎 trained on, {held_liked} 👍 / {held_disliked} 👎 "
+        f"held out, {len(data.dropped)} dropped (`training.json` lists the exchange ids)",
+        f"- LoRA: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, "
+        f"on {', '.join(lora.target_modules)}",
+        "",
+        "## Metrics",
+        "",
+    ]
+    lines += [f"- {name}: {value:.4g}" for name, value in sorted(result.metrics.items())]
+    if result.evaluation is not None:
+        lines += ["", "Held-out (candidate / serving when trained / base):", ""]
+        ev = result.evaluation
+        for name in sorted(ev.candidate):
+            values = [m.get(name) for m in (ev.candidate, ev.serving, ev.base)]
+            shown = " / ".join("–" if v is None else f"{v:.4g}" for v in values)
+            lines.append(f"- {name}: {shown}")
+    lines += ["", "Load it with peft: `PeftModel.from_pretrained(base_model, this_folder)`.", ""]
+    return "\n".join(lines)  # atomic: the adapter appears complete or not at all
 
 
 def _load(loader: Any, model_dir: Path, **kwargs: Any) -> Any:

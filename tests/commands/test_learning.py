@@ -117,7 +117,7 @@ async def test_adapters_lists_compactly_and_shows_one_version_in_full(settings: 
         for expected in (
             "Parent: base model",
             "Created: ",
-            "training took ",
+            "; the run took ",
             "Tainted: no",
             "Method: KTO",
             "LoRA: r 8, alpha 16, dropout 0.05",
@@ -173,7 +173,7 @@ async def test_the_detail_view_shows_a_rejected_tainted_version(core: Core, tmp_
     assert "Gate: fail — liked NLL worse" in shown.text
     assert "  liked NLL: 3 / 2 / – ◀ decides" in shown.text
     assert "Exchanges: 3 (ids 1, 2, 3)" in shown.text and "Method: SFT" in shown.text
-    assert "Tainted: yes" in shown.text and "training took" not in shown.text
+    assert "Tainted: yes" in shown.text and "the run took" not in shown.text
 
 
 async def _two_versions(core: Core, tmp_path: Path) -> None:

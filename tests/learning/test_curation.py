@@ -96,7 +96,9 @@ def test_a_run_samples_its_slice_by_run_id() -> None:
 
 def test_a_small_pool_is_trained_on_and_rows_the_serving_adapter_saw_are_not_scored() -> None:
     rows = [rated(i) for i in range(20)]
-    small = curate(rows, TrainingSettings(), GateSettings(heldout_fraction=0.2, min_heldout=50))
+    # heldout_floor 0: no young gate (tests/learning/test_heldout.py has that one).
+    classic = GateSettings(heldout_fraction=0.2, min_heldout=50, heldout_floor=0)
+    small = curate(rows, TrainingSettings(), classic)
     assert small.heldout == [] and len(small.train) == 20
     gate = GateSettings(heldout_fraction=0.5, min_heldout=1)
     pool = curate(rows, TrainingSettings(), gate).heldout

@@ -86,13 +86,16 @@ async def test_a_run_registers_a_version_with_its_lineage(settings: Settings) ->
         started = await core.finetuner.start(
             trigger="command", requested_by="console:local", notify=notify
         )
-        assert "run #1, SFT" in started and "training on 1 👍 / 1 👎" in started
+        assert "run #1, SFT" in started
+        # SFT learns from the 👍 only: the 👎 is said to be unused, not counted as trained on.
+        assert "training on 1 👍 (SFT imitates 👍 only: 1 👎 unused)" in started
         outcome = await core.finetuner.wait()
         assert outcome is not None and outcome.status is RunStatus.SUCCEEDED
         assert outcome.version == 1 and core.versions.current == 1
         version = await core.repo.adapters.get(1)
         assert version is not None and version.status is AdapterStatus.ACTIVE
-        assert set(version.exchange_ids) == {liked, disliked}
+        assert set(version.exchange_ids) == {liked}  # what SFT trained on
+        assert disliked not in version.exchange_ids
         assert version.parent is None and version.metrics["train_loss"] == 1.5
         assert version.hyperparams["method"] == "sft"
         gate = version.hyperparams["gate"]
@@ -231,6 +234,7 @@ async def test_finetune_while_the_last_run_still_reports(settings: Settings) -> 
         await core.finetuner.start(trigger="command", requested_by=None, notify=slow_notify)
         await asyncio.wait_for(reporting.wait(), 5)
         assert await core.repo.runs.running() is None  # the row is finished, the task is not
+        await _rated(core, "y")  # something new to train on
         second = asyncio.create_task(
             core.finetuner.start(trigger="command", requested_by=None, notify=slow_notify)
         )
@@ -369,6 +373,7 @@ async def test_an_admin_change_during_the_run_is_not_undone(settings: Settings) 
         await _rated(core, "x")
         await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
         assert core.versions.current == 1
+        await _rated(core, "y")  # something new to train on
         trainer.hold = hold
         await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         await asyncio.sleep(0.05)
@@ -378,17 +383,24 @@ async def test_an_admin_change_during_the_run_is_not_undone(settings: Settings) 
         outcome = await core.finetuner.wait()
         assert outcome is not None and outcome.status is RunStatus.SUCCEEDED
         assert core.versions.current is None and await core.repo.adapters.active() is None
-        version = await core.repo.adapters.get(2)
-        assert version is not None and version.status is AdapterStatus.READY
-        assert version.parent == 1
-        assert trainer.specs[1].serving_version == 1
-        assert "v2 is ready but not serving" in notes[-1]
-        assert "judged against adapter v1" in notes[-1] and "the base model" in notes[-1]
-        assert "/activate 2" in notes[-1]
-        report = json.loads((trainer.specs[1].dataset.parent / "report.json").read_text())
-        assert report["compared_with"] == 1 and report["active_at_release"] is None
+        await _assert_kept_ready_beside_the_rollback(core, trainer, notes[-1])
     finally:
         await core.aclose()
+
+
+async def _assert_kept_ready_beside_the_rollback(
+    core: Core, trainer: FakeTrainer, note: str
+) -> None:
+    """v2 is ready, not live; its parent is v1; the admin's note and the report say why."""
+    version = await core.repo.adapters.get(2)
+    assert version is not None and version.status is AdapterStatus.READY
+    assert version.parent == 1
+    assert trainer.specs[1].serving_version == 1
+    assert "v2 is ready but not serving" in note
+    assert "judged against adapter v1" in note and "the base model" in note
+    assert "/activate 2" in note
+    report = json.loads((trainer.specs[1].dataset.parent / "report.json").read_text())
+    assert report["compared_with"] == 1 and report["active_at_release"] is None
 
 
 async def test_an_activation_during_the_run_sets_the_parent(settings: Settings) -> None:
@@ -401,6 +413,7 @@ async def test_an_activation_during_the_run_sets_the_parent(settings: Settings) 
         await _rated(core, "x")
         await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
         await core.versions.activate(None)
+        await _rated(core, "y")  # something new to train on
         trainer.hold = hold
         await core.finetuner.start(trigger="command", requested_by=None, notify=notify)
         await asyncio.sleep(0.05)
@@ -418,8 +431,8 @@ async def test_an_activation_during_the_run_sets_the_parent(settings: Settings) 
 async def test_rollback_and_activate(settings: Settings) -> None:
     core = await trainer_core(_settings(settings, when_undecided="activate"), FakeTrainer())
     try:
-        await _rated(core, "x")
-        for _ in range(2):
+        for text in ("x", "y"):
+            await _rated(core, text)  # each run has something new to train on
             await core.finetuner.run(
                 trigger="cli", requested_by=None, notify=core.outbox.notifier("console:local")
             )

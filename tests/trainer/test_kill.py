@@ -5,9 +5,11 @@ works (the lock was released)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,7 +61,7 @@ async def _assert_nothing_went_live(core: Core, settings: Settings) -> None:
 
 
 async def _assert_a_fresh_start_trains_on_everything(
-    settings: Settings, tiny_model_dir: Path, notify: Notify
+    settings: Settings, tiny_model_dir: Path, notify: Notify, during: Sequence[Reply]
 ) -> None:
     # A fresh start (a restart after the kill) trains on everything, the new ratings included.
     core = await tiny_core(_settings(settings, tiny_model_dir, epochs=1.0), SubprocessTrainer())
@@ -67,7 +69,12 @@ async def _assert_a_fresh_start_trains_on_everything(
         retry = await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
         assert retry.status is RunStatus.SUCCEEDED, retry.message
         version = await core.repo.adapters.get(1)
-        assert version is not None and len(version.exchange_ids) == 9
+        assert version is not None
+        # Every rating is used: trained on, or held out to judge it (a young bot's gate).
+        work = settings.data_dir / "training" / f"run-{retry.run_id:04d}"
+        held = json.loads((work / "report.json").read_text())["data"]["heldout_exchange_ids"]
+        used = set(version.exchange_ids) | set(held)
+        assert len(used) == 9 and {r.exchange_id for r in during} <= used
         assert core.versions.current == 1
     finally:
         await core.aclose()
@@ -104,4 +111,4 @@ async def test_killing_the_trainer_mid_run(settings: Settings, tiny_model_dir: P
     finally:
         await core.aclose()
 
-    await _assert_a_fresh_start_trains_on_everything(settings, tiny_model_dir, notify)
+    await _assert_a_fresh_start_trains_on_everything(settings, tiny_model_dir, notify, during)

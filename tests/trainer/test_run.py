@@ -200,6 +200,20 @@ def test_training_is_deterministic(tiny_model_dir: Path, tmp_path: Path) -> None
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_the_adapter_folder_readme_says_what_the_adapter_is(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Not peft's empty model-card template: the base model, the data, the numbers."""
+    spec = TrainingSpec.load(write_spec(tmp_path, tiny_model_dir, ROWS))
+    train(spec, lambda event: None)
+    readme = (spec.output_dir / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith(f"# selftune LoRA adapter {spec.output_dir.name}")
+    assert f"- Base model: `{tiny_model_dir}`" in readme
+    assert "- Method: SFT" in readme and "- Data: 4 👍 / 0 👎 trained on" in readme
+    assert "- train_loss: " in readme and "- duration_s: " in readme
+    assert "[More Information Needed]" not in readme  # peft's template
+
+
 def test_no_liked_rows_is_an_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     spec = TrainingSpec.load(write_spec(tmp_path, tiny_model_dir, [ROWS[2], ROWS[5]]))
     with pytest.raises(TrainingError, match=NO_LIKED):

@@ -13,7 +13,7 @@ from tests.fakes.discord_server import (
     Json,
 )
 
-USER_COMMANDS = {"help", "new", "persona", "forget", "optout", "optin"}
+USER_COMMANDS = {"help", "whoami", "new", "persona", "forget", "optout", "optin"}
 ADMIN_COMMANDS = {
     "finetune",
     "status",
