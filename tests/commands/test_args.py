@@ -95,7 +95,7 @@ def test_the_cli_reads_versions_as_strictly(
     monkeypatch.chdir(tmp_path)
     assert main(["adapters", "activate", "99999999999999999999999"]) == 2
     assert "There is no adapter v9999" in capsys.readouterr().err
-    assert not (tmp_path / "data").exists()  # refused before the database was opened
+    assert not (tmp_path / "data" / "selftune.db").exists()  # refused before the database opened
     for bad in ("²", "٣", "-1", "x"):
         assert main(["adapters", "activate", bad]) == 2
         assert "Usage: selftune adapters activate N" in capsys.readouterr().err
