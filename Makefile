@@ -39,4 +39,4 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest --cov
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info .coverage .coverage.*
