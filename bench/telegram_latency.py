@@ -57,14 +57,14 @@ class TimedGenerator:
         return self.inner.context_window
 
     @property
-    def active_adapter(self) -> Path | None:
-        return self.inner.active_adapter
+    def active_lora(self) -> Path | None:
+        return self.inner.active_lora
 
     async def count_tokens(self, turns: Sequence[Turn]) -> int:
         return await self.inner.count_tokens(turns)
 
-    def slot_adapter(self, slot: str) -> Path | None:
-        return self.inner.slot_adapter(slot)
+    def slot_lora(self, slot: str) -> Path | None:
+        return self.inner.slot_lora(slot)
 
     async def stream(
         self, turns: Sequence[Turn], params: GenerationParams, *, slot: str = DEFAULT_SLOT
@@ -75,8 +75,8 @@ class TimedGenerator:
             self.pieces[key] = (self.pieces.get(key, (now, now))[0], now)
             yield piece
 
-    async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
-        await self.inner.swap_adapter(path, slot=slot)
+    async def swap_lora(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
+        await self.inner.swap_lora(path, slot=slot)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -10,7 +10,7 @@ terminal (it may name paths), and chats see a short apology instead.
     ├── StartupError          the bot cannot start: the message says what to fix
     │   └── ConfigError       a configuration value, named with where it came from
     ├── ModelLoadError        the model cannot be loaded
-    │   └── AdapterError      a LoRA folder is missing, broken or does not fit
+    │   └── LoraError         a LoRA folder is missing, broken or does not fit
     ├── GenerationError       a reply could not be written (the engine or the server failed)
     ├── TrainingError         the trainer child process cannot train (its ``error`` event)
     ├── TrainingFailed        the trainer ended without an adapter (seen by the parent)
@@ -46,7 +46,7 @@ class ModelLoadError(SelftuneError):
     """The model (or an adapter) cannot be loaded; the message says why and what to do."""
 
 
-class AdapterError(ModelLoadError):
+class LoraError(ModelLoadError):
     """A LoRA adapter directory is missing, broken or does not fit the serving model."""
 
 

@@ -44,7 +44,7 @@ async def test_restart_keeps_history_ratings_and_the_active_adapter(settings: Se
     generator = ScriptedGenerator()
     second = await build_core(settings, generator=generator, progress=False)
     try:
-        assert generator.active_adapter == adapter_dir  # swapped in at start
+        assert generator.active_lora == adapter_dir  # swapped in at start
         assert second.versions.current == 1
         history = await second.repo.history("console:local", 10)
         assert [m.content for m in history] == ["remember this", "You said: remember this"]

@@ -25,7 +25,7 @@ from bot.engine.attention import BATCHED_ATTENTION, ROWWISE_ATTENTION
 from bot.engine.batch import Channel, EngineRequest, Prompt
 from bot.engine.convert import transformers_progress
 from bot.engine.core import DecodeEngine, EngineStats
-from bot.engine.lora import adapter_state, lora_config, read_adapter, wrap_lora
+from bot.engine.lora import lora_config, lora_state, read_lora, wrap_lora
 from bot.engine.packed import pack_linears, packing_supported
 from bot.engine.prefill import PrefixStats
 from bot.engine.runtime import (
@@ -38,14 +38,14 @@ from bot.engine.runtime import (
     stop_token_ids,
 )
 from bot.engine.slots import SlotTable
-from bot.errors import AdapterError, GenerationError, ModelLoadError
+from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
 from bot.generation.source import model_display_name, resolve_model
 from bot.settings import LoraSettings, ModelSettings
 from bot.types import GenerationParams, Turn, messages
 
 __all__ = [
-    "AdapterError",
+    "LoraError",
     "ModelLoadError",
     "TransformersGenerator",
     "chat_ids",
@@ -53,7 +53,7 @@ __all__ = [
     "lora_config",
     "pick_device",
     "pick_dtype",
-    "read_adapter",
+    "read_lora",
     "resolve_model",
 ]
 
@@ -89,7 +89,7 @@ class TransformersGenerator:
         self._context_window = min(int(limit), settings.max_context_tokens)
         # Rust tokenizers refuse concurrent use ("Already borrowed"): one lock for every call.
         self._tokenizer_lock = threading.Lock()
-        self._shapes = {k: v.shape for k, v in adapter_state(model).items()}
+        self._shapes = {k: v.shape for k, v in lora_state(model).items()}
         self._paths: dict[str, Path | None] = {DEFAULT_SLOT: None}
         self._slots = SlotTable(model, lora)  # owned by the engine thread once it starts
         self._swap_lock = asyncio.Lock()
@@ -182,7 +182,7 @@ class TransformersGenerator:
         return self._context_window
 
     @property
-    def active_adapter(self) -> Path | None:
+    def active_lora(self) -> Path | None:
         """The default slot's adapter: requests submitted from now on get it (None: zero)."""
         return self._paths[DEFAULT_SLOT]
 
@@ -193,7 +193,7 @@ class TransformersGenerator:
         return dtype
 
     @property
-    def adapter_pool_size(self) -> int:
+    def lora_pool_size(self) -> int:
         """peft adapters allocated for the slots (and for sequences still using older ones)."""
         return self._slots.pool_size
 
@@ -231,7 +231,7 @@ class TransformersGenerator:
         """Prompt prefixes (system turns) reused from the cache, and computed."""
         return self._engine.prefix_stats
 
-    def slot_adapter(self, slot: str) -> Path | None:
+    def slot_lora(self, slot: str) -> Path | None:
         """The adapter ``slot`` serves from now on (None: zero adapter, or a slot never filled)."""
         return self._paths.get(slot)
 
@@ -254,23 +254,21 @@ class TransformersGenerator:
         finally:
             request.cancel()  # a no-op when finished; stops the engine's work when abandoned
 
-    async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
+    async def swap_lora(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
         """Serve ``slot`` with the adapter at ``path`` (None: the zero adapter, i.e. an empty
         slot) from the next request on; running sequences finish with the one they started with.
 
-        The adapter is validated first (an :class:`AdapterError` leaves the slot as it was); the
+        The adapter is validated first (an :class:`LoraError` leaves the slot as it was); the
         copy happens on the engine thread between two decoding steps.
         """
         async with self._swap_lock:
             weights = None
             if path is not None:
-                weights = await asyncio.to_thread(
-                    read_adapter, Path(path), self._lora, self._shapes
-                )
+                weights = await asyncio.to_thread(read_lora, Path(path), self._lora, self._shapes)
             future = self._engine.swap(slot, weights)
 
             def served(done: concurrent.futures.Future[None]) -> None:
-                # On the engine thread, as the swap takes effect: slot_adapter stays true even
+                # On the engine thread, as the swap takes effect: slot_lora stays true even
                 # when the caller was cancelled meanwhile (the swap still happens).
                 if not done.cancelled() and done.exception() is None:
                     self._paths[slot] = path
@@ -278,10 +276,10 @@ class TransformersGenerator:
             future.add_done_callback(served)
             try:
                 await asyncio.shield(asyncio.wrap_future(future))
-            except (GenerationError, AdapterError):
+            except (GenerationError, LoraError):
                 raise
             except Exception as exc:  # the copy failed on the engine thread (e.g. out of memory)
-                raise AdapterError(f"cannot serve adapter {path}: {exc}") from exc
+                raise LoraError(f"cannot serve adapter {path}: {exc}") from exc
         log.info("slot %s serves adapter %s", slot, path or "none (base model)")
 
     async def aclose(self) -> None:

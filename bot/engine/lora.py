@@ -23,7 +23,7 @@ from peft import (
 )
 from safetensors.torch import load_file
 
-from bot.errors import AdapterError
+from bot.errors import LoraError
 from bot.settings import LoraSettings
 
 ADAPTER_NAME = "default"
@@ -51,7 +51,7 @@ def wrap_lora(model: Any, lora: LoraSettings) -> Any:
         return get_peft_model(model, lora_config(lora))
 
 
-def adapter_state(model: Any, adapter_name: str = ADAPTER_NAME) -> Weights:
+def lora_state(model: Any, adapter_name: str = ADAPTER_NAME) -> Weights:
     """An adapter's tensors by the keys PEFT saves them under (views, not copies)."""
     state: Weights = get_peft_model_state_dict(model, adapter_name=adapter_name)
     return state
@@ -62,25 +62,25 @@ def load_weights(model: Any, weights: Weights, *, adapter_name: str = ADAPTER_NA
     with torch.no_grad():
         result: Any = set_peft_model_state_dict(model, weights, adapter_name=adapter_name)
     if result.unexpected_keys:
-        raise AdapterError(f"adapter tensors the model lacks: {result.unexpected_keys[:3]}")
+        raise LoraError(f"adapter tensors the model lacks: {result.unexpected_keys[:3]}")
 
 
-def read_adapter(path: Path, lora: LoraSettings, shapes: Mapping[str, torch.Size]) -> Weights:
+def read_lora(path: Path, lora: LoraSettings, shapes: Mapping[str, torch.Size]) -> Weights:
     """Load a PEFT adapter dir's weights after checking it fits the serving model.
 
     ``shapes`` are the serving adapter's tensor shapes by state-dict key. Raises
-    :class:`AdapterError` naming what does not fit.
+    :class:`LoraError` naming what does not fit.
     """
     if not path.is_dir():
-        raise AdapterError(f"adapter directory {path} does not exist")
+        raise LoraError(f"adapter directory {path} does not exist")
     _check_adapter_config(path, lora)
     file = path / "adapter_model.safetensors"
     if not file.is_file():
-        raise AdapterError(f"{path} has no adapter_model.safetensors")
+        raise LoraError(f"{path} has no adapter_model.safetensors")
     try:
         weights = load_file(file)
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise AdapterError(f"cannot read {file}: {exc}") from None
+        raise LoraError(f"cannot read {file}: {exc}") from None
     _check_weights(path, weights, shapes)
     return weights
 
@@ -89,11 +89,11 @@ def _check_adapter_config(path: Path, lora: LoraSettings) -> None:
     try:
         config = json.loads((path / "adapter_config.json").read_text())
     except FileNotFoundError:
-        raise AdapterError(f"{path} has no adapter_config.json; it is not a PEFT adapter") from None
+        raise LoraError(f"{path} has no adapter_config.json; it is not a PEFT adapter") from None
     except (OSError, ValueError) as exc:
-        raise AdapterError(f"cannot read {path / 'adapter_config.json'}: {exc}") from None
+        raise LoraError(f"cannot read {path / 'adapter_config.json'}: {exc}") from None
     if not isinstance(config, dict):
-        raise AdapterError(f"{path / 'adapter_config.json'} is not a JSON object")
+        raise LoraError(f"{path / 'adapter_config.json'} is not a JSON object")
     want = {
         "peft_type": "LORA",
         "r": lora.r,
@@ -110,24 +110,22 @@ def _check_adapter_config(path: Path, lora: LoraSettings) -> None:
         if got.get(key) != value
     ]
     if diffs:
-        raise AdapterError(
-            f"adapter {path} does not fit the serving LoRA config: {'; '.join(diffs)}"
-        )
+        raise LoraError(f"adapter {path} does not fit the serving LoRA config: {'; '.join(diffs)}")
 
 
 def _check_weights(path: Path, weights: Weights, shapes: Mapping[str, torch.Size]) -> None:
     odd = sorted(weights.keys() ^ shapes.keys())
     if odd:
-        raise AdapterError(
+        raise LoraError(
             f"adapter {path} does not match the model's LoRA layers "
             f"({len(odd)} tensors missing or unexpected, e.g. {odd[0]})"
         )
     for key, shape in shapes.items():
         tensor = weights[key]
         if tensor.shape != shape:
-            raise AdapterError(
+            raise LoraError(
                 f"adapter {path}: {key} has shape {tuple(tensor.shape)}, the model needs "
                 f"{tuple(shape)} (trained for another base model?)"
             )
         if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise AdapterError(f"adapter {path}: {key} holds non-finite or non-float values")
+            raise LoraError(f"adapter {path}: {key} holds non-finite or non-float values")

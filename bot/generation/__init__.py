@@ -40,7 +40,7 @@ class Generator(Protocol):
         ...
 
     @property
-    def active_adapter(self) -> Path | None:
+    def active_lora(self) -> Path | None:
         """Directory of the LoRA adapter in use; None is the zero adapter (the base model)."""
         ...
 
@@ -48,7 +48,7 @@ class Generator(Protocol):
         """Length in tokens of the prompt the chat template renders for ``turns``."""
         ...
 
-    def slot_adapter(self, slot: str) -> Path | None:
+    def slot_lora(self, slot: str) -> Path | None:
         """Directory of the adapter in ``slot`` (None: the zero adapter, or an empty slot)."""
         ...
 
@@ -59,7 +59,7 @@ class Generator(Protocol):
         is decoded. The request is ordered against swaps when the stream starts."""
         ...
 
-    async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
+    async def swap_lora(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
         """Serve ``slot`` with the adapter at ``path`` (None: the zero adapter) from the next
         request on; sequences already running finish with the adapter they started with."""
         ...

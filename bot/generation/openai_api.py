@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bot.errors import AdapterError, GenerationError, ModelLoadError
+from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
 from bot.generation.openai_wire import request_body, server_message, sse_pieces
 from bot.settings import BackendSettings, ModelSettings
@@ -148,10 +148,10 @@ class OpenAIGenerator:
         return self._context_window
 
     @property
-    def active_adapter(self) -> Path | None:
+    def active_lora(self) -> Path | None:
         return self._paths[DEFAULT_SLOT]
 
-    def slot_adapter(self, slot: str) -> Path | None:
+    def slot_lora(self, slot: str) -> Path | None:
         return self._paths.get(slot)
 
     def served_model(self, slot: str = DEFAULT_SLOT) -> str:
@@ -199,7 +199,7 @@ class OpenAIGenerator:
         finally:
             self._in_flight[model] -= 1
 
-    async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
+    async def swap_lora(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
         """Load the adapter at ``path`` on the server (once per version) and serve ``slot``
         with it from the next request on; None empties the slot (the base model)."""
         async with self._swap_lock:
@@ -231,7 +231,7 @@ class OpenAIGenerator:
 
     async def _load_on_server(self, path: Path) -> str:
         if not (path / "adapter_config.json").is_file():
-            raise AdapterError(f"adapter directory {path} does not exist or is not a PEFT adapter")
+            raise LoraError(f"adapter directory {path} does not exist or is not a PEFT adapter")
         name = self._lora_name(path)
         if name not in self._loaded:
             await self._load_named(name, path)
@@ -242,12 +242,12 @@ class OpenAIGenerator:
         try:
             response = await self._client.post(self._root_url("/v1/load_lora_adapter"), json=body)
         except httpx.HTTPError as exc:
-            raise AdapterError(
+            raise LoraError(
                 f"cannot load adapter {path} on the model server: {self._transport_failure(exc)}"
             ) from None
         message = self._server_message(response) if response.status_code >= 400 else ""
         if response.status_code >= 400 and "already been loaded" not in message:
-            raise AdapterError(
+            raise LoraError(
                 f"the model server refused adapter {path} ({response.status_code}: {message}); "
                 "is it started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True?"
             )
@@ -265,7 +265,7 @@ class OpenAIGenerator:
             self._loaded.discard(name)
             try:
                 await self._load_named(name, self._sources[name])
-            except AdapterError as exc:
+            except LoraError as exc:
                 raise GenerationError(
                     f"the model server lost adapter {name} (restarted?) and could not load it "
                     f"again: {exc}"

@@ -54,10 +54,10 @@ class ScriptedGenerator:
         return self._context_window
 
     @property
-    def active_adapter(self) -> Path | None:
+    def active_lora(self) -> Path | None:
         return self._slots[DEFAULT_SLOT]
 
-    def slot_adapter(self, slot: str) -> Path | None:
+    def slot_lora(self, slot: str) -> Path | None:
         return self._slots.get(slot)
 
     async def count_tokens(self, turns: Sequence[Turn]) -> int:
@@ -81,7 +81,7 @@ class ScriptedGenerator:
                 await asyncio.sleep(0)
             yield word if i == 0 else " " + word
 
-    async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
+    async def swap_lora(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
         self._slots[slot] = path
         self.swaps.append(path)
 

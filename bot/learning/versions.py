@@ -57,7 +57,7 @@ class AdapterVersions:
         if version is not None:
             self._by_path[Path(version.path)] = version.version
         if self._generator is not None:
-            await self._generator.swap_adapter(Path(version.path) if version else None)
+            await self._generator.swap_lora(Path(version.path) if version else None)
         self.current = version.version if version else None
         log.info("serving %s", describe(self.current))
 
@@ -81,7 +81,7 @@ class AdapterVersions:
         path = Path(version.path) if version else None
         if self._generator is not None:
             try:
-                await self._generator.swap_adapter(path, slot=CANDIDATE_SLOT)
+                await self._generator.swap_lora(path, slot=CANDIDATE_SLOT)
             except Exception as exc:  # the engine's errors (no second slot, bad files)
                 raise VersionError(
                     f"the model cannot serve it next to the live one: {exc}"
@@ -107,7 +107,7 @@ class AdapterVersions:
         fallback = self.candidate if slot == CANDIDATE_SLOT else self.current
         if self._generator is None:
             return fallback
-        path = self._generator.slot_adapter(slot)
+        path = self._generator.slot_lora(slot)
         return None if path is None else self._by_path.get(Path(path), fallback)
 
     async def activate(self, version: int | None) -> AdapterVersion | None:

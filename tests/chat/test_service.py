@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.app import Core, build_core
-from bot.errors import AdapterError, GenerationError
+from bot.errors import GenerationError, LoraError
 from bot.generation import ScriptedGenerator
 from bot.settings import Settings
 from bot.types import Draft, Incoming, RateAction, Reply, ReplyKind, Turn, Vote
@@ -292,7 +292,7 @@ async def test_a_failing_token_count_is_a_clear_error_and_the_message_is_kept(
 
 @pytest.mark.parametrize(
     "error",
-    [AdapterError("adapter does not fit the model"), GenerationError("the server is down")],
+    [LoraError("adapter does not fit the model"), GenerationError("the server is down")],
 )
 async def test_an_adapter_the_generator_refuses_does_not_stop_replies(
     core: Core,
@@ -307,6 +307,6 @@ async def test_an_adapter_the_generator_refuses_does_not_stop_replies(
     async def refuse(_path: Path | None, *, slot: str = "default") -> None:
         raise error
 
-    monkeypatch.setattr(scripted, "swap_adapter", refuse)
+    monkeypatch.setattr(scripted, "swap_lora", refuse)
     _, reply = await say(core, "Hello")
     assert reply.kind is ReplyKind.ANSWER and reply.adapter_version is None

@@ -253,10 +253,10 @@ async def test_ab_mistakes_get_clear_answers(
 class OneSlotGenerator(ScriptedGenerator):
     """An engine without a second adapter slot (like the transformers engine before issue 6)."""
 
-    async def swap_adapter(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
+    async def swap_lora(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
         if slot != DEFAULT_SLOT:
             raise GenerationError(f"adapter slot {slot!r} is not available in this engine yet")
-        await super().swap_adapter(path, slot=slot)
+        await super().swap_lora(path, slot=slot)
 
 
 async def test_an_engine_without_a_second_slot_refuses_ab_clearly(

@@ -47,7 +47,7 @@ async def test_ab_test_on_the_real_engine(
         params = GenerationParams(max_new_tokens=10, temperature=0.0, repetition_penalty=1.0)
         for version, path in enumerate(paths, 1):
             probe = await TransformersGenerator.load(settings.model, settings.lora)
-            await probe.swap_adapter(path)
+            await probe.swap_lora(path)
             turns = [Turn("system", settings.chat.system_prompt), Turn("user", "hello sea")]
             expected[version] = "".join([p async for p in probe.stream(turns, params)]).strip()
             await probe.aclose()

@@ -38,7 +38,7 @@ from bot.engine.generator import (
     resolve_model,
 )
 from bot.engine.lora import wrap_lora
-from bot.errors import AdapterError, GenerationError, ModelLoadError
+from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import Generator
 from bot.generation import source as model_source
 from bot.settings import LoraSettings, ModelSettings
@@ -242,14 +242,14 @@ async def test_swap_changes_output_and_none_restores_it(
     generator: TransformersGenerator, random_adapter: Path
 ) -> None:
     base_text = await reply(generator, HELLO)
-    await generator.swap_adapter(random_adapter)
-    assert generator.active_adapter == random_adapter
+    await generator.swap_lora(random_adapter)
+    assert generator.active_lora == random_adapter
     adapted = await reply(generator, HELLO)
     assert adapted != base_text
-    await generator.swap_adapter(None)
-    assert generator.active_adapter is None
+    await generator.swap_lora(None)
+    assert generator.active_lora is None
     assert await reply(generator, HELLO) == base_text
-    await generator.swap_adapter(random_adapter)
+    await generator.swap_lora(random_adapter)
     assert await reply(generator, HELLO) == adapted
 
 
@@ -260,7 +260,7 @@ async def test_swap_waits_for_running_sequences(
     base_text = await reply(generator, HELLO, params)
     stream = generator.stream(HELLO, params)
     head = [await anext(stream)]
-    swap = asyncio.create_task(generator.swap_adapter(random_adapter))
+    swap = asyncio.create_task(generator.swap_lora(random_adapter))
     rest = [piece async for piece in stream]
     await swap
     assert "".join(head + rest) == base_text  # the running sequence kept its adapter
@@ -296,13 +296,13 @@ def broken_adapters(good: Path, root: Path, tiny_model_dir: Path) -> dict[str, P
 async def test_invalid_adapters_are_refused_and_old_one_stays(
     generator: TransformersGenerator, random_adapter: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    await generator.swap_adapter(random_adapter)
+    await generator.swap_lora(random_adapter)
     adapted = await reply(generator, HELLO)
     for case, path in broken_adapters(random_adapter, tmp_path, tiny_model_dir).items():
-        with pytest.raises(AdapterError) as info:
-            await generator.swap_adapter(path)
+        with pytest.raises(LoraError) as info:
+            await generator.swap_lora(path)
         assert str(path) in str(info.value), case
-        assert generator.active_adapter == random_adapter, case
+        assert generator.active_lora == random_adapter, case
         assert await reply(generator, HELLO) == adapted, case
 
 
@@ -317,9 +317,9 @@ async def test_a_copy_failing_on_the_engine_thread_is_an_adapter_error(
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(generator._engine._slots, "load", out_of_memory)
-    with pytest.raises(AdapterError, match="out of memory"):
-        await generator.swap_adapter(random_adapter)
-    assert generator.active_adapter is None
+    with pytest.raises(LoraError, match="out of memory"):
+        await generator.swap_lora(random_adapter)
+    assert generator.active_lora is None
     assert await reply(generator, HELLO) == base_text
 
 
@@ -457,8 +457,8 @@ async def test_swaps_fail_at_once_after_close(tiny_model_dir: Path, random_adapt
     gen = await TransformersGenerator.load(tiny_settings(tiny_model_dir), LoraSettings())
     await gen.aclose()
     with pytest.raises(GenerationError, match="shutting down"):
-        await asyncio.wait_for(gen.swap_adapter(random_adapter), 5)
-    assert gen.active_adapter is None
+        await asyncio.wait_for(gen.swap_lora(random_adapter), 5)
+    assert gen.active_lora is None
 
 
 async def test_a_cancelled_swap_still_reports_the_adapter_it_installed(
@@ -475,14 +475,14 @@ async def test_a_cancelled_swap_still_reports_the_adapter_it_installed(
         real_run_swap(swap)
 
     monkeypatch.setattr(engine, "_run_swap", held_swap)
-    task = asyncio.create_task(generator.swap_adapter(random_adapter))
+    task = asyncio.create_task(generator.swap_lora(random_adapter))
     await eventually(reached.is_set, 10)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert task.cancelled()
     release.set()
-    await eventually(lambda: generator.active_adapter == random_adapter, 10)
+    await eventually(lambda: generator.active_lora == random_adapter, 10)
     assert await reply(generator, HELLO) != base_text  # the swap did happen
 
 

@@ -54,17 +54,17 @@ async def test_prefixes_are_cached_per_adapter_weights(
     second = make_adapter(tiny_model_dir, tmp_path / "b", LoraSettings(), scale=0.9)
     async with loaded(tiny_model_dir) as gen:
         base = await reply(gen, CHATS[0])
-        await gen.swap_adapter(first)
+        await gen.swap_lora(first)
         adapted = await reply(gen, CHATS[0])
-        await gen.swap_adapter(second, slot="candidate")
-        await gen.swap_adapter(None, slot="candidate")
-        await gen.swap_adapter(second)  # may reuse a pooled adapter: its cache entry is stale
+        await gen.swap_lora(second, slot="candidate")
+        await gen.swap_lora(None, slot="candidate")
+        await gen.swap_lora(second)  # may reuse a pooled adapter: its cache entry is stale
         other = await reply(gen, CHATS[0])
-        await gen.swap_adapter(None)
+        await gen.swap_lora(None)
         assert await reply(gen, CHATS[0]) == base
         assert gen.prefix_stats.misses == 3
     async with loaded(tiny_model_dir) as fresh:
-        await fresh.swap_adapter(second)
+        await fresh.swap_lora(second)
         assert await reply(fresh, CHATS[0]) == other
     assert len({base, adapted, other}) == 3
 

@@ -80,7 +80,7 @@ async def test_packed_generator_replies_like_the_unpacked_one(
             assert bool(packed_modules(gen._model)) is pack
             solo = await reply(gen, HELLO)
             batch = await asyncio.gather(*(reply(gen, turns) for turns in PROMPTS))
-            await gen.swap_adapter(adapter)
+            await gen.swap_lora(adapter)
             adapted = await reply(gen, HELLO)
             texts[pack] = [solo, *batch, adapted]
     assert texts[True] == texts[False]

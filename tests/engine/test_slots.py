@@ -1,7 +1,7 @@
 """Adapter slots of the transformers Generator: a second adapter served in the same batches.
 
 The reference is :class:`bot.generation.ScriptedGenerator`: any slot name works, an empty slot
-serves the zero adapter, and ``swap_adapter(None, slot=...)`` empties a slot.
+serves the zero adapter, and ``swap_lora(None, slot=...)`` empties a slot.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from bot.engine.generator import TransformersGenerator, resolve_model
 from bot.engine.slots import LORA_MIN_ROWS, LoraRouter
-from bot.errors import AdapterError
+from bot.errors import LoraError
 from bot.generation import DEFAULT_SLOT, ScriptedGenerator
 from bot.settings import LoraSettings, ModelSettings
 from bot.types import GenerationParams, Turn
@@ -57,7 +57,7 @@ async def reply(
 
 async def solo_replies(gen: TransformersGenerator, adapter: Path | None) -> list[str]:
     """Each prompt alone, with ``adapter`` in the default slot."""
-    await gen.swap_adapter(adapter)
+    await gen.swap_lora(adapter)
     return [await reply(gen, turns) for turns in PROMPTS]
 
 
@@ -70,9 +70,9 @@ async def test_candidate_rows_equal_that_adapter_alone_and_default_rows_are_unaf
     want_candidate = await solo_replies(generator, candidate)
     want_default = await solo_replies(generator, default)
     assert want_candidate != want_default
-    await generator.swap_adapter(candidate, slot=CANDIDATE)
-    assert generator.slot_adapter(CANDIDATE) == candidate
-    assert generator.active_adapter == default
+    await generator.swap_lora(candidate, slot=CANDIDATE)
+    assert generator.slot_lora(CANDIDATE) == candidate
+    assert generator.active_lora == default
     # Interleaved: every batch mixes both slots (and rows of one slot are not contiguous).
     jobs = [
         reply(generator, turns, slot=slot)
@@ -91,10 +91,10 @@ async def test_a_lone_candidate_row_joins_a_running_batch(
     candidate, _ = adapters
     params = GenerationParams(max_new_tokens=40, temperature=0.0, repetition_penalty=1.0)
     want_default = await reply(generator, PROMPTS[1], params=params)
-    await generator.swap_adapter(candidate)
+    await generator.swap_lora(candidate)
     want_candidate = await reply(generator, PROMPTS[2], params=params)
-    await generator.swap_adapter(None)
-    await generator.swap_adapter(candidate, slot=CANDIDATE)
+    await generator.swap_lora(None)
+    await generator.swap_lora(candidate, slot=CANDIDATE)
     first = generator.stream(PROMPTS[1], params)
     head = [await anext(first)]
     late = asyncio.create_task(reply(generator, PROMPTS[2], slot=CANDIDATE, params=params))
@@ -107,14 +107,14 @@ async def test_empty_slot_serves_the_zero_adapter(
     generator: TransformersGenerator, adapters: tuple[Path, Path]
 ) -> None:
     base = await reply(generator, HELLO)
-    assert generator.slot_adapter(CANDIDATE) is None
+    assert generator.slot_lora(CANDIDATE) is None
     assert await reply(generator, HELLO, slot=CANDIDATE) == base  # never filled
-    await generator.swap_adapter(adapters[0], slot=CANDIDATE)
+    await generator.swap_lora(adapters[0], slot=CANDIDATE)
     assert await reply(generator, HELLO, slot=CANDIDATE) != base
-    await generator.swap_adapter(None, slot=CANDIDATE)
-    assert generator.slot_adapter(CANDIDATE) is None
+    await generator.swap_lora(None, slot=CANDIDATE)
+    assert generator.slot_lora(CANDIDATE) is None
     assert await reply(generator, HELLO, slot=CANDIDATE) == base
-    assert generator.active_adapter is None
+    assert generator.active_lora is None
 
 
 async def test_swap_does_not_wait_for_running_sequences_and_they_keep_their_adapter(
@@ -122,14 +122,14 @@ async def test_swap_does_not_wait_for_running_sequences_and_they_keep_their_adap
 ) -> None:
     first, second = adapters
     params = GenerationParams(max_new_tokens=60, temperature=0.0, repetition_penalty=1.0)
-    await generator.swap_adapter(first)
+    await generator.swap_lora(first)
     want_first = await reply(generator, HELLO, params=params)
     stream = generator.stream(HELLO, params)
     head = [await anext(stream)]
     for adapter in (second, None, second):  # each swap lands while the sequence runs
-        await generator.swap_adapter(adapter)
+        await generator.swap_lora(adapter)
         assert generator.stats.active == 1
-    assert generator.active_adapter == second
+    assert generator.active_lora == second
     rest = [piece async for piece in stream]
     assert "".join(head + rest) == want_first
     assert await reply(generator, HELLO, params=params) != want_first
@@ -140,32 +140,32 @@ async def test_the_adapter_pool_stays_small(
 ) -> None:
     for _ in range(5):
         for adapter in adapters:
-            await generator.swap_adapter(adapter)
-            await generator.swap_adapter(adapter, slot=CANDIDATE)
+            await generator.swap_lora(adapter)
+            await generator.swap_lora(adapter, slot=CANDIDATE)
     assert await reply(generator, HELLO)
     await eventually(lambda: generator.stats.active == 0)
-    assert generator.adapter_pool_size <= 3  # two slots, plus one spare to copy into
+    assert generator.lora_pool_size <= 3  # two slots, plus one spare to copy into
 
 
 async def test_a_refused_adapter_leaves_the_slot_as_it_was(
     generator: TransformersGenerator, adapters: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    await generator.swap_adapter(adapters[0], slot=CANDIDATE)
+    await generator.swap_lora(adapters[0], slot=CANDIDATE)
     want = await reply(generator, HELLO, slot=CANDIDATE)
-    with pytest.raises(AdapterError):
-        await generator.swap_adapter(tmp_path / "missing", slot=CANDIDATE)
-    assert generator.slot_adapter(CANDIDATE) == adapters[0]
+    with pytest.raises(LoraError):
+        await generator.swap_lora(tmp_path / "missing", slot=CANDIDATE)
+    assert generator.slot_lora(CANDIDATE) == adapters[0]
     assert await reply(generator, HELLO, slot=CANDIDATE) == want
 
 
 async def test_scripted_generator_has_the_same_slot_semantics() -> None:
     gen = ScriptedGenerator()
-    assert gen.slot_adapter(CANDIDATE) is None
-    await gen.swap_adapter(Path("/adapters/v2"), slot=CANDIDATE)
-    assert gen.slot_adapter(CANDIDATE) == Path("/adapters/v2")
-    assert gen.active_adapter is None
-    await gen.swap_adapter(None, slot=CANDIDATE)
-    assert gen.slot_adapter(CANDIDATE) is None
+    assert gen.slot_lora(CANDIDATE) is None
+    await gen.swap_lora(Path("/adapters/v2"), slot=CANDIDATE)
+    assert gen.slot_lora(CANDIDATE) == Path("/adapters/v2")
+    assert gen.active_lora is None
+    await gen.swap_lora(None, slot=CANDIDATE)
+    assert gen.slot_lora(CANDIDATE) is None
 
 
 def test_from_four_rows_on_a_float32_row_computes_the_same_in_any_company() -> None:
@@ -201,10 +201,10 @@ async def test_default_model_serves_a_candidate_in_mixed_batches(tmp_path: Path)
     gen = await TransformersGenerator.load(settings, LoraSettings())
     try:
         base = [await reply(gen, turns, params=params) for turns in prompts]
-        await gen.swap_adapter(adapter)
+        await gen.swap_lora(adapter)
         adapted = [await reply(gen, turns, params=params) for turns in prompts]
-        await gen.swap_adapter(None)
-        await gen.swap_adapter(adapter, slot=CANDIDATE)
+        await gen.swap_lora(None)
+        await gen.swap_lora(adapter, slot=CANDIDATE)
         jobs = [
             reply(gen, t, slot=s, params=params) for t in prompts for s in (CANDIDATE, DEFAULT_SLOT)
         ]

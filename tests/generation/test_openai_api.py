@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 
 from bot.app import build_core
 from bot.engine.runtime import chat_ids
-from bot.errors import AdapterError, ConfigError, GenerationError, ModelLoadError, StartupError
+from bot.errors import ConfigError, GenerationError, LoraError, ModelLoadError, StartupError
 from bot.generation import DEFAULT_SLOT, Generator
 from bot.generation.openai_api import OpenAIGenerator
 from bot.logs import RedactSecrets, settings_secrets
@@ -166,21 +166,21 @@ async def test_swaps_load_adapters_on_the_server_and_requests_name_them(
     gen: OpenAIGenerator, server: FakeOpenAI, tmp_path: Path
 ) -> None:
     v1, v2 = make_adapter_dir(tmp_path, "v1"), make_adapter_dir(tmp_path, "v2")
-    await gen.swap_adapter(v1)
-    assert gen.active_adapter == v1
+    await gen.swap_lora(v1)
+    assert gen.active_lora == v1
     (name1,) = server.loras
     assert name1.startswith("selftune-v1-") and server.loras[name1] == str(v1.resolve())
     assert await reply(gen, HELLO) == f"[{name1}] Hello there"
-    await gen.swap_adapter(v2, slot="candidate")
-    assert gen.slot_adapter("candidate") == v2
+    await gen.swap_lora(v2, slot="candidate")
+    assert gen.slot_lora("candidate") == v2
     name2 = gen.served_model("candidate")
     both = await asyncio.gather(reply(gen, HELLO), reply(gen, HELLO, slot="candidate"))
     assert list(both) == [f"[{name1}] Hello there", f"[{name2}] Hello there"]  # gather: a list
-    await gen.swap_adapter(None)
-    assert gen.active_adapter is None
+    await gen.swap_lora(None)
+    assert gen.active_lora is None
     assert await reply(gen, HELLO) == f"[{BASE_MODEL}] Hello there"
     assert server.unloaded == [name1]  # nothing serves it any more
-    await gen.swap_adapter(v2)  # the same version in two slots: loaded once
+    await gen.swap_lora(v2)  # the same version in two slots: loaded once
     assert gen.served_model() == name2 and len(server.loras) == 1
 
 
@@ -188,16 +188,16 @@ async def test_a_running_reply_keeps_its_adapter_across_a_swap(
     gen: OpenAIGenerator, server: FakeOpenAI, tmp_path: Path
 ) -> None:
     v1, v2 = make_adapter_dir(tmp_path, "v1"), make_adapter_dir(tmp_path, "v2")
-    await gen.swap_adapter(v1)
+    await gen.swap_lora(v1)
     name1 = gen.served_model()
     server.delay_s = 0.02
     stream = gen.stream(HELLO, GREEDY)
     head = await anext(stream)
-    await gen.swap_adapter(v2)
+    await gen.swap_lora(v2)
     assert name1 in server.loras  # still in use: not unloaded under the running reply
     rest = [piece async for piece in stream]
     assert head + "".join(rest) == f"[{name1}] Hello there"
-    await gen.swap_adapter(v2, slot="candidate")  # the next swap cleans it up
+    await gen.swap_lora(v2, slot="candidate")  # the next swap cleans it up
     assert name1 in server.unloaded
 
 
@@ -211,7 +211,7 @@ async def test_adapter_paths_map_to_where_the_server_sees_them(
     async with connected(
         server, tiny_model_dir, adapters_dir=adapters, adapter_dir_on_server=str(mirror)
     ) as gen:
-        await gen.swap_adapter(v1)
+        await gen.swap_lora(v1)
     assert list(server.loras.values()) == [str(mirror / "v1")]
 
 
@@ -219,16 +219,16 @@ async def test_refused_adapters_leave_the_slot_as_it_was(
     gen: OpenAIGenerator, server: FakeOpenAI, tmp_path: Path
 ) -> None:
     v1 = make_adapter_dir(tmp_path, "v1")
-    await gen.swap_adapter(v1)
-    with pytest.raises(AdapterError, match="does not exist"):
-        await gen.swap_adapter(tmp_path / "missing")
+    await gen.swap_lora(v1)
+    with pytest.raises(LoraError, match="does not exist"):
+        await gen.swap_lora(tmp_path / "missing")
     unseen = make_adapter_dir(tmp_path, "v2")
     server_side = Path(server.loras[gen.served_model()]).parent / "v2"
     assert server_side == unseen  # same machine: the fake sees it, so make it vanish there
     (unseen / "adapter_config.json").rename(unseen / "moved.json")
-    with pytest.raises(AdapterError):
-        await gen.swap_adapter(unseen)
-    assert gen.active_adapter == v1
+    with pytest.raises(LoraError):
+        await gen.swap_lora(unseen)
+    assert gen.active_lora == v1
 
 
 async def test_server_errors_are_generation_errors(
@@ -385,8 +385,8 @@ async def test_transport_errors_that_carry_headers_do_not_leak_the_key(
         with pytest.raises(GenerationError, match="cannot reach the model server") as counted:
             await gen.count_tokens(HELLO)
         errors.append(counted.value)
-        with pytest.raises(AdapterError, match="cannot load adapter") as loaded:
-            await gen.swap_adapter(make_adapter_dir(tmp_path, "v1"))
+        with pytest.raises(LoraError, match="cannot load adapter") as loaded:
+            await gen.swap_lora(make_adapter_dir(tmp_path, "v1"))
         errors.append(loaded.value)
     finally:
         await gen.aclose()
@@ -407,7 +407,7 @@ async def test_adapters_a_restarted_server_lost_are_loaded_again(
     gen: OpenAIGenerator, server: FakeOpenAI, tmp_path: Path
 ) -> None:
     v1 = make_adapter_dir(tmp_path, "v1")
-    await gen.swap_adapter(v1)
+    await gen.swap_lora(v1)
     name = gen.served_model()
     server.restart()
     assert await reply(gen, HELLO) == f"[{name}] Hello there"
@@ -438,7 +438,7 @@ async def test_a_lost_adapter_is_loaded_again_where_the_server_sees_it(
     async with connected(
         server, tiny_model_dir, adapters_dir=adapters, adapter_dir_on_server=str(mirror)
     ) as gen:
-        await gen.swap_adapter(v1)
+        await gen.swap_lora(v1)
         server.restart()
         assert await reply(gen, HELLO) == f"[{gen.served_model()}] Hello there"
     assert [r["lora_path"] for r in loads(server)] == [str(mirror / "v1")] * 2
@@ -559,8 +559,8 @@ async def test_every_endpoint_needs_the_api_key(tiny_model_dir: Path, tmp_path: 
             server, tiny_model_dir, api_key=SecretStr("sk-test"), token_count="server"
         ) as gen:
             assert await gen.count_tokens(HELLO) > 0
-            await gen.swap_adapter(make_adapter_dir(tmp_path, "v1"))
+            await gen.swap_lora(make_adapter_dir(tmp_path, "v1"))
             name = gen.served_model()
             assert await reply(gen, HELLO) == f"[{name}] Hello there"
-            await gen.swap_adapter(None)
+            await gen.swap_lora(None)
         assert server.unloaded == [name]

@@ -281,11 +281,11 @@ async def test_a_trained_adapter_hot_swaps_into_the_generator(
     turns = [Turn("user", "Tell me about the sea.")]
     try:
         before = "".join([p async for p in gen.stream(turns, params)])
-        await gen.swap_adapter(spec.output_dir)
+        await gen.swap_lora(spec.output_dir)
         after = "".join([p async for p in gen.stream(turns, params)])
     finally:
         await gen.aclose()
-    assert gen.active_adapter == spec.output_dir
+    assert gen.active_lora == spec.output_dir
     assert after != before
 
 
