@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from bot.commands.table import COMMANDS, SHORTCUTS, CommandSpec
+from bot.settings.docs import replace_between
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BEGIN, END = "<!-- command-table:begin -->", "<!-- command-table:end -->"
@@ -43,9 +44,7 @@ def markdown_table() -> str:
 
 def readme_with_table(readme: str) -> str:
     """``readme`` with the text between the markers replaced by the current table."""
-    head, _, rest = readme.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{markdown_table()}\n{END}{tail}"
+    return replace_between(readme, BEGIN, END, markdown_table())
 
 
 def main() -> int:

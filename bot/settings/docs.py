@@ -102,11 +102,18 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def replace_between(text: str, begin: str, end: str, table: str) -> str:
+    """``text`` with what stands between the markers ``begin`` and ``end`` replaced by
+    ``table`` (the README's generated tables: configuration here, commands in
+    :mod:`bot.commands.docs`)."""
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n{table}\n{end}{tail}"
+
+
 def readme_with_table(readme: str) -> str:
     """``readme`` with the text between the table markers replaced by the current table."""
-    head, _, rest = readme.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{markdown_table()}\n{END}{tail}"
+    return replace_between(readme, BEGIN, END, markdown_table())
 
 
 def main() -> int:
