@@ -1,5 +1,7 @@
 """A run that would repeat the last one: no rating cast, changed or withdrawn since the last
-version was trained, the same method and settings. Training again would make the same adapter
+version was trained, no curation since (a dashboard flip keeps a rating's time but changes its
+label; a drop, a never-train or a blocked rater may leave the same exchanges with other
+labels), the same method and settings. Training again would make the same adapter
 (the trainer is seeded), so /finetune says so and does nothing. No torch."""
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ async def repeats_last(
         return None
     if await repo.training.ratings_since(run.started_at) > 0:
         return None  # a vote changed: same exchanges, another label
+    if await repo.curation.summary_since(run.started_at):
+        return None  # an operator curated the data: perhaps the same exchanges, other labels
     now = "it is serving now" if version.active else f"/activate {version.version} serves it"
     return (
         f"No new ratings since run #{run.id} trained v{version.version} on these "

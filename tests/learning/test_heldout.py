@@ -151,3 +151,23 @@ async def test_a_changed_vote_is_something_new(settings: Settings) -> None:
         assert len(await core.repo.adapters.all()) == 2
     finally:
         await core.aclose()
+
+
+async def test_a_curation_since_the_last_run_is_something_new(settings: Settings) -> None:
+    """A flip on the dashboard keeps the rating's time (it is not a new vote for the
+    scheduler) but changes a label: a /finetune after it trains, it does not refuse."""
+    kto = settings.model_copy(update={"training": TrainingSettings(method="kto")})
+    core = await trainer_core(kto, FakeTrainer())
+
+    async def notify(_text: str) -> None:
+        pass
+
+    try:
+        await rate_reply(core, ME, "hello")
+        await rate_reply(core, ME, "other", Vote.DOWN)
+        await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
+        assert await core.repo.curation.flip_rating(1, "admin:1") == -1  # 👍 → 👎: same exchanges
+        await core.finetuner.run(trigger="cli", requested_by=None, notify=notify)
+        assert len(await core.repo.adapters.all()) == 2
+    finally:
+        await core.aclose()
