@@ -83,9 +83,11 @@ class MessageHandler:
 
     async def _handle(self, message: discord.Message, me: discord.ClientUser, again: bool) -> None:
         incoming = await incoming_from_message(message, me.id, self._settings.admin_role_id)
-        if not self._service.should_answer(incoming, me.name):
-            return
         platform, key = delivery_platform(me), str(message.id)
+        if not self._service.should_answer(incoming, me.name):
+            if again:  # recorded, now not to answer (a user told of a block): not every start
+                await self._service.deliveries.finish(platform, key)
+            return
         guild = str(message.guild.id) if message.guild is not None else ""
         place = {"channel_id": str(message.channel.id), "guild_id": guild}
         deliveries = self._service.deliveries
