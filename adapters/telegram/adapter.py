@@ -41,6 +41,7 @@ from adapters.telegram.updates import (
     chat_key_of,
     keyboard_after,
     reply_target,
+    sender_of,
     target_of_key,
     to_incoming,
 )
@@ -173,9 +174,11 @@ class TelegramAdapter:
         await self._send_reply(group, Reply(SENT_PRIVATELY, ReplyKind.NOTICE))
 
     async def _on_other(self, update: Update, _context: Any) -> None:
-        """Photos, stickers, voice, edits in a private chat: say what works (groups: silence)."""
-        message = update.effective_message
-        if message is not None:
+        """Photos, stickers, voice, edits in a private chat: say what works (groups: silence).
+        A user refused and told so hears nothing here either."""
+        message, me = update.effective_message, self._me
+        sender = sender_of(message, me) if message is not None and me is not None else None
+        if message is not None and (sender is None or self._service.should_answer(sender)):
             note = EDITS_UNSEEN if update.edited_message is not None else TEXT_ONLY
             await self._send_reply(reply_target(message), Reply(note, ReplyKind.NOTICE))
 

@@ -94,10 +94,18 @@ def replies_to(message: Message, me: User) -> bool:
 
 def to_incoming(message: Message, me: User) -> Incoming | None:
     """The core's Incoming for a text message; None when it has no sender or no text."""
-    user = message.from_user
-    if user is None or message.text is None:
+    if message.text is None:
         return None
-    text = message.text
+    return sender_of(message, me)
+
+
+def sender_of(message: Message, me: User) -> Incoming | None:
+    """The core's Incoming for any message with a sender, its text empty when it has none (a
+    photo, a sticker): enough for the access check of what the core cannot read."""
+    user = message.from_user
+    if user is None:
+        return None
+    text = message.text or ""
     named = mentions(message, me)
     if named and me.username and not text.startswith("/"):
         # "@bot what is 2+2?" asks "what is 2+2?": the name is addressing, not content.

@@ -75,3 +75,25 @@ async def test_a_user_blocked_in_the_configuration_in_a_group(
     assert await press(tg, eve, message, Vote.DOWN) == BLOCKED
     assert await core.repo.user_vote(answered.exchange_id, "telegram:1003") is None
     assert await press(tg, ann, message, Vote.UP) == "Thanks! Rated 👍."
+
+
+async def test_a_told_users_photos_and_edits_get_nothing_either(
+    core: Core, tg: FakeTelegram, bot: TelegramAdapter
+) -> None:
+    """The "I can only read text" and "not edits" notes are answers too: a user already told
+    of their block hears neither."""
+    bob = tg.user(1002, "Bob")
+    await core.repo.curation.set_user("telegram:1002", "telegram:1", blocked=True)
+    start = len(tg.calls)
+    tg.push_text(tg.private_chat(bob), bob, "Hello")
+    assert (await tg.reply(1002, start=start, rated=False)).params["text"] == BLOCKED
+    before = sent_to(tg, 1002)
+    photo = [{"file_id": "f", "file_unique_id": "u", "width": 1, "height": 1}]
+    tg.push({"message": tg.message(tg.private_chat(bob), bob, photo=photo)})
+    edit = {**tg.message(tg.private_chat(bob), bob, "Hello!"), "edit_date": 1}
+    tg.push({"edited_message": edit})
+    ann = tg.user(1001, "Ann")
+    tg.push_text(tg.private_chat(ann), ann, "Hi")
+    await tg.reply(1001)
+    await asyncio.sleep(0.3)  # updates are handled concurrently: give Bob's their time
+    assert sent_to(tg, 1002) == before
