@@ -6,7 +6,7 @@ Everything goes through selftune's own code as the console uses it (``build_core
 answers differently from the base → /rollback unloads it and the base's replies come back → an
 A/B test serves base and LoRA side by side → the server restarts and the LoRA is loaded again.
 
-The server comes from ``SELFTUNE_VLLM_PYTHON`` (``scripts/vllm-venv``); without it these tests
+The server comes from ``PYTEST_VLLM_PYTHON`` (``scripts/vllm-venv``); without it these tests
 skip, unless ``PYTEST_REQUIRE_VLLM=1`` (CI).
 """
 

@@ -1,10 +1,11 @@
 """A real vLLM server (the CPU build) for the OpenAI backend's tests, started from its own venv.
 
-``SELFTUNE_VLLM_PYTHON`` names that venv's python (``scripts/vllm-venv`` makes it and prints the
+``PYTEST_VLLM_PYTHON`` names that venv's python (``scripts/vllm-venv`` makes it and prints the
 path). Without it the tests skip with the reason; with ``PYTEST_REQUIRE_VLLM=1`` (CI) they fail.
 The server runs on 127.0.0.1 with run-time LoRA loading on (``--enable-lora`` and
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``); its output goes to a log file that a failed start
-quotes.
+quotes. (Not ``SELFTUNE_…``: the settings refuse environment variables with that prefix that
+name no setting.)
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ class VllmUnavailable(RuntimeError):
 
 
 def vllm_python() -> Path:
-    """The vLLM venv's python from ``SELFTUNE_VLLM_PYTHON``; raises VllmUnavailable."""
-    given = os.environ.get("SELFTUNE_VLLM_PYTHON")
+    """The vLLM venv's python from ``PYTEST_VLLM_PYTHON``; raises VllmUnavailable."""
+    given = os.environ.get("PYTEST_VLLM_PYTHON")
     if not given:
         raise VllmUnavailable(
-            "SELFTUNE_VLLM_PYTHON is not set (scripts/vllm-venv creates vLLM's venv and prints "
+            "PYTEST_VLLM_PYTHON is not set (scripts/vllm-venv creates vLLM's venv and prints "
             "its python)"
         )
     python = Path(given)
     if not python.is_file():
-        raise VllmUnavailable(f"SELFTUNE_VLLM_PYTHON={given} does not exist")
+        raise VllmUnavailable(f"PYTEST_VLLM_PYTHON={given} does not exist")
     return python
 
 
