@@ -45,8 +45,8 @@ class TrainingView:
 
 
 def generator_snapshot(generator: Generator) -> Callable[[], GeneratorSnapshot]:
-    """The generator now; the local engine's counters (``stats``) where it has them. Requests
-    waiting are not counted by the engine: ``queued`` stays 0."""
+    """The generator now; the local engine's counters (``stats``) where it has them (a remote
+    server's queue is its own: ``queued`` stays 0 there)."""
 
     def snapshot() -> GeneratorSnapshot:
         stats = getattr(generator, "stats", None)
@@ -54,6 +54,7 @@ def generator_snapshot(generator: Generator) -> Callable[[], GeneratorSnapshot]:
             model_name=generator.model_name,
             tokens=int(getattr(stats, "tokens", 0)),
             running=int(getattr(stats, "active", 0)),
+            queued=int(getattr(stats, "waiting", 0)),
         )
 
     return snapshot

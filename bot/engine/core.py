@@ -43,6 +43,7 @@ class EngineStats:
     tokens: int = 0  # tokens sampled, stop tokens included
     active: int = 0  # sequences in the running batch now
     max_batch: int = 0  # the largest batch so far
+    waiting: int = 0  # requests received but not yet in the batch (a full batch, a swap ahead)
 
 
 @dataclass
@@ -250,6 +251,7 @@ class DecodeEngine:
     def _note_batch(self) -> None:
         self.stats.active = len(self._batch.rows)
         self.stats.max_batch = max(self.stats.max_batch, self.stats.active)
+        self.stats.waiting = sum(isinstance(item, EngineRequest) for item in self._pending)
 
     def _shutdown(self) -> None:
         with self._lock:  # also when the thread ends abnormally: nothing more is queued

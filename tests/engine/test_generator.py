@@ -666,3 +666,22 @@ async def test_default_model_batched_replies_match_solo(default_model_dir: Path)
         await gen.aclose()
     assert list(together) == solo
     assert joined == solo
+
+
+async def test_requests_beyond_a_full_batch_are_counted_as_waiting(tiny_model_dir: Path) -> None:
+    """The engine says how many requests wait for room in the batch (the dashboard's queue)."""
+    async with loaded(tiny_model_dir, max_batch_size=1) as gen:
+        seen: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                seen.append(gen.stats.waiting)
+                await asyncio.sleep(0.001)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await asyncio.gather(*(reply(gen, turns) for turns in PROMPTS[:3]))
+        finally:
+            watcher.cancel()
+        assert max(seen) >= 1
+        assert gen.stats.waiting == 0 and gen.stats.max_batch == 1
