@@ -10,11 +10,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.net import free_port
 
 
 class PostgresUnavailable(RuntimeError):
@@ -32,13 +33,6 @@ def _bindir() -> Path:
         "PostgreSQL server binaries not found (apt-get install postgresql), "
         "and PYTEST_POSTGRES_URL is not set"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -112,7 +106,7 @@ def start_temp_postgres() -> TempPostgres:
     root = Path(tempfile.mkdtemp(prefix="selftune-pg-"))
     if user:
         shutil.chown(root, user=user)
-    server = TempPostgres(root=root, port=_free_port(), bindir=bindir, user=user)
+    server = TempPostgres(root=root, port=free_port(), bindir=bindir, user=user)
     try:
         server.start()
     except BaseException:

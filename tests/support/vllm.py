@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tests.support.net import free_port
 
 READY_TIMEOUT_S = 300.0  # measured ~40 s on 2 cores; a loaded CI machine gets room
 
@@ -39,14 +40,6 @@ def vllm_python() -> Path:
     if not python.is_file():
         raise VllmUnavailable(f"PYTEST_VLLM_PYTHON={given} does not exist")
     return python
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

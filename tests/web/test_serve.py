@@ -19,12 +19,7 @@ from bot.generation import ScriptedGenerator
 from bot.settings import Settings
 from bot.types import Vote
 from tests.fakes.telegram_server import FakeTelegram, bot_settings
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.support.net import free_port
 
 
 async def poll(get: Callable[[], Awaitable[Any]], until: Callable[[Any], bool]) -> Any:

@@ -14,9 +14,9 @@ from adapters.telegram.adapter import TelegramAdapter
 from bot.app import Core
 from bot.generation import ScriptedGenerator
 from bot.types import Incoming
-from tests.adapters.telegram.test_serving import free_port
 from tests.fakes.common import running
 from tests.fakes.telegram_server import BOT_ID, FakeTelegram, bot_settings
+from tests.support.net import free_port
 
 PLATFORM = f"telegram:{BOT_ID}"
 

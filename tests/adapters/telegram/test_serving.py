@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 
 import pytest
@@ -16,18 +15,12 @@ from bot.app import Core
 from bot.generation import ScriptedGenerator
 from tests.fakes.common import running
 from tests.fakes.telegram_server import FakeTelegram, bot_settings
+from tests.support.net import free_port
 
 
 @pytest.fixture
 def scripted() -> ScriptedGenerator:
     return ScriptedGenerator(delay_s=0.01)  # every reply streams over a few drafts
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def test_fifty_users_at_once_are_all_answered_and_stored(
