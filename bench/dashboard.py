@@ -14,7 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from sqlalchemy import insert
 
 from bench.common import QUESTIONS
 from bot.learning.ab import ABTesting
+from bot.learning.protocol import Event
 from bot.learning.versions import AdapterVersions
 from bot.settings import load_settings
 from bot.web import Dashboard, GeneratorSnapshot, WebDeps
@@ -63,7 +64,7 @@ PAGES = (
 class Idle:
     """The finetuner, at rest."""
 
-    progress: dict[str, Any] = field(default_factory=dict)
+    progress: Event | None = None
     running: bool = False
 
 

@@ -7,9 +7,7 @@ Part of the composition root (``bot/app.py`` calls ``build_dashboard`` when ``we
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from adapters.base import Adapter
 from bot.generation import Generator
@@ -19,29 +17,6 @@ from bot.learning.versions import AdapterVersions
 from bot.settings import Settings
 from bot.web import Dashboard, GeneratorSnapshot, WebDeps
 from storage.repository import Repository
-
-
-class TrainingView:
-    """The finetuner's live state as the dashboard reads it: the last trainer event as the
-    dict it travels as (``{"event": "step", "step": 3, "loss": 0.7, ...}``)."""
-
-    def __init__(self, finetuner: Finetuner) -> None:
-        self._finetuner = finetuner
-
-    @property
-    def progress(self) -> dict[str, Any]:
-        """The trainer's last event ({} before the first)."""
-        event = self._finetuner.progress
-        return json.loads(event.to_json()) if event is not None else {}
-
-    @progress.setter
-    def progress(self, _value: dict[str, Any]) -> None:
-        raise AttributeError("the training progress is the finetuner's; the dashboard reads it")
-
-    @property
-    def running(self) -> bool:
-        """True while this process trains."""
-        return self._finetuner.running
 
 
 def generator_snapshot(generator: Generator) -> Callable[[], GeneratorSnapshot]:
@@ -89,7 +64,7 @@ def build_dashboard(
         settings=settings,
         versions=versions,
         ab=ab,
-        training=TrainingView(finetuner),
+        training=finetuner,
         generator=generator_snapshot(generator),
         adapters=connected(adapters),
     )

@@ -66,7 +66,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "adapters/": (*_BASE, "bot.settings", "bot.commands.table", "adapters"),
     "bot/metrics.py": _BASE,
     # The operator's console: storage and the core's values, its services through WebDeps.
-    "bot/web/": (*_CORE, "bot.metrics", "bot.web"),
+    "bot/web/": (*_CORE, "bot.metrics", "bot.learning.protocol", "bot.web"),
     "bot/app.py": ("bot", "adapters", "storage", "migrations"),
     "bot/webwiring.py": ("bot", "adapters", "storage", "migrations"),
     "bot/startup.py": ("bot", "adapters", "storage", "migrations"),

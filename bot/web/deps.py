@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bot.learning.protocol import Event
 from bot.settings import Settings
 from bot.types import AdapterVersion
 from storage.repository import Repository
@@ -50,7 +51,7 @@ class ABControl(Protocol):
 class TrainingProgress(Protocol):
     """The finetuner's live state (``bot.learning.finetune.Finetuner``)."""
 
-    progress: dict[str, Any]
+    progress: Event | None  # the trainer's last event
 
     @property
     def running(self) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.learning.protocol import Event, Phase, Step
 from bot.types import AdapterStatus
 from bot.web.auth import FLASH_COOKIE, read_flash, session_of
 from bot.web.charts import DayBar, daily_ratings, loss_curve
@@ -25,6 +26,15 @@ def render(request: web.Request, name: str, **context: Any) -> web.Response:
     return response
 
 
+def progress_line(event: Event | None) -> str:
+    """The trainer's last event in words: a step with its loss, a phase, or that it starts."""
+    if isinstance(event, Step):
+        return f"step {event.step}/{event.total_steps}, loss {event.loss:.3f}"
+    if isinstance(event, Phase):
+        return event.phase
+    return "starting"
+
+
 async def overview(request: web.Request) -> web.StreamResponse:
     """The overview: model, serving LoRA, A/B state, activity, training progress."""
     ctx = request.app[CONTEXT]
@@ -40,7 +50,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         active_chats=await repo.dashboard.active_chats(),
         replies_5m=await repo.dashboard.recent_replies(timedelta(minutes=5)),
         tokens_per_s=ctx.sampler.tokens_per_s,
-        training=deps.training.progress if deps.training.running else None,
+        training=progress_line(deps.training.progress) if deps.training.running else None,
         platforms=dict(deps.adapters()),
         counts=await repo.stats.counts(),
         audit=await repo.curation.audit(8),

@@ -8,8 +8,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
+from bot.learning.protocol import Event, Step
 from bot.web.deps import GeneratorSnapshot
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ class Sampler:
     def __init__(
         self,
         generator: Callable[[], GeneratorSnapshot],
-        progress: Callable[[], dict[str, Any]],
+        progress: Callable[[], Event | None],
         running_run: Callable[[], Awaitable[int | None]],
         interval_s: float = 2.0,
     ) -> None:
@@ -60,12 +60,10 @@ class Sampler:
         self._last = (now, tokens)
         await self._loss(self._progress())
 
-    async def _loss(self, event: dict[str, Any]) -> None:
-        loss, step = event.get("loss"), event.get("step")
-        if event.get("event") != "step" or not isinstance(loss, int | float):
+    async def _loss(self, event: Event | None) -> None:
+        if not isinstance(event, Step):
             return
-        if not isinstance(step, int):
-            return
+        step, loss = event.step, event.loss
         points = self.losses.get(self._run) if self._run is not None else None
         if points is None or (points and step < points[-1][0]):  # a new run began
             self._run = await self._running_run()

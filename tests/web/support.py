@@ -4,11 +4,11 @@ ABTesting (no generator: swaps are bookkeeping) and a stand-in finetuner."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bot.learning.ab import ABTesting
+from bot.learning.protocol import Event
 from bot.learning.versions import AdapterVersions
 from bot.settings import Settings, load_settings
 from bot.types import Turn, Vote
@@ -24,7 +24,7 @@ XSS = "<script>alert('x')</script>"
 class FakeTraining:
     """The finetuner's live state, set by a test."""
 
-    progress: dict[str, Any] = field(default_factory=dict)
+    progress: Event | None = None
     running: bool = False
 
 

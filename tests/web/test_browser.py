@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.learning.protocol import Step
 from bot.types import RunStatus
+from tests.support.net import free_port
 from tests.web.support import ADMIN, World
 
 pytestmark = pytest.mark.slow
@@ -34,13 +35,6 @@ def _browser_or_skip() -> tuple[str, str]:
     if os.environ.get("PYTEST_REQUIRE_BROWSER") == "1":
         pytest.fail(f"a browser is required here (PYTEST_REQUIRE_BROWSER=1): {reason}")
     pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _driver(chromium: str, chromedriver: str) -> Any:
@@ -131,7 +125,7 @@ async def _finished_run(world: World) -> None:
     run_id = await world.repo.runs.start("manual", ADMIN, 1)
     world.training.running = True
     for step in range(1, 21):
-        world.training.progress = {"event": "step", "step": step, "loss": 1.0 / (1 + step / 4)}
+        world.training.progress = Step(step, 20, loss=1.0 / (1 + step / 4))
         await world.dashboard.context.sampler.sample()
     report = {
         "data": {
@@ -157,7 +151,7 @@ async def test_an_operator_in_a_real_browser(
     shots = Path(os.environ.get("SELFTUNE_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     await _finished_run(world)
-    port = _free_port()
+    port = free_port()
     settings = world.settings.model_copy(
         update={"web": world.settings.web.model_copy(update={"port": port})}
     )

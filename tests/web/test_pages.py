@@ -7,6 +7,7 @@ import re
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from bot.learning.protocol import Step
 from bot.types import RunStatus
 from tests.web.support import World
 
@@ -29,7 +30,7 @@ async def test_overview(admin: Client, world: World) -> None:
 
 async def test_overview_follows_a_training_run(admin: Client, world: World) -> None:
     world.training.running = True
-    world.training.progress = {"event": "step", "step": 3, "total_steps": 10, "loss": 0.75}
+    world.training.progress = Step(3, 10, loss=0.75)
     page = await text(admin, "/")
     assert "step 3/10" in page and "loss 0.750" in page
     assert 'http-equiv="refresh"' in page
@@ -85,7 +86,7 @@ async def test_training_runs_with_a_loss_curve_and_the_report(admin: Client, wor
     world.training.running = True
     sampler = world.dashboard.context.sampler
     for step, loss in ((1, 0.9), (2, 0.6), (3, 0.4)):
-        world.training.progress = {"event": "step", "step": step, "loss": loss}
+        world.training.progress = Step(step, 3, loss=loss)
         await sampler.sample()
     report = {
         "data": {"ratings": 3, "train": {"liked": 2, "disliked": 1}, "dropped": {"empty reply": 1}},
