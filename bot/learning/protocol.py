@@ -46,6 +46,8 @@ class TrainingSpec:
     serving_lora: Path | None = None  # the LoRA serving now, evaluated next to the new one
     serving_version: int | None = None  # its version number (for the record; None: the base)
     lm_dataset: Path | None = None  # unrated exchanges for the self-supervised term
+    # preference pairs in TRL's format: {"prompt": [...], "chosen": [...], "rejected": [...]}
+    pairs_dataset: Path | None = None
 
     def to_json(self) -> str:
         """The SPEC.json text."""
@@ -57,6 +59,7 @@ class TrainingSpec:
             "serving_lora": _text(self.serving_lora),
             "serving_version": self.serving_version,
             "lm_dataset": _text(self.lm_dataset),
+            "pairs_dataset": _text(self.pairs_dataset),
             "lora": self.lora.model_dump(),
             "training": self.training.model_dump(),
             "threads": self.threads,
@@ -83,6 +86,7 @@ class TrainingSpec:
                 serving_lora=_path(data.get("serving_lora", data.get("current_adapter"))),
                 serving_version=int(version) if version is not None else None,
                 lm_dataset=_path(data.get("lm_dataset")),
+                pairs_dataset=_path(data.get("pairs_dataset")),
             )
         except KeyError as exc:
             raise TrainingError(f"the training spec lacks {exc.args[0]!r}") from None

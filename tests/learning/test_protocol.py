@@ -137,6 +137,7 @@ def test_the_spec_reads_what_it_writes(tmp_path: Path) -> None:
         serving_lora=tmp_path / "adapters" / "v0001",
         serving_version=1,
         lm_dataset=tmp_path / "unrated.jsonl",
+        pairs_dataset=tmp_path / "pairs.jsonl",
     )
     path = tmp_path / "spec.json"
     path.write_text(spec.to_json())
