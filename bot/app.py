@@ -32,7 +32,13 @@ from bot.learning.trainer_process import Trainer
 from bot.learning.versions import AdapterVersions
 from bot.outbox import Outbox
 from bot.settings import PLATFORMS, Platform, Settings
-from bot.startup import InstanceLock, load_generator, open_repository, prepare_data_dir
+from bot.startup import (
+    InstanceLock,
+    load_generator,
+    open_adapter_files,
+    open_repository,
+    prepare_data_dir,
+)
 from storage.repository import Repository
 
 if TYPE_CHECKING:
@@ -89,7 +95,7 @@ async def build_core(
     except BaseException:
         instance.release()
         raise
-    versions = AdapterVersions(repo, generator)
+    versions = AdapterVersions(repo, generator, await open_adapter_files(settings))
     await versions.sync()
     directory = model_dir
 

@@ -17,6 +17,7 @@ from typing import IO
 
 from bot.errors import ModelLoadError, StartupError
 from bot.generation import Generator
+from bot.learning.adapter_files import AdapterFiles, AdapterStorageError, adapter_files
 from bot.settings import Settings
 from migrations import upgrade_database
 from storage.db import create_engine
@@ -107,6 +108,19 @@ async def open_repository(settings: Settings) -> Repository:
     if stale:
         log.warning("%d training run(s) had been interrupted; marked as such", stale)
     return repo
+
+
+async def open_adapter_files(settings: Settings) -> AdapterFiles:
+    """The adapter store (``storage.adapters_url``), checked: a bucket that does not exist or
+    credentials it refuses stop the start with what to fix, not the first swap later."""
+    try:
+        files = adapter_files(settings)
+        await files.check()
+    except AdapterStorageError as exc:
+        raise StartupError(str(exc)) from None
+    if files.url != str(settings.adapters_dir):
+        log.info("adapters are published to %s", files.url)
+    return files
 
 
 async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[Generator, Path]:

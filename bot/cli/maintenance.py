@@ -10,12 +10,13 @@ from typing import Any
 from bot.commands.args import version_arg
 from bot.commands.views import SERVING_MARK, format_version, mark
 from bot.errors import NothingToTrain, TrainingAlreadyRunning, VersionError
+from bot.learning.adapter_files import adapter_files
 from bot.learning.dataset import kto_rows, write_jsonl
 from bot.learning.finetune import Finetuner
 from bot.learning.protocol import Event, Phase, Start, Step
 from bot.learning.versions import AdapterVersions, describe
 from bot.settings import Settings
-from bot.startup import open_repository, prepare_data_dir, resolve_model_dir
+from bot.startup import open_adapter_files, open_repository, prepare_data_dir, resolve_model_dir
 from bot.types import RunStatus
 from migrations import head_revision, upgrade_database
 from storage.db import create_engine, is_sqlite
@@ -71,7 +72,7 @@ async def train(settings: Settings, args: argparse.Namespace) -> int:
     repo = await _repo(settings)
     progress = _ProgressBar(args.quiet)
     try:
-        versions = AdapterVersions(repo, None)
+        versions = AdapterVersions(repo, None, await open_adapter_files(settings))
         await versions.sync()
 
         async def model_dir() -> Path:
@@ -103,7 +104,7 @@ async def adapters(settings: Settings, args: argparse.Namespace) -> int:
         _err(f"selftune: {exc}")
         return 2
     repo = await _repo(settings)
-    versions = AdapterVersions(repo, None)
+    versions = AdapterVersions(repo, None, adapter_files(settings))  # reached on activate only
     try:
         if action == "activate":
             await versions.activate(target)

@@ -274,7 +274,7 @@ class Finetuner:
             training=cfg,
             threads=self._settings.model.threads,
             method=plan.method,
-            serving_lora=Path(serving.path) if serving else None,
+            serving_lora=await self._versions.local_path(serving) if serving else None,
             serving_version=serving.version if serving else None,
             lm_dataset=lm_dataset,
         )

@@ -16,6 +16,7 @@ from typing import Any
 import bot.metrics as metrics_registry
 from bot.errors import VersionError
 from bot.learning.ab import ABTesting
+from bot.learning.adapter_files import AdapterFiles, adapter_files
 from bot.learning.curation import Curated
 from bot.learning.evaluation import GateDecision, decide
 from bot.learning.protocol import Method, TrainingSpec, TrainResult
@@ -86,19 +87,28 @@ def version_metrics(result: TrainResult) -> dict[str, float]:
 
 
 class Releaser:
-    """Registers a trained adapter and acts on the gate's decision."""
+    """Publishes a trained adapter to the adapter store, registers it, and acts on the gate's
+    decision."""
 
     def __init__(
-        self, settings: Settings, repo: Repository, versions: AdapterVersions, ab: ABTesting
+        self,
+        settings: Settings,
+        repo: Repository,
+        versions: AdapterVersions,
+        ab: ABTesting,
+        files: AdapterFiles | None = None,
     ) -> None:
         self._settings = settings
         self._repo = repo
         self._versions = versions
         self._ab = ab
+        self._files = files if files is not None else adapter_files(settings)
 
     async def release(self, trained: Trained) -> Released:
-        """Register ``trained`` as a version (with its lineage, numbers and the gate's
-        decision), act on the decision, and end the run."""
+        """Publish ``trained``'s adapter, register it as a version (with its lineage, numbers
+        and the gate's decision), act on the decision, and end the run."""
+        # Published whole before the row exists: no process is ever told of a partial adapter.
+        url = await self._files.publish(trained.result.output_dir, trained.version)
         decision = gate(self._settings, trained)
         metrics = version_metrics(trained.result)
         train_ids = trained.curated.trained_ids(trained.method)  # SFT: the 👍 rows only
@@ -118,7 +128,7 @@ class Releaser:
         status = AdapterStatus.REJECTED if decision.verdict == "fail" else AdapterStatus.READY
         await self._repo.adapters.add(
             version=trained.version,
-            path=str(trained.result.output_dir),
+            path=url,
             parent=trained.compared,
             base_model=self._settings.model.name,
             exchange_ids=train_ids,

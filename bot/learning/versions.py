@@ -15,6 +15,7 @@ from pathlib import Path
 from bot.errors import VersionError
 from bot.generation import DEFAULT_SLOT, Generator
 from bot.learning.ab_stats import CANDIDATE_SLOT, assigned
+from bot.learning.adapter_files import AdapterFiles, AdapterStorageError, local_adapter
 from bot.types import AdapterStatus, AdapterVersion
 from storage.abtests import ABTest
 from storage.repository import Repository
@@ -31,9 +32,12 @@ def describe(version: int | None) -> str:
 class AdapterVersions:
     """Keeps the generator's adapter equal to the database's active version."""
 
-    def __init__(self, repo: Repository, generator: Generator | None) -> None:
+    def __init__(
+        self, repo: Repository, generator: Generator | None, files: AdapterFiles | None = None
+    ) -> None:
         self._repo = repo
         self._generator = generator
+        self._files = files  # None: every version's path is a folder on this machine
         self._lock = asyncio.Lock()
         self.current: int | None = None  # the version the generator serves
         self.candidate: int | None = None  # the A/B candidate in the second slot, if any
@@ -53,11 +57,17 @@ class AdapterVersions:
         await self._sync_candidate(await self._repo.ab.running())
         return self.current
 
+    async def local_path(self, version: AdapterVersion) -> Path:
+        """A folder on this machine with ``version``'s files: fetched from the shared adapter
+        store first when the version was published there. Raises AdapterStorageError."""
+        return await local_adapter(self._files, version)
+
     async def _swap(self, version: AdapterVersion | None) -> None:
-        if version is not None:
-            self._by_path[Path(version.path)] = version.version
+        path = await self.local_path(version) if version is not None else None
+        if version is not None and path is not None:
+            self._by_path[path] = version.version
         if self._generator is not None:
-            await self._generator.swap_lora(Path(version.path) if version else None)
+            await self._generator.swap_lora(path)
         self.current = version.version if version else None
         log.info("serving %s", describe(self.current))
 
@@ -78,7 +88,10 @@ class AdapterVersions:
     async def load_candidate(self, version: AdapterVersion | None) -> None:
         """Put ``version`` in the candidate slot (None: empty it). Raises VersionError when the
         generator cannot serve a second adapter or the files are unusable."""
-        path = Path(version.path) if version else None
+        try:
+            path = await self.local_path(version) if version else None
+        except AdapterStorageError as exc:
+            raise VersionError(f"its files cannot be fetched: {exc}") from exc
         if self._generator is not None:
             try:
                 await self._generator.swap_lora(path, slot=CANDIDATE_SLOT)
@@ -86,8 +99,8 @@ class AdapterVersions:
                 raise VersionError(
                     f"the model cannot serve it next to the live one: {exc}"
                 ) from exc
-        if version is not None:
-            self._by_path[Path(version.path)] = version.version
+        if version is not None and path is not None:
+            self._by_path[path] = version.version
         self.candidate = version.version if version else None
         self._unservable = None
 
@@ -117,7 +130,11 @@ class AdapterVersions:
             target = await self._repo.adapters.get(version)
             if target is None:
                 raise VersionError(f"There is no adapter v{version}. See /adapters.")
-            if not Path(target.path).is_dir():
+            try:
+                local = await self.local_path(target)
+            except AdapterStorageError as exc:
+                raise VersionError(f"Adapter v{version}'s files cannot be fetched: {exc}") from None
+            if not local.is_dir():
                 raise VersionError(f"Adapter v{version}'s files are missing ({target.path}).")
         async with self._lock:
             # Swap first: if the files are unusable the database keeps the working version.

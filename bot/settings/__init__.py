@@ -8,6 +8,7 @@
 - ``platforms.py``: one section per chat platform (its token variable and secrets) and the
   ``PLATFORMS`` table the composition root builds adapters from
 - ``learning.py``: lora, training, gate, A/B and schedule sections
+- ``storage.py``: where adapters are published (a directory or an S3 bucket)
 - ``access.py``: who the bot answers (allow and block lists, private chats)
 - ``docs.py``: ``python -m bot.settings.docs`` regenerates ``selftune.example.toml`` and the
   README's configuration table from the sections
@@ -40,6 +41,7 @@ from bot.settings.serving import (
     GenerationSettings,
     ModelSettings,
 )
+from bot.settings.storage import StorageSettings
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -61,6 +63,7 @@ __all__ = [
     "ScheduleSettings",
     "Section",
     "Settings",
+    "StorageSettings",
     "TelegramSettings",
     "TrainingSettings",
     "load_settings",

@@ -43,6 +43,7 @@ from bot.settings.serving import (
     GenerationSettings,
     ModelSettings,
 )
+from bot.settings.storage import AWS_ENV, StorageSettings
 from bot.settings.web import WebSettings
 
 __all__ = ["CONFIG_ENV", "ENV_PREFIX", "Settings", "default_config_path", "load_settings"]
@@ -84,6 +85,7 @@ class Settings(Section):
     telegram: TelegramSettings = TelegramSettings()
     discord: DiscordSettings = DiscordSettings()
     web: WebSettings = WebSettings()
+    storage: StorageSettings = StorageSettings()
     access: AccessSettings = AccessSettings()
 
     @field_validator("data_dir")
@@ -158,6 +160,9 @@ def load_settings(
     for key, value, origin in _env_overrides(env):
         _set_dotted(data, key, value)
         sources[key] = origin
+    for key, value, origin in _aws_defaults(env, sources):
+        _set_dotted(data, key, value)
+        sources[key] = origin
     try:
         return Settings.model_validate(data), path
     except ValidationError as exc:
@@ -190,6 +195,18 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, Any, str]]:
         if annotation is None:
             raise ConfigError(f"{var}: there is no setting {key!r}")
         found.append((key, _parse_env_value(var, raw, annotation), var))
+    return found
+
+
+def _aws_defaults(env: Mapping[str, str], given: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """The standard AWS variables for the ``[storage]`` keys the file and SELFTUNE_* left unset
+    (the first variable set wins, as in the AWS tools)."""
+    found: list[tuple[str, str, str]] = []
+    for name, variables in AWS_ENV.items():
+        key = f"storage.{name}"
+        var = next((v for v in variables if env.get(v)), None)
+        if key not in given and var is not None:
+            found.append((key, env[var], var))
     return found
 
 
