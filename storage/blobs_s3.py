@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -94,8 +95,14 @@ class S3AdapterFiles:
         """boto3's failures as AdapterStorageError, in words (no credential is ever named)."""
         try:
             yield
+        except S3UploadFailedError as exc:
+            # boto3's transfer wraps the request's ClientError, with the code, as its context.
+            cause = exc.__context__
+            code = _code(cause) if isinstance(cause, ClientError) else "upload failed"
+            why = _explain(code, self.bucket)
+            raise AdapterStorageError(f"cannot {doing} in {self.url}: {why}") from None
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", "?"))
+            code = _code(exc)
             raise AdapterStorageError(
                 f"cannot {doing} in {self.url}: {_explain(code, self.bucket)}"
             ) from None
@@ -171,7 +178,7 @@ class S3AdapterFiles:
                     Bucket=self.bucket, Key=self._base(version) + MANIFEST
                 )
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                if _code(exc) in ("NoSuchKey", "404"):
                     return None
                 raise
             body = reply["Body"].read()
@@ -249,6 +256,10 @@ def _cached(folder: Path, manifest: dict[str, Any]) -> bool:
         (folder / name).is_file() and (folder / name).stat().st_size == meta.get("size")
         for name, meta in manifest["files"].items()
     )
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "?"))
 
 
 def _explain(code: str, bucket: str) -> str:
