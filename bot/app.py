@@ -84,8 +84,8 @@ async def build_core(
     lock: bool = True,
 ) -> Core:
     """Wire the services. Tests pass their own generator (and model dir) to skip the real model."""
-    data_dir = prepare_data_dir(settings)
-    instance = InstanceLock(data_dir)
+    instance = InstanceLock(prepare_data_dir(settings))
+    files = await open_adapter_files(settings)  # before anything that needs closing
     if lock:
         instance.acquire()
     try:
@@ -95,7 +95,7 @@ async def build_core(
     except BaseException:
         instance.release()
         raise
-    versions = AdapterVersions(repo, generator, await open_adapter_files(settings))
+    versions = AdapterVersions(repo, generator, files)
     await versions.sync()
     directory = model_dir
 
