@@ -7,7 +7,10 @@ manifest names (the next publish of that version removes them). A reader downloa
 the manifest names into ``<cache>/vNNNN.<id>.partial``, checks each size and SHA-256, and
 renames the folder into place; a cached folder whose manifest copy matches is reused.
 
-boto3 is synchronous: every call runs in a worker thread, off the event loop.
+boto3 rather than fsspec/s3fs: AWS's own client, with the standard credential chain and the
+error codes kept (a missing bucket and refused credentials are told apart in words), and no
+aiobotocore, whose tight botocore pin fights every other AWS package. It is synchronous: every
+call runs in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
