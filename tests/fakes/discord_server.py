@@ -151,6 +151,7 @@ class FakeDiscord:
         """What the bot did and what the gateway saw, for the tests to read."""
         self.recommended_shards = 1  # what GET /gateway/bot says
         self.identify_shards: list[tuple[int, int]] = []
+        self.posted_via: dict[int, str] = {}  # the bot's message id -> tag of the REST base
         self._dms: dict[int, int] = {}  # user id -> DM channel id
         self.dms_closed: set[int] = set()  # users who refuse DMs from server members (403)
         self.messages: dict[int, Json] = {}
@@ -212,6 +213,12 @@ class FakeDiscord:
         self.guild_ids.append(guild_id)
         self._guild_channels[channel_id] = guild_id
         return guild_id, channel_id
+
+    def add_channel(self, guild_id: int) -> int:
+        """Another text channel in ``guild_id`` (before the bot connects: GUILD_CREATE lists it)."""
+        channel_id = self.new_id()
+        self._guild_channels[channel_id] = guild_id
+        return channel_id
 
     def guild_of(self, channel_id: int) -> int | None:
         """The guild a channel is in; ``None`` for a DM channel."""
@@ -649,7 +656,7 @@ class FakeDiscord:
         return web.Response(status=204)
 
     async def _post_message(
-        self, _r: web.Request, parts: list[str], body: Json, files: Any
+        self, request: web.Request, parts: list[str], body: Json, files: Any
     ) -> web.Response:
         if any(self._dms.get(user_id) == int(parts[1]) for user_id in self.dms_closed):
             # As Discord answers when the user does not accept DMs from server members.
@@ -660,6 +667,7 @@ class FakeDiscord:
             extra["message_reference"] = body["message_reference"]
         extra["attachments"] = _attachments(files)
         message = self._message(int(parts[1]), self.bot, body.get("content") or "", **extra)
+        self.posted_via[int(message["id"])] = request.match_info.get("via", "")
         await self.dispatch("MESSAGE_CREATE", message)  # as Discord does: the bot sees its own
         return _json(message)
 
