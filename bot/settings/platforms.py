@@ -138,9 +138,11 @@ class DiscordSettings(PlatformSection):
     @classmethod
     def _count(cls, value: Any) -> Any:
         # One clear message rather than pydantic's one per member of the union.
-        text = str(value).strip()
-        if text == "auto" or value is None:
+        if value is None:
             return value
+        text = str(value).strip()
+        if text == "auto":
+            return text
         if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
             raise ValueError(
                 f"shard_count must be a whole number from 1 up, or 'auto', not {text!r}"

@@ -79,6 +79,7 @@ def test_unsharded_by_default() -> None:
     [
         ("2", None, (2, None)),
         ("auto", None, ("auto", None)),
+        (" auto ", None, ("auto", None)),
         ("4", "[1, 3]", (4, [1, 3])),
         ("4", "1,3", (4, [1, 3])),
         ("1", "[0]", (1, [0])),
