@@ -9,6 +9,7 @@
 - ``rating``: the persistent 👍/👎 buttons (``ui.DynamicItem``)
 - ``slash``: slash commands from the core's command table
 - ``private``: the core's private messages to a user (training progress) by DM
+- ``shards``: which shard gets a server's events, the sharded client's options
 """
 
 from adapters.discord.adapter import DiscordAdapter, DiscordStartupError

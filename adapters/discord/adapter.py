@@ -3,7 +3,9 @@
 ``run()`` logs in and connects with ``Client.start`` (never ``Client.run``, which owns the loop),
 so Discord, Telegram and the core share one asyncio loop. The REST base and gateway URLs are
 settings (``discord.api_base``, ``discord.gateway_url``), so the bot can talk to a
-Discord-compatible server, and the tests to a fake one.
+Discord-compatible server, and the tests to a fake one. With ``discord.shard_count`` set the
+client is discord.py's ``AutoShardedClient`` serving ``discord.shard_ids`` (see ``shards``):
+several processes on one database then share the servers, each answering its shards' messages.
 
 What a crash can lose here. Discord's gateway does not send an event again to a new session,
 so delivery cannot be at least once end to end as on Telegram. What is kept: a message the bot
@@ -35,6 +37,7 @@ from adapters.discord.private import DirectMessages
 from adapters.discord.rating import RateButton, RatingHandler
 from adapters.discord.replies import send_pieces
 from adapters.discord.sdk import app_commands, discord
+from adapters.discord.shards import client_options, receives, served_shards
 from adapters.discord.slash import SlashCommands
 from bot.errors import StartupError
 from bot.settings import DiscordSettings
@@ -70,7 +73,7 @@ def configure_endpoints(settings: DiscordSettings) -> None:
 class SelftuneClient(discord.Client):
     """The discord.py client: event plumbing only; the adapter's handlers do the work."""
 
-    def __init__(self, adapter: DiscordAdapter, settings: DiscordSettings) -> None:
+    def __init__(self, adapter: DiscordAdapter, settings: DiscordSettings, **shards: Any) -> None:
         intents = discord.Intents.default()
         intents.message_content = True  # privileged: without it every message text is empty
         super().__init__(
@@ -78,6 +81,7 @@ class SelftuneClient(discord.Client):
             # Model output must never ping @everyone, a role or a user.
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=settings.guild_ready_timeout_s,
+            **shards,  # only ShardedSelftuneClient has any
         )
         self.tree: app_commands.CommandTree[SelftuneClient] = app_commands.CommandTree(self)
         self.ratings = adapter.ratings  # where RateButton finds its handler
@@ -99,7 +103,9 @@ class SelftuneClient(discord.Client):
             log.info("slash commands registered: /%s", ", /".join(names))
 
     async def on_ready(self) -> None:
-        log.info("connected to Discord as %s (%d servers)", self.user, len(self.guilds))
+        shards = served_shards(self)
+        where = f", shards {shards} of {self.shard_count}" if shards is not None else ""
+        log.info("connected to Discord as %s (%d servers%s)", self.user, len(self.guilds), where)
         self._adapter.ready.set()
         self._adapter.track(self._adapter.recover())
 
@@ -109,6 +115,18 @@ class SelftuneClient(discord.Client):
 
     async def on_interaction(self, interaction: discord.Interaction[discord.Client]) -> None:
         await self.ratings.answer_stray(interaction)
+
+
+class ShardedSelftuneClient(SelftuneClient, discord.AutoShardedClient):
+    """The same client as shards (``discord.shard_count``): one gateway connection per shard
+    this process serves; discord.py routes each server to its shard's connection."""
+
+
+def make_client(adapter: DiscordAdapter, settings: DiscordSettings) -> SelftuneClient:
+    """The sharded client when sharding is configured, else the plain one."""
+    if settings.sharded:
+        return ShardedSelftuneClient(adapter, settings, **client_options(settings))
+    return SelftuneClient(adapter, settings)
 
 
 class DiscordAdapter:
@@ -134,7 +152,7 @@ class DiscordAdapter:
     async def run(self) -> None:
         """Log in, connect and serve until cancelled; a fatal refusal becomes a clear error."""
         configure_endpoints(self._settings)
-        client = self.client = SelftuneClient(self, self._settings)
+        client = self.client = make_client(self, self._settings)
         try:
             await client.start(self._token.get_secret_value())
         except discord.PrivilegedIntentsRequired:
@@ -154,7 +172,8 @@ class DiscordAdapter:
             await client.close()
 
     async def recover(self) -> None:
-        """Once per process: answer the messages a crash interrupted (recorded, not done)."""
+        """Once per process: answer the messages a crash interrupted (recorded, not done) that
+        this process's shards receive; another process's are its own to answer."""
         client = self._connected()
         if self._recovered or client.user is None:
             return
@@ -163,6 +182,8 @@ class DiscordAdapter:
         platform = delivery_platform(me)
         for key, place, _ref in await deliveries.unfinished(platform):
             guild = place.get("guild_id") or None
+            if not receives(client, int(guild) if guild else None):
+                continue  # another process's shard: that process answers it
             channel = client.get_partial_messageable(
                 int(place["channel_id"]), guild_id=int(guild) if guild else None
             )

@@ -89,7 +89,7 @@ class TelegramSettings(PlatformSection):
 
 
 class DiscordSettings(PlatformSection):
-    """The Discord bot (discord.py): endpoints, admin role, edit pacing, slash commands."""
+    """The Discord bot (discord.py): endpoints, admin role, edit pacing, slash commands, shards."""
 
     token_env: ClassVar[str] = "DISCORD_BOT_TOKEN"
 
@@ -123,6 +123,64 @@ class DiscordSettings(PlatformSection):
         ge=0.0,
         description="On shutdown, how long replies in progress may take before they are cut off.",
     )
+    shard_count: int | Literal["auto"] | None = Field(
+        None,
+        description="Gateway shards in all, across every process (Discord requires sharding "
+        "past 2500 servers); 'auto': the number Discord recommends; unset: one connection.",
+    )
+    shard_ids: list[int] | None = Field(
+        None,
+        description="The shards this process serves, e.g. [0, 1] (needs a number "
+        "shard_count); unset: all of them. The process with shard 0 gets the direct messages.",
+    )
+
+    @field_validator("shard_count", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        # One clear message rather than pydantic's one per member of the union.
+        if value is None:
+            return value
+        text = str(value).strip()
+        if text == "auto":
+            return text
+        if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+            raise ValueError(
+                f"shard_count must be a whole number from 1 up, or 'auto', not {text!r}"
+            )
+        return int(text)
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _ids_from_text(cls, value: Any) -> Any:
+        # An environment variable holds text: "[0, 1]" (JSON) or "0,1".
+        if isinstance(value, str):
+            text = value.strip().removeprefix("[").removesuffix("]")
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _ids_fit_count(cls, ids: list[int] | None, info: Any) -> list[int] | None:
+        # `shard_count` is declared first, so it is already validated when this runs.
+        count = info.data.get("shard_count")
+        if ids is None:
+            return ids
+        if not isinstance(count, int):
+            raise ValueError("shard_ids needs shard_count set to the number of shards in all")
+        if not ids:
+            raise ValueError("shard_ids is empty: list the shards this process serves")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"shard_ids lists a shard twice: {ids}")
+        if any(not 0 <= i < count for i in ids):
+            raise ValueError(
+                f"shard_ids {ids}: each must be from 0 to shard_count - 1 ({count - 1})"
+            )
+        return ids
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the bot connects as shards (discord.py's AutoShardedClient)."""
+        return self.shard_count is not None
 
 
 PrivateRoute = Literal["chat", "dm"]

@@ -1,8 +1,14 @@
 """A fake Discord for the real discord.py client: REST + gateway on 127.0.0.1 (aiohttp).
 
-It plays one world: a guild with a text channel, a second channel and a thread; users Alice,
-Bob and Root (who holds the admin role); DM channels made on demand. Tests push gateway events
-(a user's message, a button press, a slash command) and read what the bot did over REST.
+It plays one world: a guild with a text channel, a second channel and a thread (more guilds
+with ``add_guild``); users Alice, Bob and Root (who holds the admin role); DM channels made on
+demand. Tests push gateway events (a user's message, a button press, a slash command) and read
+what the bot did over REST.
+
+Sharding as Discord does it: IDENTIFY may carry ``shard: [id, count]``; a guild's events go only
+to the sessions of shard ``(guild_id >> 22) % count``, direct messages only to shard 0;
+``GET /gateway/bot`` recommends ``recommended_shards``. ``api_base_for(tag)`` gives one bot
+process its own REST base, so a test can tell which process made a call (``Call.via``).
 
 Facts it honours (see /work/shared/TESTING.md): REST answers carry ``Content-Type:
 application/json`` exactly; interaction callbacks answer JSON; never a 5xx (discord.py would
@@ -81,6 +87,21 @@ class Call:
     body: Json
     at: float
     files: list[tuple[str, bytes]] = field(default_factory=list)
+    via: str = ""  # the tag of the REST base it came through (``api_base_for``)
+
+
+@dataclass
+class GatewaySession:
+    """One identified gateway connection, and the shard it asked for."""
+
+    ws: web.WebSocketResponse
+    seq: itertools.count[int]
+    shard: tuple[int, int]  # (id, count); (0, 1) when IDENTIFY named none
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Discord's rule: a guild's events to its shard, direct messages to shard 0."""
+        shard_id, count = self.shard
+        return shard_id == (0 if guild_id is None else (guild_id >> 22) % count)
 
 
 @dataclass
@@ -119,7 +140,18 @@ class FakeDiscord:
         self.channel_id = self.new_id()
         self.other_channel_id = self.new_id()
         self.thread_id = self.new_id()
-        self._guild_channels = {self.channel_id, self.other_channel_id, self.thread_id}
+        # Guild channel -> its guild; the thread is in the first guild, under `channel_id`.
+        self._guild_channels = dict.fromkeys(
+            (self.channel_id, self.other_channel_id, self.thread_id), self.guild_id
+        )
+        self.guild_ids = [self.guild_id]
+        self._records()
+
+    def _records(self) -> None:
+        """What the bot did and what the gateway saw, for the tests to read."""
+        self.recommended_shards = 1  # what GET /gateway/bot says
+        self.identify_shards: list[tuple[int, int]] = []
+        self.posted_via: dict[int, str] = {}  # the bot's message id -> tag of the REST base
         self._dms: dict[int, int] = {}  # user id -> DM channel id
         self.dms_closed: set[int] = set()  # users who refuse DMs from server members (403)
         self.messages: dict[int, Json] = {}
@@ -129,7 +161,7 @@ class FakeDiscord:
         self.identify_intents: list[int] = []
         self.rate_limited = 0
         self._edits: dict[int, list[float]] = {}
-        self._sockets: list[tuple[web.WebSocketResponse, itertools.count[int]]] = []
+        self._sockets: list[GatewaySession] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -139,6 +171,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", API + "/{path:.*}", self._rest)
+        app.router.add_route("*", "/{via}" + API + "/{path:.*}", self._rest)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -147,14 +180,18 @@ class FakeDiscord:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        for ws, _seq in list(self._sockets):
-            await ws.close()
+        for session in list(self._sockets):
+            await session.ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
     @property
     def api_base(self) -> str:
         return f"http://127.0.0.1:{self.port}{API}"
+
+    def api_base_for(self, via: str) -> str:
+        """The REST base under another path: the calls made through it have ``via`` set."""
+        return f"http://127.0.0.1:{self.port}/{via}{API}"
 
     @property
     def gateway_url(self) -> str:
@@ -165,6 +202,27 @@ class FakeDiscord:
         return ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) | next(self._ids)
 
     # -- the world ----------------------------------------------------------------------------
+
+    def add_guild(self, shard: tuple[int, int] = (0, 1)) -> tuple[int, int]:
+        """Another guild with one text channel, on ``shard`` (id, count): (guild, channel)."""
+        shard_id, count = shard
+        guild_id = self.new_id()
+        # Move the timestamp part (the bits above 22) to the wanted shard, a few ms back.
+        guild_id -= (((guild_id >> 22) - shard_id) % count) << 22
+        channel_id = self.new_id()
+        self.guild_ids.append(guild_id)
+        self._guild_channels[channel_id] = guild_id
+        return guild_id, channel_id
+
+    def add_channel(self, guild_id: int) -> int:
+        """Another text channel in ``guild_id`` (before the bot connects: GUILD_CREATE lists it)."""
+        channel_id = self.new_id()
+        self._guild_channels[channel_id] = guild_id
+        return channel_id
+
+    def guild_of(self, channel_id: int) -> int | None:
+        """The guild a channel is in; ``None`` for a DM channel."""
+        return self._guild_channels.get(channel_id)
 
     def dm_channel(self, user: FakeUser) -> int:
         if user.id not in self._dms:
@@ -181,7 +239,7 @@ class FakeDiscord:
         return {
             "id": str(channel_id),
             "type": 0,
-            "guild_id": str(self.guild_id),
+            "guild_id": str(self._guild_channels[channel_id]),
             "name": name,
             "position": 0,
             "permission_overwrites": [],
@@ -210,18 +268,21 @@ class FakeDiscord:
     def _role(self, role_id: int, name: str, **extra: Any) -> Json:
         return {"id": str(role_id), "name": name, "permissions": "0", "position": 0, **extra}
 
-    def _guild(self) -> Json:
+    def _guild(self, guild_id: int) -> Json:
         users = (self.bot, self.alice, self.bob, self.root, self.ada, self.other_bot)
+        first = guild_id == self.guild_id
+        names = {self.channel_id: "general", self.other_channel_id: "random"}
+        channels = [c for c, g in self._guild_channels.items() if g == guild_id]
         roles = [
-            self._role(self.guild_id, "@everyone"),
+            self._role(guild_id, "@everyone"),
             self._role(self.admin_role_id, "bot admins"),
             self._role(
                 self.bot_role_id, "selftune", managed=True, tags={"bot_id": str(self.bot.id)}
             ),
         ]
         return {
-            "id": str(self.guild_id),
-            "name": "Test Server",
+            "id": str(guild_id),
+            "name": "Test Server" if first else f"Server {len(self.guild_ids)}",
             "owner_id": str(self.root.id),
             "member_count": len(users),
             "large": False,
@@ -232,10 +293,11 @@ class FakeDiscord:
             "stickers": [],
             "features": [],
             "channels": [
-                self._text_channel(self.channel_id, "general"),
-                self._text_channel(self.other_channel_id, "random"),
+                self._text_channel(c, names.get(c, "general"))
+                for c in channels
+                if c != self.thread_id
             ],
-            "threads": [self._thread()],
+            "threads": [self._thread()] if first else [],
             "members": [self._member(u) for u in users],
             "voice_states": [],
             "presences": [],
@@ -270,7 +332,7 @@ class FakeDiscord:
             "flags": 0,
         }
         if channel_id in self._guild_channels:
-            message["guild_id"] = str(self.guild_id)
+            message["guild_id"] = str(self._guild_channels[channel_id])
             message["member"] = {k: v for k, v in self._member(author).items() if k != "user"}
         message.update(extra)
         self.messages[int(message["id"])] = message
@@ -287,6 +349,20 @@ class FakeDiscord:
         **extra: Any,
     ) -> Json:
         """A user posts a message (in their DM with the bot unless ``channel_id`` is given)."""
+        message = self.compose(user, content, channel_id, mention_bot, reply_to, **extra)
+        await self.dispatch("MESSAGE_CREATE", message)
+        return message
+
+    def compose(
+        self,
+        user: FakeUser,
+        content: str,
+        channel_id: int | None = None,
+        mention_bot: bool = False,
+        reply_to: Json | None = None,
+        **extra: Any,
+    ) -> Json:
+        """A user's message, stored but not dispatched (its event lost, say): ``user_says``."""
         channel = channel_id if channel_id is not None else self.dm_channel(user)
         if mention_bot:
             content = f"<@{self.bot.id}> {content}"
@@ -299,9 +375,7 @@ class FakeDiscord:
                 "channel_id": reply_to["channel_id"],
             }
             extra["referenced_message"] = reply_to
-        message = self._message(channel, user, content, **extra)
-        await self.dispatch("MESSAGE_CREATE", message)
-        return message
+        return self._message(channel, user, content, **extra)
 
     async def user_edits(self, message: Json, content: str) -> Json:
         """The author edits one of their messages: Discord dispatches MESSAGE_UPDATE."""
@@ -359,7 +433,7 @@ class FakeDiscord:
             "authorizing_integration_owners": {},
         }
         if channel_id in self._guild_channels:
-            payload["guild_id"] = str(self.guild_id)
+            payload["guild_id"] = str(self._guild_channels[channel_id])
             payload["member"] = {**self._member(user), "permissions": "0"}
             payload["context"] = 0
         else:
@@ -433,10 +507,12 @@ class FakeDiscord:
     # -- gateway ------------------------------------------------------------------------------
 
     async def dispatch(self, event: str, data: Json) -> None:
-        """Send a DISPATCH to every identified gateway connection."""
-        for ws, seq in list(self._sockets):
-            if not ws.closed:
-                await ws.send_str(json.dumps({"op": 0, "t": event, "s": next(seq), "d": data}))
+        """Send a DISPATCH to every identified gateway connection of the event's shard."""
+        guild = data.get("guild_id")
+        for session in list(self._sockets):
+            if not session.ws.closed and session.receives(int(guild) if guild else None):
+                frame = {"op": 0, "t": event, "s": next(session.seq), "d": data}
+                await session.ws.send_str(json.dumps(frame))
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -449,7 +525,7 @@ class FakeDiscord:
                     continue
                 await self._on_op(ws, seq, json.loads(frame.data))
         finally:
-            self._sockets = [(s, q) for s, q in self._sockets if s is not ws]
+            self._sockets = [s for s in self._sockets if s.ws is not ws]
         return ws
 
     async def _on_op(self, ws: web.WebSocketResponse, seq: itertools.count[int], msg: Json) -> None:
@@ -466,28 +542,37 @@ class FakeDiscord:
             if intents & MESSAGE_CONTENT_INTENT and not self.allow_message_content:
                 await ws.close(code=4014, message=b"Disallowed intent(s).")
                 return
-            await self._ready(ws, seq)
+            shard_id, count = msg["d"].get("shard") or (0, 1)
+            if not 0 <= shard_id < count:
+                await ws.close(code=4010, message=b"Invalid shard.")
+                return
+            self.identify_shards.append((shard_id, count))
+            await self._ready(GatewaySession(ws, seq, (shard_id, count)))
 
-    async def _ready(self, ws: web.WebSocketResponse, seq: itertools.count[int]) -> None:
+    async def _ready(self, session: GatewaySession) -> None:
+        guilds = [g for g in self.guild_ids if session.receives(g)]
         ready = {
             "v": 10,
             "user": self.bot.payload(),
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
             "session_id": f"session-{self.new_id()}",
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.application_id), "flags": 1 << 19},
             "private_channels": [],
+            "shard": list(session.shard),
         }
-        for event, data in (("READY", ready), ("GUILD_CREATE", self._guild())):
-            await ws.send_str(json.dumps({"op": 0, "t": event, "s": next(seq), "d": data}))
-        self._sockets.append((ws, seq))
+        events = [("READY", ready)] + [("GUILD_CREATE", self._guild(g)) for g in guilds]
+        for event, data in events:
+            frame = {"op": 0, "t": event, "s": next(session.seq), "d": data}
+            await session.ws.send_str(json.dumps(frame))
+        self._sockets.append(session)
 
     # -- REST ---------------------------------------------------------------------------------
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         body, files = await _read_body(request)
-        path = request.match_info["path"]
-        self.calls.append(Call(request.method, path, body, time.monotonic(), files))
+        path, via = request.match_info["path"], request.match_info.get("via", "")
+        self.calls.append(Call(request.method, path, body, time.monotonic(), files, via))
         parts = path.split("/")
         if parts[0] not in ("webhooks", "interactions") and (
             request.headers.get("Authorization") != f"Bot {self.token}"
@@ -501,6 +586,7 @@ class FakeDiscord:
     def _routes(self) -> list[tuple[str, Handler]]:
         return [
             ("GET users @me", self._me),
+            ("GET gateway bot", self._gateway_bot),
             ("GET oauth2 applications @me", self._app_info),
             ("PUT applications * commands", self._sync_commands),
             ("POST users @me channels", self._create_dm),
@@ -517,6 +603,16 @@ class FakeDiscord:
 
     async def _me(self, *_: Any) -> web.Response:
         return _json(self.bot.payload())
+
+    async def _gateway_bot(self, *_: Any) -> web.Response:
+        limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
+        return _json(
+            {
+                "url": self.gateway_url,
+                "shards": self.recommended_shards,
+                "session_start_limit": limit,
+            }
+        )
 
     async def _app_info(self, *_: Any) -> web.Response:
         return _json(
@@ -560,7 +656,7 @@ class FakeDiscord:
         return web.Response(status=204)
 
     async def _post_message(
-        self, _r: web.Request, parts: list[str], body: Json, files: Any
+        self, request: web.Request, parts: list[str], body: Json, files: Any
     ) -> web.Response:
         if any(self._dms.get(user_id) == int(parts[1]) for user_id in self.dms_closed):
             # As Discord answers when the user does not accept DMs from server members.
@@ -571,6 +667,7 @@ class FakeDiscord:
             extra["message_reference"] = body["message_reference"]
         extra["attachments"] = _attachments(files)
         message = self._message(int(parts[1]), self.bot, body.get("content") or "", **extra)
+        self.posted_via[int(message["id"])] = request.match_info.get("via", "")
         await self.dispatch("MESSAGE_CREATE", message)  # as Discord does: the bot sees its own
         return _json(message)
 
