@@ -258,8 +258,9 @@ class TrainingRuns:
                 _give_up_or_requeue(row, max_attempts)
             return [_run(row) for row in rows]
 
-    async def ended_unannounced(self) -> list[Ended]:
-        """Queued runs that ended and whose requester has not been told."""
+    async def ended_unannounced(self, limit: int = 20) -> list[Ended]:
+        """The newest ``limit`` queued runs that ended and whose requester was not told,
+        oldest first."""
         async with self._sessions() as session:
             rows = await session.scalars(
                 select(TrainingRunRow)
@@ -268,9 +269,10 @@ class TrainingRuns:
                     TrainingRunRow.announced.is_(False),
                     TrainingRunRow.status.not_in((_QUEUED, _RUNNING)),
                 )
-                .order_by(TrainingRunRow.id)
+                .order_by(TrainingRunRow.id.desc())
+                .limit(limit)
             )
-            return [Ended(_run(row), row.notify_to or "") for row in rows]
+            return [Ended(_run(row), row.notify_to or "") for row in reversed(rows.all())]
 
     async def announce(self, run_id: int) -> bool:
         """Take the telling of ``run_id``'s result: True for exactly one caller."""

@@ -5,7 +5,9 @@ whichever serving process notices first).
 
 Where a queued run's result goes is stored with the run as an address: ``chat:<chat key>`` (the
 admin's private chat), ``private:<user key>`` (a DM the platform sends), ``group:<chat key>``
-(a group, told only that the run ended) or ``schedule`` (``schedule.notify_chats``).
+(a group, told only that the run ended) or ``schedule`` (``schedule.notify_chats``). Only a
+process with an adapter for that platform takes the telling; a run nobody can be told about
+(its chat's platform is served by no process) stays untold, and the newest runs are looked at.
 """
 
 from __future__ import annotations
@@ -75,8 +77,18 @@ class Watcher:
         """One look: swap in the active version if it changed; tell ended queued runs."""
         await self._versions.sync()  # the same swap path as every reply takes
         for ended in await self._repo.runs.ended_unannounced():
-            if await self._repo.runs.announce(ended.run.id):
+            # Only a process that can deliver takes the telling (a Telegram-only process
+            # leaves a Discord admin's result to a Discord one).
+            if self._reaches(ended.notify_to) and await self._repo.runs.announce(ended.run.id):
                 await self._tell(ended)
+
+    def _reaches(self, address: str) -> bool:
+        kind, _, key = address.partition(":")
+        if kind == "private":
+            return self._outbox.private_notifier(key) is not None
+        if kind == SCHEDULE:
+            return any(self._outbox.reaches(chat) for chat in self._settings.schedule.notify_chats)
+        return self._outbox.reaches(key)
 
     async def _tell(self, ended: Ended) -> None:
         run = ended.run
@@ -89,7 +101,10 @@ class Watcher:
         elif kind == "private" and (notify := self._outbox.private_notifier(key)) is not None:
             await notify(text)
         elif kind == "group":
-            brief = f"Training run #{run.id} ended ({run.status}). Details for admins: /status."
+            brief = (
+                f"Training run #{run.id} ended ({run.status}). "
+                "Details for admins: /status, /adapters."
+            )
             await self._outbox.send(key, brief)
         elif kind == SCHEDULE:
             for chat_key in self._settings.schedule.notify_chats:

@@ -229,3 +229,30 @@ async def _partial_written(core: Core) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the trainer never started writing")
+
+
+async def test_only_a_process_that_can_deliver_tells_the_result(settings: Settings) -> None:
+    core = await trainer_core(queued(settings), FakeTrainer())
+    told: list[tuple[str, str]] = []
+
+    async def sender(chat_key: str, text: str) -> None:
+        told.append((chat_key, text))
+
+    try:
+        for address in ("chat:telegram:7", "group:telegram:-5"):
+            run_id = await core.repo.runs.enqueue("command", "telegram:7", address)
+            assert await core.repo.runs.claim("gpu", 1) is not None
+            await core.repo.runs.finish(run_id, RunStatus.FAILED, f"Training run #{run_id} failed")
+        await core.watcher.tick()  # this process serves no Telegram: it leaves them
+        assert told == [] and len(await core.repo.runs.ended_unannounced()) == 2
+        core.outbox.register("telegram", sender)
+        await core.watcher.tick()
+        assert told == [
+            ("telegram:7", "Training run #1 failed"),
+            (
+                "telegram:-5",
+                "Training run #2 ended (failed). Details for admins: /status, /adapters.",
+            ),
+        ]
+    finally:
+        await core.aclose()
