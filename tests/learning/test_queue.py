@@ -256,3 +256,19 @@ async def test_only_a_process_that_can_deliver_tells_the_result(settings: Settin
         ]
     finally:
         await core.aclose()
+
+
+def test_the_training_device_is_checked_and_reaches_the_trainer(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from bot.learning.protocol import TrainingSpec
+    from bot.settings import TrainingSettings
+
+    with pytest.raises(ValidationError, match="'gpu' is not a device: use 'auto', 'cpu'"):
+        TrainingSettings(device="gpu")
+    with pytest.raises(ValidationError, match="runner"):
+        TrainingSettings(runner="elsewhere")
+    training = TrainingSettings(device="CUDA:1", runner="queue")
+    spec = TrainingSpec(Path("/m"), Path("/d"), Path("/o"), training=training)
+    (tmp_path / "spec.json").write_text(spec.to_json(), encoding="utf-8")
+    assert TrainingSpec.load(tmp_path / "spec.json").training.device == "cuda:1"
