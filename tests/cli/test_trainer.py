@@ -64,6 +64,18 @@ def _worker(config: Path, hold_s: float, *args: str) -> subprocess.Popen[bytes]:
         )
 
 
+def _processes_naming(path: Path) -> list[int]:
+    """The processes whose command line names something under ``path`` (Linux /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(path).encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # it ended meanwhile
+            continue
+    return found
+
+
 def _logs(config: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted(config.parent.glob("worker-*")))
 
@@ -94,6 +106,9 @@ async def test_the_worker_killed_mid_run_and_restarted_publishes_once(tmp_path: 
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(10)
+        # Its trainer child died with it (the kernel's parent-death signal): no orphan goes
+        # on writing an adapter.
+        await _until(lambda: not _processes_naming(settings.data_dir), 10.0)
         running = await core.repo.runs.pending()
         assert running is not None and running.status is RunStatus.RUNNING
         assert any(adapters.glob("*.partial"))  # what the killed run left half-written
