@@ -30,6 +30,7 @@ from bot.learning.finetune import Finetuner
 from bot.learning.schedule import Scheduler
 from bot.learning.trainer_process import Trainer
 from bot.learning.versions import AdapterVersions
+from bot.learning.watcher import Watcher
 from bot.outbox import Outbox
 from bot.settings import PLATFORMS, Platform, Settings
 from bot.startup import (
@@ -60,6 +61,7 @@ class Core:
     service: ChatService
     outbox: Outbox
     scheduler: Scheduler  # training by schedule; started by serve()
+    watcher: Watcher  # new active versions and ended queued runs; started by serve()
     closers: list[Callable[[], None]] = field(default_factory=list)
     dashboard: Dashboard | None = None  # the web dashboard (``web.enabled``), started by serve
     adapters: list[Adapter] = field(default_factory=list)  # what serve_core runs (for /healthz)
@@ -67,6 +69,7 @@ class Core:
     async def aclose(self) -> None:
         """Stop the schedule and any training run, then close the model and the database."""
         await self.scheduler.stop()
+        await self.watcher.stop()
         await self.finetuner.cancel()
         await self.generator.aclose()
         await self.repo.aclose()
@@ -144,6 +147,7 @@ async def build_core(
         service,
         outbox,
         scheduler,
+        Watcher(settings, repo, versions, outbox),
         [instance.release],
         dashboard,
         adapters,
@@ -197,6 +201,7 @@ async def serve_core(core: Core, adapters: Sequence[Adapter]) -> None:
     try:
         await _start_dashboard(core)
         core.scheduler.start()
+        core.watcher.start()
         with _SigtermStops() as sigterm:
             try:
                 async with asyncio.TaskGroup() as group:

@@ -33,6 +33,10 @@ class Outbox:
         """How to write to a user privately on ``platform`` (e.g. a Discord DM), by user key."""
         self._private[platform] = sender
 
+    def reaches(self, chat_key: str) -> bool:
+        """Whether this process has an adapter that sends to ``chat_key``'s platform."""
+        return chat_key.partition(":")[0] in self._senders
+
     async def send(self, chat_key: str, text: str) -> None:
         platform = chat_key.partition(":")[0]
         sender = self._senders.get(platform)

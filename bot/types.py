@@ -244,8 +244,9 @@ class AdapterVersion:
 
 
 class RunStatus(enum.StrEnum):
-    """The state of a training run: running, or how it ended."""
+    """The state of a training run: queued (for a trainer worker), running, or how it ended."""
 
+    QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -265,6 +266,8 @@ class TrainingRun:
     finished_at: datetime | None
     adapter_version: int | None
     message: str
+    host: str | None = None  # the trainer worker's machine (queued runs), once one took it
+    attempts: int = 0  # how often a worker took it
 
 
 @dataclass(frozen=True)

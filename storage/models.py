@@ -189,6 +189,15 @@ class TrainingRunRow(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # The trainer queue (``training.runner = "queue"``): who holds the run and since when it
+    # last said so, how often it was taken, where the requester hears the result, whether a
+    # serving process told them, and the adapter folder being written (removed if abandoned).
+    host: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    notify_to: Mapped[str | None] = mapped_column(String(300))
+    announced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    output: Mapped[str | None] = mapped_column(Text)
 
 
 class ABTestRow(Base):

@@ -3,6 +3,7 @@
 - ``__init__``: configuration loading, logging, the subcommands that serve (run, chat)
 - ``parser.py``: the arguments, every subcommand's help with an example
 - ``maintenance.py``: the subcommands that do not serve (train, adapters, export, db)
+- ``trainer.py``: ``selftune trainer``, the worker that trains queued runs
 - ``install.py``: what needs no configuration: ``--version``, ``config example``
 """
 
@@ -68,6 +69,7 @@ def _startup_error(exc: BaseException) -> BaseException | None:
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from bot.app import serve
     from bot.cli import maintenance
+    from bot.cli.trainer import trainer
 
     command = args.command or "run"
     if command == "run":
@@ -78,6 +80,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     handlers: dict[str, Any] = {
         "train": maintenance.train,
+        "trainer": trainer,
         "adapters": maintenance.adapters,
         "export": maintenance.export,
         "db": maintenance.db,

@@ -101,6 +101,18 @@ def _serving(sub: _Sub) -> None:
         "selftune train --config selftune.toml",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    worker = _command(
+        sub,
+        "trainer",
+        "run a trainer worker: take the training runs queued in the database (serving "
+        "processes with training.runner = 'queue' queue them), train each (on a GPU when it "
+        "has one: training.device), publish and release the adapter; SIGTERM or Ctrl-C "
+        "puts the run it trains back in the queue",
+        "selftune trainer --config trainer.toml",
+    )
+    worker.add_argument(
+        "--once", action="store_true", help="stop when the queue is empty instead of waiting"
+    )
 
 
 def _adapters(sub: _Sub) -> None:

@@ -21,8 +21,9 @@ from bot.commands.views import (
 from bot.errors import VersionError
 from bot.learning.protocol import Phase, Step
 from bot.learning.versions import describe
+from bot.learning.watcher import chat_address, group_address, private_address
 from bot.outbox import Notify
-from bot.types import Incoming, Reply, ReplyKind
+from bot.types import Incoming, Reply, ReplyKind, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,12 @@ async def finetune(ctx: CommandContext, incoming: Incoming, _args: str) -> Reply
     """Start a training run in the background; progress goes to the admin privately."""
     notify = _admin_notifier(ctx, incoming)
     text = await ctx.finetuner.start(
-        trigger="command", requested_by=incoming.user_key, notify=notify or _log_only
+        trigger="command",
+        requested_by=incoming.user_key,
+        notify=notify or _log_only,
+        notify_to=_address(ctx, incoming),  # a queued run's result: told by a serving process
     )
-    if notify is None:
+    if notify is None and ctx.finetuner.running:
         task = asyncio.create_task(_announce_end(ctx, incoming.chat_key))
         ctx.background.add(task)
         task.add_done_callback(ctx.background.discard)
@@ -50,6 +54,15 @@ def _admin_notifier(ctx: CommandContext, incoming: Incoming) -> Notify | None:
     if incoming.is_private:
         return ctx.outbox.notifier(incoming.chat_key)
     return ctx.outbox.private_notifier(incoming.user_key)
+
+
+def _address(ctx: CommandContext, incoming: Incoming) -> str:
+    """Where a queued run's result is told: as ``_admin_notifier`` would tell it."""
+    if incoming.is_private:
+        return chat_address(incoming.chat_key)
+    if ctx.outbox.private_notifier(incoming.user_key) is not None:
+        return private_address(incoming.user_key)
+    return group_address(incoming.chat_key)
 
 
 async def _announce_end(ctx: CommandContext, chat_key: str) -> None:
@@ -79,7 +92,17 @@ async def status(ctx: CommandContext, _incoming: Incoming, _args: str) -> Reply:
 
 
 async def _training_line(ctx: CommandContext) -> str:
-    running = await ctx.repo.runs.running()
+    running = await ctx.repo.runs.pending()
+    if running is not None and running.status == RunStatus.QUEUED:
+        return (
+            f"Training: run #{running.id} queued since {running.started_at:%H:%M} UTC, "
+            "waiting for a trainer (selftune trainer)"
+        )
+    if running is not None and running.host is not None:
+        return (
+            f"Training: run #{running.id} running on trainer {running.host} "
+            f"since {running.started_at:%H:%M} UTC"
+        )
     if running is not None:
         progress = ctx.finetuner.progress
         step = (

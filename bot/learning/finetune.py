@@ -7,6 +7,10 @@ write the dataset and spec → run the trainer subprocess (it trains, then score
 slice) → the release step (bot.learning.release) registers the version and lets the gate
 decide whether it goes live. Whatever happens, the run row ends as succeeded, rejected, failed or
 interrupted, nothing partial goes live, and the dataset file (users' words) is deleted.
+
+With ``training.runner = "queue"`` the serving process only checks the data and queues the run
+(``start`` → ``queue``); a ``selftune trainer`` worker (bot.learning.worker) takes it and runs
+the same steps here (``run_queued``): curate, train, publish, release.
 """
 
 from __future__ import annotations
@@ -25,20 +29,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bot.metrics as metrics
-from bot.errors import NothingToTrain, TrainingAlreadyRunning, TrainingFailed
+from bot.errors import NothingToTrain, TrainingAlreadyRunning, TrainingFailed, UserError
 from bot.learning.ab import ABTesting
 from bot.learning.curation import Curated, curate
 from bot.learning.dataset import write_jsonl_file
 from bot.learning.evaluation import GateDecision
 from bot.learning.progress import reporter
-from bot.learning.protocol import Event, Method, TrainingSpec
+from bot.learning.protocol import Event, Method, TrainingSpec, TrainResult
 from bot.learning.release import Releaser, Trained
 from bot.learning.repeat import repeats_last
 from bot.learning.trainer_process import ProgressFn, SubprocessTrainer, Trainer
 from bot.learning.versions import AdapterVersions
 from bot.outbox import Notify
 from bot.settings import Settings
-from bot.types import AdapterVersion, RunStatus, messages
+from bot.types import AdapterVersion, RunStatus, TrainingRun, messages
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,33 @@ class Plan:
     curated: Curated
     serving: AdapterVersion | None  # the adapter the candidate starts from and is judged against
     read_at: datetime  # when the ratings were read: a /forget after it is checked at release
+
+
+@dataclass(frozen=True)
+class Data:
+    """The checked data of a run, before it takes the lock (or is queued)."""
+
+    method: Method
+    curated: Curated
+    serving: AdapterVersion | None
+    read_at: datetime
+
+
+Stopped = Callable[[int], Awaitable[None]]
+"""What becomes of a run stopped half-way (by its run id): by default it ends interrupted;
+a trainer worker gives it back to the queue."""
+
+
+class TrainingAlreadyQueued(TrainingAlreadyRunning):
+    """A run is queued (or running) for a trainer worker already."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        UserError.__init__(
+            self,
+            f"training run {run.id} is already {run.status} "
+            f"(since {run.started_at:%H:%M}); a trainer will take it",
+        )
+        self.run = run
 
 
 def choose_method(
@@ -109,9 +140,19 @@ class Finetuner:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def start(self, *, trigger: str, requested_by: str | None, notify: Notify) -> str:
-        """Start a background run; returns what to tell the admin. Raises NothingToTrain or
-        TrainingAlreadyRunning when it cannot start."""
+    async def start(
+        self,
+        *,
+        trigger: str,
+        requested_by: str | None,
+        notify: Notify,
+        notify_to: str | None = None,
+    ) -> str:
+        """Start a background run (or, with ``training.runner = "queue"``, queue it with
+        ``notify_to``, where its result is told); returns what to tell the admin. Raises
+        NothingToTrain or TrainingAlreadyRunning when it cannot start."""
+        if self._settings.training.runner == "queue":
+            return await self.queue(trigger=trigger, requested_by=requested_by, notify_to=notify_to)
         await self._settle()
         plan = await self._prepare(trigger, requested_by)
         self._task = asyncio.create_task(self._run(plan, notify), name=f"train-{plan.run_id}")
@@ -122,6 +163,36 @@ class Finetuner:
             + (f" {note}" if note else "")
             + " I will report progress as it goes; the chat stays usable."
         )
+
+    async def queue(self, *, trigger: str, requested_by: str | None, notify_to: str | None) -> str:
+        """Check the data as a run would, then queue the run for a trainer worker; the run's
+        result is told at ``notify_to`` by a serving process (bot.learning.watcher)."""
+        pending = await self._repo.runs.pending()
+        if pending is not None:
+            raise TrainingAlreadyQueued(pending)
+        data = await self._curate()
+        run_id = await self._repo.runs.enqueue(trigger, requested_by, notify_to)
+        note = data.curated.gate_note()
+        return (
+            f"Queued as run #{run_id} ({data.method.upper()}): "
+            f"{data.curated.summary(data.method)}; a trainer will take it."
+            + (f" {note}" if note else "")
+            + " I will tell you the result; the chat stays usable."
+        )
+
+    async def run_queued(
+        self, run: TrainingRun, notify: Notify, stopped: Stopped, on_event: ProgressFn | None = None
+    ) -> FinetuneOutcome:
+        """Run a queued ``run`` a worker claimed, with the same steps as a local run (its data
+        is read now, not when it was queued). ``stopped``: what a cancelled run becomes."""
+        try:
+            data = await self._curate()
+        except NothingToTrain as exc:
+            message = f"Training run #{run.id} did not train: {exc}"
+            await self._repo.runs.finish(run.id, RunStatus.FAILED, message)
+            metrics.record_run(RunStatus.FAILED)
+            return FinetuneOutcome(run.id, None, RunStatus.FAILED, message, {})
+        return await self._run(self._plan(run.id, data), notify, on_event, stopped)
 
     async def _settle(self) -> None:
         """Refuse while this process trains; but a run whose row is already finished may still
@@ -165,6 +236,17 @@ class Finetuner:
                 await self._task
 
     async def _prepare(self, trigger: str, requested_by: str | None) -> Plan:
+        data = await self._curate()
+        run_id = await self._repo.runs.start(trigger, requested_by, os.getpid())
+        return self._plan(run_id, data)
+
+    def _plan(self, run_id: int, data: Data) -> Plan:
+        data.curated.sample_heldout(run_id, self._settings.gate.heldout_max)
+        return Plan(run_id, data.method, data.curated, data.serving, data.read_at)
+
+    async def _curate(self) -> Data:
+        """The rated data, checked: raises NothingToTrain when there is nothing (new) to
+        learn from."""
         cfg = self._settings.training
         read_at = datetime.now(UTC)
         rated = await self._repo.training.rated(limit=cfg.max_examples)
@@ -183,12 +265,14 @@ class Finetuner:
         repeat = await repeats_last(self._repo, self._settings, method, curated.trained_ids(method))
         if repeat is not None:
             raise NothingToTrain(repeat)
-        run_id = await self._repo.runs.start(trigger, requested_by, os.getpid())
-        curated.sample_heldout(run_id, self._settings.gate.heldout_max)
-        return Plan(run_id, method, curated, serving, read_at)
+        return Data(method, curated, serving, read_at)
 
     async def _run(
-        self, plan: Plan, notify: Notify, on_event: ProgressFn | None = None
+        self,
+        plan: Plan,
+        notify: Notify,
+        on_event: ProgressFn | None = None,
+        stopped: Stopped | None = None,
     ) -> FinetuneOutcome:
         started = time.monotonic()
         run_id = plan.run_id
@@ -197,34 +281,18 @@ class Finetuner:
         work = self._settings.data_dir / "training" / f"run-{run_id:04d}"
         try:
             await self._clear_orphan(output)
+            await self._repo.runs.set_output(run_id, str(output))  # removed if abandoned
             spec = await self._write_inputs(work, output, plan)
             report = reporter(self, notify, on_event, run_id)
-            result = await self._trainer.run(spec, work / "spec.json", report)
-            trained = Trained(
-                run_id,
-                version,
-                plan.method,
-                plan.curated,
-                result,
-                spec,
-                time.monotonic() - started,
-                compared=plan.serving.version if plan.serving else None,
-                read_at=plan.read_at,
-            )
-            released = await self._releaser.release(trained)
-            summary = json.dumps(released.report, indent=2, ensure_ascii=False)
-            (work / "report.json").write_text(summary, encoding="utf-8")  # ids and numbers only
-            await notify(released.message)
-            return FinetuneOutcome(
-                run_id,
-                version,
-                released.status,
-                released.message,
-                released.metrics,
-                released.decision,
-            )
+            result = await self._publish(await self._trainer.run(spec, work / "spec.json", report))
+            elapsed = time.monotonic() - started
+            return await self._release(plan, version, result, spec, elapsed, work, notify)
         except asyncio.CancelledError:
-            await self._end(run_id, RunStatus.INTERRUPTED, "stopped before it finished", output)
+            if stopped is None:
+                await self._end(run_id, RunStatus.INTERRUPTED, "stopped before it finished", output)
+            else:
+                await self._discard(output)
+                await asyncio.shield(stopped(run_id))
             raise
         except Exception as exc:
             # Whatever broke, the run must end as failed, with the reason, and nothing swapped.
@@ -237,6 +305,53 @@ class Finetuner:
             # The dataset holds users' words: keep only the spec and the ids in the run report.
             for name in ("dataset.jsonl", "unrated.jsonl"):
                 (work / name).unlink(missing_ok=True)
+
+    async def _release(
+        self,
+        plan: Plan,
+        version: int,
+        result: TrainResult,
+        spec: TrainingSpec,
+        duration_s: float,
+        work: Path,
+        notify: Notify,
+    ) -> FinetuneOutcome:
+        """The gate, the version's registration, and what the admin is told."""
+        trained = Trained(
+            plan.run_id,
+            version,
+            plan.method,
+            plan.curated,
+            result,
+            spec,
+            duration_s,
+            compared=plan.serving.version if plan.serving else None,
+            read_at=plan.read_at,
+        )
+        released = await self._releaser.release(trained)
+        summary = json.dumps(released.report, indent=2, ensure_ascii=False)
+        (work / "report.json").write_text(summary, encoding="utf-8")  # ids and numbers only
+        await notify(released.message)
+        return FinetuneOutcome(
+            plan.run_id,
+            version,
+            released.status,
+            released.message,
+            released.metrics,
+            released.decision,
+        )
+
+    async def _publish(self, result: TrainResult) -> TrainResult:
+        """Make the trained adapter readable by every serving process: the one place an
+        adapter is published. Today's store is the adapters dir, where the trainer already
+        wrote it (renamed into place only when complete), so nothing moves."""
+        return result
+
+    async def _discard(self, output: Path) -> None:
+        """A stopped run's adapter: its ``.partial`` folder, and the folder itself if it was
+        completed but never registered as a version."""
+        shutil.rmtree(output.with_name(output.name + ".partial"), ignore_errors=True)
+        await self._clear_orphan(output)
 
     async def _clear_orphan(self, output: Path) -> None:
         """A folder at the new version's path that no version points at was left by a trainer
@@ -293,6 +408,7 @@ __all__ = [
     "Finetuner",
     "NothingToTrain",
     "Notify",
+    "TrainingAlreadyQueued",
     "TrainingAlreadyRunning",
     "choose_method",
 ]

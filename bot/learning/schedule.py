@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.errors import NothingToTrain, TrainingAlreadyRunning
 from bot.learning.finetune import Finetuner
+from bot.learning.watcher import SCHEDULE
 from bot.outbox import Outbox
 from bot.settings import ScheduleSettings
 from storage.repository import Repository
@@ -96,7 +97,7 @@ class Scheduler:
         self._attempted = self._clock()
         try:
             text = await self._finetuner.start(
-                trigger="schedule", requested_by=None, notify=self._notify
+                trigger="schedule", requested_by=None, notify=self._notify, notify_to=SCHEDULE
             )
         except NothingToTrain as exc:
             log.info("scheduled training (%s) skipped: %s", reason, exc)

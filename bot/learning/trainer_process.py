@@ -47,9 +47,14 @@ class Trainer(Protocol):
 class SubprocessTrainer:
     """The real trainer: a child process at lower CPU priority, so serving stays responsive."""
 
-    def __init__(self, *, nice: int = 10, module: str = "bot.trainer") -> None:
+    def __init__(
+        self, *, nice: int = 10, module: str = "bot.trainer", die_with_parent: bool = False
+    ) -> None:
         self._nice = nice
         self._module = module
+        # A trainer worker killed with SIGKILL cannot kill its child: the kernel does it
+        # (Linux), so no orphan goes on writing an adapter that nobody will register.
+        self._preexec = _die_with_parent() if die_with_parent and sys.platform == "linux" else None
         self.pid: int | None = None
 
     async def run(self, spec: TrainingSpec, spec_path: Path, progress: ProgressFn) -> TrainResult:
@@ -62,6 +67,7 @@ class SubprocessTrainer:
             stderr=asyncio.subprocess.PIPE,
             env=_child_env(),
             limit=EVENT_LINE_LIMIT,
+            preexec_fn=self._preexec,  # one prctl call: nothing to import or lock after fork
         )
         self.pid = process.pid
         with contextlib.suppress(OSError):
@@ -89,6 +95,21 @@ class SubprocessTrainer:
             raise TrainingFailed(f"the trainer was killed by signal {-code}")
         reason = error or (stderr_tail[-1] if stderr_tail else "no output")
         raise TrainingFailed(f"the trainer exited with code {code}: {reason}")
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """What the child runs before exec: have the kernel SIGKILL it when the process that
+    started it dies (libc is loaded here, in the parent: the child only calls it)."""
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return preexec
 
 
 def _child_env() -> dict[str, str]:

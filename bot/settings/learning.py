@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bot.settings.base import Section
 
@@ -19,6 +20,9 @@ class LoraSettings(Section):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Modules that get LoRA weights.",
     )
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", re.ASCII)
 
 
 class TrainingSettings(Section):
@@ -58,6 +62,49 @@ class TrainingSettings(Section):
         "of unrated exchanges (0 = off).",
     )
     lm_max_examples: int = Field(500, ge=1, description="Most unrated exchanges for that term.")
+    device: str = Field(
+        "auto",
+        description="Where the trainer trains: auto (the first CUDA GPU if there is one, else "
+        "the CPU), cpu, cuda, cuda:1, ...",
+    )
+    runner: Literal["local", "queue"] = Field(
+        "local",
+        description="local: /finetune and the schedule train in a child process of the "
+        "serving process; queue: they only queue a run, and a `selftune trainer` worker "
+        "(on this machine or another one, same database) takes it.",
+    )
+    poll_s: float = Field(
+        2.0, gt=0.0, description="How often a trainer worker looks for a queued run."
+    )
+    heartbeat_s: float = Field(
+        5.0, gt=0.0, description="How often a trainer worker says it still holds its run."
+    )
+    stale_after_s: float = Field(
+        60.0,
+        gt=0.0,
+        description="A worker's run with no heartbeat for this long is taken as abandoned "
+        "(the worker was killed): the next worker requeues it and removes its partial output.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Times a run is taken by a worker before it fails for good."
+    )
+    watch_interval_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="How often a serving process checks for a new active adapter version (or "
+        "a /rollback elsewhere) and for ended queued runs to report (0 = never).",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        device = value.strip().lower()
+        if _DEVICE.fullmatch(device) is None:
+            raise ValueError(
+                f"{value[:40]!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' (N: the "
+                "GPU's number, from 0) or 'mps' (Apple)"
+            )
+        return device
 
 
 # The gate metrics' names; bot.learning.evaluation.GATE_METRICS says what each one is.

@@ -99,7 +99,7 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
     data = prepare(tokenizer, spec)
     total = total_steps(len(data.train), spec.training)
     emit(Start(spec.method, len(data.train), total, len(data.dropped), **data.counts()))
-    device = pick_device("auto")
+    device = pick_device(spec.training.device)
     model = load_trainable(spec, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rt = Runtime(device, pad_id, use_bf16(spec.training.dtype, device))
