@@ -284,7 +284,9 @@ class Finetuner:
             await self._repo.runs.set_output(run_id, str(output))  # removed if abandoned
             spec = await self._write_inputs(work, output, plan)
             report = reporter(self, notify, on_event, run_id)
-            result = await self._publish(await self._trainer.run(spec, work / "spec.json", report))
+            # Published by the releaser (bot.learning.release): the one place an adapter is
+            # made readable by every serving process, whole before its version row exists.
+            result = await self._trainer.run(spec, work / "spec.json", report)
             elapsed = time.monotonic() - started
             return await self._release(plan, version, result, spec, elapsed, work, notify)
         except asyncio.CancelledError:
@@ -340,12 +342,6 @@ class Finetuner:
             released.metrics,
             released.decision,
         )
-
-    async def _publish(self, result: TrainResult) -> TrainResult:
-        """Make the trained adapter readable by every serving process: the one place an
-        adapter is published. Today's store is the adapters dir, where the trainer already
-        wrote it (renamed into place only when complete), so nothing moves."""
-        return result
 
     async def _discard(self, output: Path) -> None:
         """A stopped run's adapter: its ``.partial`` folder, and the folder itself if it was
