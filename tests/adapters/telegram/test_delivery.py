@@ -53,11 +53,13 @@ async def test_updates_are_confirmed_only_once_stored(
     real = core.repo.deliveries.receive_one
     failures = [1]
 
-    async def failing_once(platform: str, key: str, payload: dict[str, Any]) -> bool:
+    async def failing_once(
+        platform: str, key: str, payload: dict[str, Any], chat_key: str | None = None
+    ) -> bool:
         if failures:
             failures.pop()
             raise RuntimeError("database is down")
-        return await real(platform, key, payload)
+        return await real(platform, key, payload, chat_key)
 
     monkeypatch.setattr(core.repo.deliveries, "receive_one", failing_once)
     async with running(TelegramAdapter(core.service, bot_settings(tg))):
