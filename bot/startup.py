@@ -1,4 +1,9 @@
-"""Start-up: the data dir, one serving process per data dir, the database, the model.
+"""Start-up: the data dir, the instance lock, the database, the roles, the model.
+
+The instance lock: on SQLite one serving process per data dir (``InstanceLock``, a file lock);
+on PostgreSQL several processes serve together and each exclusive role (``console``,
+``schedule``, ``telegram-polling``, ``discord``…) is held by one of them (``claim_roles``: an
+advisory lock the database releases when its holder exits or crashes).
 
 Used by the composition root (``bot.app``) and by the subcommands that do not serve
 (``bot.cli.maintenance``). torch is imported only inside ``load_generator``, and only for
@@ -17,8 +22,9 @@ from typing import IO
 
 from bot.errors import ModelLoadError, StartupError
 from bot.generation import Generator
-from bot.settings import Settings
+from bot.settings import PLATFORMS, Settings, is_exclusive
 from migrations import upgrade_database
+from storage.coordination import Coordination
 from storage.db import create_engine
 from storage.repository import Repository
 
@@ -77,6 +83,43 @@ class InstanceLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+def platform_role(settings: Settings, platform: str) -> str:
+    """The role that serves ``platform`` (Telegram's depends on how its updates come)."""
+    return f"telegram-{settings.telegram.mode}" if platform == "telegram" else platform
+
+
+def wanted_roles(settings: Settings, *, console: bool) -> list[str]:
+    """The roles this process's configuration serves (``serving.roles`` when set): the
+    schedule, each configured platform, and the console when it is what serves."""
+    if settings.serving.roles:
+        return list(settings.serving.roles)
+    roles = ["schedule"]
+    roles += [platform_role(settings, p.name) for p in PLATFORMS if settings.platform(p).configured]
+    if console:
+        roles.append("console")
+    return roles
+
+
+async def claim_roles(
+    settings: Settings, coordination: Coordination, wanted: list[str]
+) -> frozenset[str]:
+    """Take ``wanted``; an exclusive role another process holds fails start-up or is left
+    out (``serving.on_taken``), said either way."""
+    held: set[str] = set()
+    for role in wanted:
+        if not is_exclusive(role) or await coordination.try_role(role):
+            held.add(role)
+            continue
+        if settings.serving.on_taken == "fail":
+            raise StartupError(
+                f"another selftune process on this database holds the role {role!r}. Stop it, "
+                "or leave the role out of serving.roles (or set serving.when_taken = 'skip')."
+            )
+        log.warning("running without the role %r: another selftune process holds it", role)
+    log.info("serving roles: %s", ", ".join(sorted(held)) or "none")
+    return frozenset(held)
 
 
 def pid_alive(pid: int | None) -> bool:

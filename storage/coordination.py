@@ -139,10 +139,17 @@ class PostgresCoordination:
     async def _try_lock(self, key: int) -> bool:
         async with self._io:
             if self._connection is None:
-                connection = self._engine.connect()
+                connection = await self._engine.connect().start()
                 self._connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-                await self._connection.start()
-            got = await self._connection.scalar(select(func.pg_try_advisory_lock(key)))
+            try:
+                got = await self._connection.scalar(select(func.pg_try_advisory_lock(key)))
+            except Exception:
+                # The connection died (the server restarted): its locks went with it. The next
+                # call opens a new one; this caller sees the error.
+                with contextlib.suppress(Exception):
+                    await self._connection.invalidate()
+                self._connection = None
+                raise
         return bool(got)
 
     async def _unlock(self, key: int) -> None:
@@ -197,9 +204,11 @@ class PostgresCoordination:
         return 0.0
 
     async def aclose(self) -> None:
-        """Close the dedicated connection: the server releases every lock it held."""
+        """Close the dedicated connection, not back into the pool (where its session and its
+        locks would live on): the server releases every lock it held."""
         async with self._io:
             if self._connection is not None:
                 with contextlib.suppress(Exception):
+                    await self._connection.invalidate()
                     await self._connection.close()
                 self._connection = None

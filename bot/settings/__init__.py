@@ -8,6 +8,7 @@
 - ``platforms.py``: one section per chat platform (its token variable and secrets) and the
   ``PLATFORMS`` table the composition root builds adapters from
 - ``learning.py``: lora, training, gate, A/B and schedule sections
+- ``instance.py``: the ``[serving]`` roles of a process when several share one database
 - ``access.py``: who the bot answers (allow and block lists, private chats)
 - ``docs.py``: ``python -m bot.settings.docs`` regenerates ``selftune.example.toml`` and the
   README's configuration table from the sections
@@ -18,6 +19,7 @@ Code outside this package imports from ``bot.settings``, not from its modules.
 from bot.errors import ConfigError
 from bot.settings.access import AccessSettings
 from bot.settings.base import DEFAULT_MODEL, Section
+from bot.settings.instance import ServingSettings, is_exclusive
 from bot.settings.learning import (
     ABSettings,
     GateSettings,
@@ -60,8 +62,10 @@ __all__ = [
     "PlatformSection",
     "ScheduleSettings",
     "Section",
+    "ServingSettings",
     "Settings",
     "TelegramSettings",
     "TrainingSettings",
+    "is_exclusive",
     "load_settings",
 ]

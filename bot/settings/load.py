@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from bot.errors import ConfigError
 from bot.settings.access import AccessSettings
 from bot.settings.base import Section, xdg
+from bot.settings.instance import ServingSettings
 from bot.settings.learning import (
     ABSettings,
     GateSettings,
@@ -85,6 +86,7 @@ class Settings(Section):
     discord: DiscordSettings = DiscordSettings()
     web: WebSettings = WebSettings()
     access: AccessSettings = AccessSettings()
+    serving: ServingSettings = ServingSettings()
 
     @field_validator("data_dir")
     @classmethod
