@@ -20,11 +20,14 @@ import shutil
 from pathlib import Path
 from typing import IO
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from bot.errors import ModelLoadError, StartupError
 from bot.generation import Generator
 from bot.settings import PLATFORMS, Settings, is_exclusive
 from migrations import upgrade_database
-from storage.coordination import Coordination
+from storage.coordination import Coordination, lock_id
 from storage.db import create_engine
 from storage.repository import Repository
 
@@ -139,7 +142,7 @@ async def open_repository(settings: Settings) -> Repository:
     """Connect and apply pending migrations."""
     engine = create_engine(settings.database_url, echo=settings.database.echo)
     try:
-        before = await upgrade_database(engine)
+        before = await _upgrade_alone(engine)
     except Exception as exc:
         await engine.dispose()
         raise StartupError(f"cannot open the database ({type(exc).__name__}: {exc})") from None
@@ -150,6 +153,20 @@ async def open_repository(settings: Settings) -> Repository:
     if stale:
         log.warning("%d training run(s) had been interrupted; marked as such", stale)
     return repo
+
+
+async def _upgrade_alone(engine: AsyncEngine) -> str | None:
+    """Migrate; on PostgreSQL one process at a time (several may start together), the others
+    waiting on an advisory lock and then finding nothing left to do."""
+    if engine.dialect.name != "postgresql":
+        return await upgrade_database(engine)
+    key = {"key": lock_id("migrate", "schema")}
+    async with engine.connect() as guard:
+        await guard.execute(text("SELECT pg_advisory_lock(:key)"), key)
+        try:
+            return await upgrade_database(engine)
+        finally:
+            await guard.execute(text("SELECT pg_advisory_unlock(:key)"), key)
 
 
 async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[Generator, Path]:

@@ -48,6 +48,10 @@ class Coordination(Protocol):
         time); yields whether it was taken, and gives it back on exit."""
         ...
 
+    async def unheld(self, keys: list[str]) -> list[str]:
+        """Those of ``keys`` whose turn no process holds now (one question for them all)."""
+        ...
+
     async def rate_check(self, user_key: str, limit: int, window_s: float) -> float:
         """Record a message of ``user_key`` if allowed: 0, else the seconds until one is."""
         ...
@@ -111,6 +115,9 @@ class LocalCoordination:
         finally:
             self._turns.discard(key)
 
+    async def unheld(self, keys: list[str]) -> list[str]:
+        return [key for key in keys if key not in self._turns]
+
     async def rate_check(self, user_key: str, limit: int, window_s: float) -> float:
         return self._window.check(user_key, limit, window_s)
 
@@ -122,6 +129,11 @@ def lock_id(kind: str, name: str) -> int:
     """A stable signed 64-bit advisory-lock key for ``kind:name`` (same in every process)."""
     digest = hashlib.blake2b(f"selftune:{kind}:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _signed(value: int) -> int:
+    """pg_locks shows a bigint key as two unsigned 32-bit halves: back to the signed key."""
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 class PostgresCoordination:
@@ -175,6 +187,19 @@ class PostgresCoordination:
                     await asyncio.shield(self._unlock(lock_id("chat", key)))
         finally:
             self._turns.discard(key)
+
+    async def unheld(self, keys: list[str]) -> list[str]:
+        if not keys:
+            return []
+        async with self._sessions() as session:
+            rows = await session.execute(
+                text(
+                    "SELECT classid, objid FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
+                )
+            )
+            held = {_signed(int(high) << 32 | int(low)) for high, low in rows}
+        return [key for key in keys if lock_id("chat", key) not in held]
 
     async def rate_check(self, user_key: str, limit: int, window_s: float) -> float:
         if limit <= 0:

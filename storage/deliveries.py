@@ -99,8 +99,9 @@ class Deliveries:
         return self._coordination.chat_turn(f"{platform}/{chat_key}")
 
     async def pending_chats(self, platform: str, older_than: timedelta | None = None) -> list[str]:
-        """The chats with updates not handled yet (only those received before ``older_than``
-        ago, when given: the sweep for chats a crashed process left behind)."""
+        """The chats with updates not handled yet. With ``older_than``: only those received
+        before that long ago whose turn no process holds (the sweep for chats a crashed
+        process left behind)."""
         query = select(Delivery.chat_key).where(
             Delivery.platform == platform,
             Delivery.done.is_(False),
@@ -109,8 +110,11 @@ class Deliveries:
         if older_than is not None:
             query = query.where(Delivery.received_at < utcnow() - older_than)
         async with self._sessions() as session:
-            rows = await session.scalars(query.group_by(Delivery.chat_key))
-            return [str(chat) for chat in rows]
+            chats = [str(chat) for chat in await session.scalars(query.group_by(Delivery.chat_key))]
+        if older_than is None:
+            return chats
+        free = set(await self._coordination.unheld([f"{platform}/{c}" for c in chats]))
+        return [c for c in chats if f"{platform}/{c}" in free]
 
     async def pending_in_chat(self, platform: str, chat_key: str) -> list[Pending]:
         """A chat's updates not handled yet, in the platform's order (numeric keys)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 
@@ -96,3 +97,16 @@ async def test_a_chats_updates_wait_in_update_order(repo: Repository) -> None:
     await log.finish(PLATFORM, "10")
     assert await log.pending_chats(PLATFORM) == ["6"]
     assert await log.receive_one(PLATFORM, "11", {"n": 11}, "6") is False  # stored before
+
+
+async def test_the_sweep_sees_only_chats_whose_turn_is_free(
+    repo: Repository, other: Repository
+) -> None:
+    log = repo.deliveries
+    await log.receive(PLATFORM, [("1", {}), ("2", {})], {"1": "5", "2": "6"})
+    holder = other if repo.coordination.shared else repo  # another process, or this one
+    async with holder.deliveries.chat_turn(PLATFORM, "5") as held:
+        assert held
+        assert await log.pending_chats(PLATFORM, timedelta(0)) == ["6"]
+    assert sorted(await log.pending_chats(PLATFORM, timedelta(0))) == ["5", "6"]
+    assert await log.pending_chats(PLATFORM, timedelta(hours=1)) == []  # too recent
