@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bot.app import Core, make_adapters
 from bot.errors import ConfigError, StartupError
 from bot.settings import Settings, load_settings
 from bot.startup import claim_roles, wanted_roles
@@ -80,3 +81,12 @@ async def test_sqlite_claims_every_role(two: tuple[Repository, Repository]) -> N
         "schedule",
         "console",
     }
+
+
+async def test_a_process_without_the_console_role_serves_no_console(core: Core) -> None:
+    core.roles = frozenset({"telegram-webhook"})
+    assert not core.holds("console") and not core.holds("schedule")
+    with pytest.raises(StartupError, match="nothing left to serve"):
+        make_adapters(core, "run")
+    core.roles = frozenset({"console"})
+    assert [a.platform for a in make_adapters(core, "run")] == ["console"]
