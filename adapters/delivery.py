@@ -3,7 +3,9 @@ before the platform is told they arrived (``storage.deliveries.Deliveries`` impl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 Pending = tuple[str, dict[str, Any], str | None]
@@ -13,18 +15,45 @@ Pending = tuple[str, dict[str, Any], str | None]
 class DeliveryLog(Protocol):
     """Updates per bot account (``platform``, e.g. ``telegram:<bot id>``) and key."""
 
-    async def receive(
-        self, platform: str, updates: Sequence[tuple[str, dict[str, Any]]]
-    ) -> list[str]:
-        """Store updates; the keys that were new (one stored before is dropped)."""
+    @property
+    def shared(self) -> bool:
+        """Whether other serving processes take updates from this log too."""
         ...
 
-    async def receive_one(self, platform: str, key: str, payload: dict[str, Any]) -> bool:
+    async def receive(
+        self,
+        platform: str,
+        updates: Sequence[tuple[str, dict[str, Any]]],
+        chats: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Store updates (``chats``: the chat key of those in a chat); the keys that were new
+        (one stored before, by this process or another, is dropped)."""
+        ...
+
+    async def receive_one(
+        self, platform: str, key: str, payload: dict[str, Any], chat_key: str | None = None
+    ) -> bool:
         """Store one update; False if it was stored before."""
         ...
 
-    async def unfinished(self, platform: str) -> Sequence[Pending]:
-        """The updates received and not handled (a crash interrupted them), oldest first."""
+    async def unfinished(self, platform: str, *, chatless: bool = False) -> Sequence[Pending]:
+        """The updates received and not handled (a crash interrupted them), oldest first
+        (``chatless``: only those in no chat)."""
+        ...
+
+    def chat_turn(
+        self, platform: str, chat_key: str
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Try to take the chat's turn (one process, one update at a time); yields whether
+        it was taken."""
+        ...
+
+    async def pending_chats(self, platform: str, older_than: timedelta | None = None) -> list[str]:
+        """The chats with updates not handled yet (received before ``older_than`` ago)."""
+        ...
+
+    async def pending_in_chat(self, platform: str, chat_key: str) -> Sequence[Pending]:
+        """A chat's updates not handled yet, in the platform's order."""
         ...
 
     async def reply_started(self, platform: str, key: str, reply_ref: str) -> None:

@@ -35,11 +35,15 @@ from bot.outbox import Outbox
 from bot.settings import PLATFORMS, Platform, Settings
 from bot.startup import (
     InstanceLock,
+    claim_roles,
     load_generator,
     open_adapter_files,
     open_repository,
+    platform_roles,
     prepare_data_dir,
+    wanted_roles,
 )
+from storage.db import is_sqlite
 from storage.repository import Repository
 
 if TYPE_CHECKING:
@@ -65,6 +69,11 @@ class Core:
     closers: list[Callable[[], None]] = field(default_factory=list)
     dashboard: Dashboard | None = None  # the web dashboard (``web.enabled``), started by serve
     adapters: list[Adapter] = field(default_factory=list)  # what serve_core runs (for /healthz)
+    roles: frozenset[str] | None = None  # the serving roles held (None: all, one process)
+
+    def holds(self, role: str) -> bool:
+        """Whether this process serves ``role`` (``bot.startup.claim_roles``)."""
+        return self.roles is None or role in self.roles
 
     async def aclose(self) -> None:
         """Stop the schedule and any training run, then close the model and the database."""
@@ -89,7 +98,7 @@ async def build_core(
     """Wire the services. Tests pass their own generator (and model dir) to skip the real model."""
     instance = InstanceLock(prepare_data_dir(settings))
     files = await open_adapter_files(settings)  # before anything that needs closing
-    if lock:
+    if lock and is_sqlite(settings.database_url):  # PostgreSQL: a lock per role (serve)
         instance.acquire()
     try:
         repo = await open_repository(settings)
@@ -160,9 +169,15 @@ def make_adapters(core: Core, mode: Literal["run", "chat"]) -> list[Adapter]:
     adapters: list[Adapter] = []
     if mode == "run":
         for platform in PLATFORMS:
-            if core.settings.platform(platform).configured:
+            roles = platform_roles(core.settings, platform.name)
+            if core.settings.platform(platform).configured and all(map(core.holds, roles)):
                 adapters.append(_platform_adapter(core, platform))
     if not adapters:
+        if not core.holds("console"):
+            raise StartupError(
+                "nothing left to serve here: another selftune process on this database holds "
+                "every role this one could take (see serving.roles)"
+            )
         from adapters.console import ConsoleAdapter
 
         adapters.append(ConsoleAdapter(core.service, charts_dir=core.settings.data_dir / "charts"))
@@ -186,7 +201,16 @@ def _platform_adapter(core: Core, platform: Platform) -> Adapter:
 async def serve(settings: Settings, mode: Literal["run", "chat"]) -> None:
     """Run every adapter in one event loop until they end (console EOF) or a signal arrives."""
     core = await build_core(settings)
-    await serve_core(core, make_adapters(core, mode))
+    try:
+        if not is_sqlite(settings.database_url):  # several processes may serve: share roles
+            console = mode == "chat" or not any(settings.platform(p).configured for p in PLATFORMS)
+            wanted = wanted_roles(settings, console=console)
+            core.roles = await claim_roles(settings, core.repo.coordination, wanted)
+        adapters = make_adapters(core, mode)
+    except BaseException:
+        await core.aclose()
+        raise
+    await serve_core(core, adapters)
 
 
 async def serve_core(core: Core, adapters: Sequence[Adapter]) -> None:
@@ -200,7 +224,8 @@ async def serve_core(core: Core, adapters: Sequence[Adapter]) -> None:
     core.adapters[:] = adapters
     try:
         await _start_dashboard(core)
-        core.scheduler.start()
+        if core.holds("schedule"):
+            core.scheduler.start()
         core.watcher.start()
         with _SigtermStops() as sigterm:
             try:

@@ -1,4 +1,9 @@
-"""Start-up: the data dir, one serving process per data dir, the database, the model.
+"""Start-up: the data dir, the instance lock, the database, the roles, the model.
+
+The instance lock: on SQLite one serving process per data dir (``InstanceLock``, a file lock);
+on PostgreSQL several processes serve together and each exclusive role (``console``,
+``schedule``, ``telegram-polling``, ``discord``…) is held by one of them (``claim_roles``: an
+advisory lock the database releases when its holder exits or crashes).
 
 Used by the composition root (``bot.app``) and by the subcommands that do not serve
 (``bot.cli.maintenance``). torch is imported only inside ``load_generator``, and only for
@@ -15,11 +20,15 @@ import shutil
 from pathlib import Path
 from typing import IO
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from bot.errors import ModelLoadError, StartupError
 from bot.generation import Generator
 from bot.learning.adapter_files import AdapterFiles, AdapterStorageError, adapter_files
-from bot.settings import Settings
+from bot.settings import PLATFORMS, Settings, is_exclusive
 from migrations import upgrade_database
+from storage.coordination import Coordination, lock_id
 from storage.db import create_engine
 from storage.repository import Repository
 
@@ -80,6 +89,53 @@ class InstanceLock:
             self._handle = None
 
 
+def platform_roles(settings: Settings, platform: str) -> list[str]:
+    """The roles that serve ``platform``: Telegram's depends on how its updates come; a
+    sharded Discord (a number ``shard_count``) takes one role per shard it serves, so
+    processes that split the shards between them do not take each other's role."""
+    if platform == "telegram":
+        return [f"telegram-{settings.telegram.mode}"]
+    count = settings.discord.shard_count if platform == "discord" else None
+    if isinstance(count, int):
+        ids = settings.discord.shard_ids or list(range(count))
+        return [f"discord-shard-{shard}" for shard in ids]
+    return [platform]
+
+
+def wanted_roles(settings: Settings, *, console: bool) -> list[str]:
+    """The roles this process's configuration serves (``serving.roles`` when set): the
+    schedule, each configured platform, and the console when it is what serves."""
+    if settings.serving.roles:
+        return list(settings.serving.roles)
+    roles = ["schedule"]
+    for platform in PLATFORMS:
+        if settings.platform(platform).configured:
+            roles += platform_roles(settings, platform.name)
+    if console:
+        roles.append("console")
+    return roles
+
+
+async def claim_roles(
+    settings: Settings, coordination: Coordination, wanted: list[str]
+) -> frozenset[str]:
+    """Take ``wanted``; an exclusive role another process holds fails start-up or is left
+    out (``serving.on_taken``), said either way."""
+    held: set[str] = set()
+    for role in wanted:
+        if not is_exclusive(role) or await coordination.try_role(role):
+            held.add(role)
+            continue
+        if settings.serving.on_taken == "fail":
+            raise StartupError(
+                f"another selftune process on this database holds the role {role!r}. Stop it, "
+                "or leave the role out of serving.roles (or set serving.when_taken = 'skip')."
+            )
+        log.warning("running without the role %r: another selftune process holds it", role)
+    log.info("serving roles: %s", ", ".join(sorted(held)) or "none")
+    return frozenset(held)
+
+
 def pid_alive(pid: int | None) -> bool:
     """Whether process ``pid`` still exists (a training run's, for runs left marked running)."""
     if pid is None:
@@ -97,7 +153,7 @@ async def open_repository(settings: Settings) -> Repository:
     """Connect and apply pending migrations."""
     engine = create_engine(settings.database_url, echo=settings.database.echo)
     try:
-        before = await upgrade_database(engine)
+        before = await _upgrade_alone(engine)
     except Exception as exc:
         await engine.dispose()
         raise StartupError(f"cannot open the database ({type(exc).__name__}: {exc})") from None
@@ -121,6 +177,20 @@ async def open_adapter_files(settings: Settings) -> AdapterFiles:
     if files.url != str(settings.adapters_dir):
         log.info("adapters are published to %s", files.url)
     return files
+
+
+async def _upgrade_alone(engine: AsyncEngine) -> str | None:
+    """Migrate; on PostgreSQL one process at a time (several may start together), the others
+    waiting on an advisory lock and then finding nothing left to do."""
+    if engine.dialect.name != "postgresql":
+        return await upgrade_database(engine)
+    key = {"key": lock_id("migrate", "schema")}
+    async with engine.connect() as guard:
+        await guard.execute(text("SELECT pg_advisory_lock(:key)"), key)
+        try:
+            return await upgrade_database(engine)
+        finally:
+            await guard.execute(text("SELECT pg_advisory_unlock(:key)"), key)
 
 
 async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[Generator, Path]:

@@ -264,7 +264,10 @@ class Delivery(Base):
     update_id, Discord's message id); the primary key drops an update delivered twice."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (Index("ix_deliveries_pending", "platform", "done"),)
+    __table_args__ = (
+        Index("ix_deliveries_pending", "platform", "done"),
+        Index("ix_deliveries_chat_pending", "platform", "chat_key", "done"),
+    )
 
     platform: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -273,3 +276,19 @@ class Delivery(Base):
     reply_ref: Mapped[str | None] = mapped_column(String(64))
     done: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # The chat the update belongs to (None: no chat, e.g. a button press handled at once): a
+    # chat's updates are handled one at a time, in key order, by whichever process holds the
+    # chat's turn (storage.coordination), so several serving processes keep a chat's order.
+    chat_key: Mapped[str | None] = mapped_column(String(128))
+
+
+class RateEvent(Base):
+    """One message a user was let send (PostgreSQL's per-user limit, counted across serving
+    processes: ``storage.coordination.StoredRateLimits``); rows older than the window go."""
+
+    __tablename__ = "rate_events"
+    __table_args__ = (Index("ix_rate_events_user_at", "user_key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -21,6 +21,7 @@ from bot.types import (
 )
 from storage.abtests import ABTests
 from storage.adapter_store import AdapterStore
+from storage.coordination import Coordination, coordination_for
 from storage.curation import Curation
 from storage.dashboard import Dashboard
 from storage.db import aware, session_factory
@@ -53,9 +54,12 @@ class Repository:
         self.stats = Stats(self._sessions)
         self.curation = Curation(self._sessions)  # operator decisions and the audit log
         self.dashboard = Dashboard(self._sessions)  # the web dashboard's read queries
-        self.deliveries = Deliveries(self._sessions)  # platform updates, stored before confirmed
+        # Roles, chat turns and user limits shared by the serving processes on this database.
+        self.coordination: Coordination = coordination_for(engine, self._sessions)
+        self.deliveries = Deliveries(self._sessions, self.coordination)  # stored, then confirmed
 
     async def aclose(self) -> None:
+        await self.coordination.aclose()
         await self.engine.dispose()
 
     # -- users and chats ---------------------------------------------------------------------

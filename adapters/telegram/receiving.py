@@ -119,7 +119,10 @@ class Polling:
 
 
 class Webhook:
-    """A small HTTP server for Telegram's POSTs (behind the operator's TLS proxy)."""
+    """A small HTTP server for Telegram's POSTs (behind the operator's TLS proxy or load
+    balancer). Several processes may serve one webhook URL: each registers the same URL
+    (setWebhook with the same values is idempotent, so the last one changes nothing), none
+    deletes it on stop, and an update POSTed to two of them is stored, and handled, once."""
 
     def __init__(self, bot: Bot, inbox: Inbox, settings: TelegramSettings) -> None:
         assert settings.webhook_url is not None  # the settings validate this

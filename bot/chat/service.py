@@ -67,7 +67,7 @@ class ChatService:
         self.generator = generator
         self.versions = versions
         self._route = route
-        self._limiter = RateLimiter(settings.chat.user_messages_per_minute)
+        self._limiter = RateLimiter(repo.coordination, settings.chat.user_messages_per_minute)
         self.access = access or Access(settings, repo)  # who is answered (bot/chat/access.py)
         self.deliveries = repo.deliveries  # adapters store updates here before confirming them
 
@@ -134,7 +134,7 @@ class ChatService:
             incoming.message_id,
             source_key=source,
         )
-        wait = self._limiter.check(incoming.user_key)
+        wait = await self._limiter.check(incoming.user_key)
         if wait > 0:
             yield Reply(
                 f"Slow down a little: at most {self.settings.chat.user_messages_per_minute} "

@@ -9,6 +9,7 @@
   ``PLATFORMS`` table the composition root builds adapters from
 - ``learning.py``: lora, training, gate, A/B and schedule sections
 - ``storage.py``: where adapters are published (a directory or an S3 bucket)
+- ``instance.py``: the ``[serving]`` roles of a process when several share one database
 - ``access.py``: who the bot answers (allow and block lists, private chats)
 - ``docs.py``: ``python -m bot.settings.docs`` regenerates ``selftune.example.toml`` and the
   README's configuration table from the sections
@@ -19,6 +20,7 @@ Code outside this package imports from ``bot.settings``, not from its modules.
 from bot.errors import ConfigError
 from bot.settings.access import AccessSettings
 from bot.settings.base import DEFAULT_MODEL, Section
+from bot.settings.instance import ServingSettings, is_exclusive
 from bot.settings.learning import (
     ABSettings,
     GateSettings,
@@ -62,9 +64,11 @@ __all__ = [
     "PlatformSection",
     "ScheduleSettings",
     "Section",
+    "ServingSettings",
     "Settings",
     "StorageSettings",
     "TelegramSettings",
     "TrainingSettings",
+    "is_exclusive",
     "load_settings",
 ]

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from bot.errors import ConfigError
 from bot.settings.access import AccessSettings
 from bot.settings.base import Section, xdg
+from bot.settings.instance import ServingSettings
 from bot.settings.learning import (
     ABSettings,
     GateSettings,
@@ -87,6 +88,7 @@ class Settings(Section):
     web: WebSettings = WebSettings()
     storage: StorageSettings = StorageSettings()
     access: AccessSettings = AccessSettings()
+    serving: ServingSettings = ServingSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -7,7 +7,10 @@ Telegram does (allowed tags, balance, entities, 4096 visible characters), record
 and can be told to fail calls (flood control's 429 with retry_after, a 400 of any text).
 
 Updates are pushed by the test (``push_text``, ``push_callback``, ...) and handed out by
-``getUpdates`` long polls, or POSTed to the bot's webhook once one is set, as Telegram does.
+``getUpdates`` long polls, or POSTed to the bot's webhook once one is set, as Telegram does: a
+chat's updates one after another (the next once the last got a 2xx), and an update answered with
+an error status, or not answered, sent again after a pause (``webhook_retry_s``). ``Balancer``
+is a tiny round-robin load balancer to put in front of several webhook servers.
 Nothing here knows the adapter: any Bot API client can be tested against it.
 """
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
-from aiohttp import ClientSession, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 TOKEN = "123456789:TEST-fake-token-abcdefghijklmno"  # shaped like a real one: logs must mask it
 BOT_ID = 4242
@@ -202,7 +205,9 @@ class FakeTelegram:
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}  # the bot's, as sent/edited
         self.commands: dict[str, list[dict[str, Any]]] = {}  # scope (JSON) → commands
         self.webhook: dict[str, Any] | None = None
-        self.webhook_statuses: list[int] = []
+        self.webhook_statuses: list[int] = []  # every POST's answer (0: no answer)
+        self.webhook_retry_s = 0.2  # pause before an update is POSTed again
+        self._chat_turns: dict[int, asyncio.Lock] = {}  # a chat's POSTs in order, one at a time
         self.pushed_at: dict[int, float] = {}  # update_id → time.monotonic()
         self._updates: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
@@ -565,14 +570,31 @@ class FakeTelegram:
         return query_id
 
     async def _deliver(self, update: dict[str, Any]) -> None:
+        """POST the update until a 2xx answers it, after the chat's earlier updates (locks
+        are first come, first served: pushed in order, posted in order)."""
+        turn = self._chat_turns.setdefault(_chat_of(update), asyncio.Lock())
+        async with turn:
+            for _attempt in itertools.count():
+                if await self._post_once(update):
+                    return
+                await asyncio.sleep(self.webhook_retry_s)  # as Telegram: later, again
+
+    async def _post_once(self, update: dict[str, Any]) -> bool:
         assert self.webhook is not None
         if self._client is None:
             self._client = ClientSession()
         headers = {}
         if secret := self.webhook.get("secret_token"):
             headers["X-Telegram-Bot-Api-Secret-Token"] = secret
-        async with self._client.post(self.webhook["url"], json=update, headers=headers) as answer:
-            self.webhook_statuses.append(answer.status)
+        try:
+            async with self._client.post(
+                self.webhook["url"], json=update, headers=headers, timeout=ClientTimeout(total=30)
+            ) as answer:
+                self.webhook_statuses.append(answer.status)
+                return 200 <= answer.status < 300
+        except (ClientError, TimeoutError):
+            self.webhook_statuses.append(0)
+            return False
 
     # -- what the test checks -----------------------------------------------------------------
 
@@ -635,6 +657,65 @@ class FakeTelegram:
         # Look again at least every 50 ms: a condition may change without a call (a DB write).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._recorded.wait(), min(left, 0.05))
+
+
+def _chat_of(update: dict[str, Any]) -> int:
+    """The chat an update belongs to (0: none)."""
+    message = update.get("message") or update.get("edited_message")
+    if message is None and "callback_query" in update:
+        message = update["callback_query"].get("message")
+    return int(message["chat"]["id"]) if message else 0
+
+
+class Balancer:
+    """A round-robin HTTP load balancer: each request goes to the next backend; one that
+    does not answer (refused, reset) is skipped and the request tried on the next one, and
+    502 when none answers. ``async with Balancer([url, ...]) as lb``: ``lb.url``."""
+
+    def __init__(self, backends: list[str]) -> None:
+        self.backends = backends
+        self.forwarded: list[tuple[str, int]] = []  # (backend, status) of every answer
+        self._next = itertools.count()
+        self._runner: web.AppRunner | None = None
+        self._client: ClientSession | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Balancer:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+        self._client = ClientSession()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._client is not None:
+            await self._client.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        assert self._client is not None
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        for _ in range(len(self.backends)):
+            backend = self.backends[next(self._next) % len(self.backends)]
+            try:
+                async with self._client.request(
+                    request.method, backend + request.path_qs, data=body, headers=headers
+                ) as answer:
+                    payload = await answer.read()
+            except ClientError:
+                continue  # that backend is down: the next one
+            self.forwarded.append((backend, answer.status))
+            return web.Response(status=answer.status, body=payload)
+        return web.Response(status=502)
 
 
 def _error(exc: ApiError) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -53,11 +54,13 @@ async def test_updates_are_confirmed_only_once_stored(
     real = core.repo.deliveries.receive_one
     failures = [1]
 
-    async def failing_once(platform: str, key: str, payload: dict[str, Any]) -> bool:
+    async def failing_once(
+        platform: str, key: str, payload: dict[str, Any], chat_key: str | None = None
+    ) -> bool:
         if failures:
             failures.pop()
             raise RuntimeError("database is down")
-        return await real(platform, key, payload)
+        return await real(platform, key, payload, chat_key)
 
     monkeypatch.setattr(core.repo.deliveries, "receive_one", failing_once)
     async with running(TelegramAdapter(core.service, bot_settings(tg))):
@@ -163,3 +166,46 @@ async def test_the_store_drops_an_update_or_a_message_delivered_twice(core: Core
     first = await add("telegram:1", "telegram:1", "Ann", "hi", "5", source_key="telegram:1/5")
     again = await add("telegram:1", "telegram:1", "Ann", "hi", "5", source_key="telegram:1/5")
     assert first == again and await stored_texts(core, "telegram:1") == ["hi"]
+
+
+async def test_a_chats_messages_are_answered_in_order_one_at_a_time(
+    core: Core, tg: FakeTelegram
+) -> None:
+    core.service.generator = ScriptedGenerator(delay_s=0.05)
+    ann, bob = tg.user(1001), tg.user(1002)
+    async with running(TelegramAdapter(core.service, bot_settings(tg))):
+        for text in ("first", "second", "third"):
+            tg.push_text(tg.private_chat(ann), ann, text)
+        tg.push_text(tg.private_chat(bob), bob, "meanwhile")
+        await tg.wait_until(lambda: len(rated(tg, 1001)) == 3 and len(rated(tg, 1002)) == 1)
+    texts = [m["text"] for m in rated(tg, 1001)]
+    assert texts == ["You said: first", "You said: second", "You said: third"]
+    # One at a time: each reply is finished (rated) before the next one is sent.
+    calls = [c for c in tg.calls if c.chat_id == 1001 and c.ok and c.method != "sendChatAction"]
+    starts = [i for i, c in enumerate(calls) if c.method == "sendMessage"]
+    finals = [i for i, c in enumerate(calls) if c.rated]
+    assert starts[1] > finals[0] and starts[2] > finals[1]
+    # Another chat is not held up behind ann's: bob's reply came before ann's last.
+    assert tg.finals(1002)[0].exchange_id < tg.finals(1001)[-1].exchange_id
+
+
+async def test_updates_a_dead_process_left_are_handled_by_the_sweep(
+    core: Core, tg: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shared log (PostgreSQL's case): a chat's stored update whose process died is taken up
+    by a live process's sweep, without a restart."""
+    from adapters.telegram import inbox
+
+    monkeypatch.setattr(inbox, "SWEEP_S", 0.05)
+    monkeypatch.setattr(inbox, "LEFT_BEHIND", timedelta(0))
+    monkeypatch.setattr(type(core.repo.deliveries), "shared", property(lambda _self: True))
+    ann = tg.user(1001)
+    async with running(TelegramAdapter(core.service, bot_settings(tg))):
+        message = tg.message(tg.private_chat(ann), ann, "Left behind")
+        # Stored by a process that died before handling it (no turn held).
+        await core.repo.deliveries.receive(
+            PLATFORM, [("90", {"update_id": 90, "message": message})], {"90": "1001"}
+        )
+        await tg.reply(1001)
+    assert len(rated(tg, 1001)) == 1
+    assert await core.repo.deliveries.pending_chats(PLATFORM) == []
