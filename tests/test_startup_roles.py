@@ -10,7 +10,7 @@ import pytest
 from bot.app import Core, make_adapters
 from bot.errors import ConfigError, StartupError
 from bot.settings import Settings, load_settings
-from bot.startup import claim_roles, wanted_roles
+from bot.startup import claim_roles, platform_roles, wanted_roles
 from migrations import upgrade_database
 from storage.db import create_engine
 from storage.repository import Repository
@@ -32,6 +32,23 @@ def test_wanted_roles_follow_the_configuration() -> None:
     assert wanted_roles(polling, console=False) == ["schedule", "telegram-polling", "discord"]
     listed = _settings(SELFTUNE_SERVING__ROLES='["telegram-webhook"]')
     assert wanted_roles(listed, console=True) == ["telegram-webhook"]
+
+
+def test_a_sharded_discord_takes_one_role_per_shard() -> None:
+    """Processes that split Discord's shards must not take each other's role."""
+    first = _settings(
+        DISCORD_BOT_TOKEN="y", SELFTUNE_DISCORD__SHARD_COUNT="4", SELFTUNE_DISCORD__SHARD_IDS="0,1"
+    )
+    second = _settings(
+        DISCORD_BOT_TOKEN="y", SELFTUNE_DISCORD__SHARD_COUNT="4", SELFTUNE_DISCORD__SHARD_IDS="2,3"
+    )
+    every = _settings(DISCORD_BOT_TOKEN="y", SELFTUNE_DISCORD__SHARD_COUNT="2")
+    auto = _settings(DISCORD_BOT_TOKEN="y", SELFTUNE_DISCORD__SHARD_COUNT="auto")
+    assert platform_roles(first, "discord") == ["discord-shard-0", "discord-shard-1"]
+    assert platform_roles(second, "discord") == ["discord-shard-2", "discord-shard-3"]
+    assert platform_roles(every, "discord") == ["discord-shard-0", "discord-shard-1"]
+    assert platform_roles(auto, "discord") == ["discord"]
+    assert wanted_roles(second, console=False) == ["schedule", "discord-shard-2", "discord-shard-3"]
 
 
 def test_an_unknown_role_is_refused_by_name() -> None:
