@@ -146,3 +146,22 @@ def test_compose_runs_the_bot_on_postgresql_with_the_env_file() -> None:
     assert re.search(url, compose)
     assert "condition: service_healthy" in compose
     assert "restart: on-failure" in compose
+
+
+def test_the_deployment_pages_configurations_load(tmp_path: Path) -> None:
+    """Each TOML block of README's "From one machine to many" is a configuration that loads."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### From one machine to many")
+    page = readme[start : readme.index("\n### ", start + 1)]
+    blocks = re.findall(r"```toml\n(.*?)```", page, re.S)
+    assert len(blocks) == 2
+    env = {"SELFTUNE_DATA_DIR": str(tmp_path), "TELEGRAM_BOT_TOKEN": "1:x"}
+    env["DISCORD_BOT_TOKEN"] = "y"
+    loaded = []
+    for block in blocks:
+        path = tmp_path / "config.toml"
+        path.write_text(block.replace("…", "secret"))
+        loaded.append(load_settings(path, env)[0])
+    assert loaded[0].backend.kind == "openai"
+    assert loaded[1].training.runner == "queue" and loaded[1].discord.shard_ids == [0, 1]
+    assert loaded[1].storage.adapters_url == "s3://selftune-adapters/prod"
