@@ -38,6 +38,7 @@ from bot.settings import GateSettings, TrainingSettings
 from bot.types import RatedExchange, Turn, messages
 
 __all__ = ["Curated", "Dropped", "Row", "content_key", "curate", "is_heldout"]
+# Preference pairs are curated the same way: bot.learning.pair_curation.
 
 SEEN_BY_SERVING = "held out: seen by serving adapter"
 NOT_SAMPLED = "held out: not sampled this run"
@@ -103,6 +104,8 @@ class Curated:
     min_heldout: int = 8  # held-out rows the gate needs to judge this run (fewer while young)
     # With no held-out slice: about how many more rated replies the gate needs (None: never).
     to_judge: int | None = None
+    # Ratings each user has in this run after the cap: their preference pairs share the cap.
+    per_user: Counter[str] = field(default_factory=Counter)
 
     @property
     def rows(self) -> list[Row]:
@@ -208,7 +211,8 @@ def curate(
     held = [replace(r, split="heldout") for r in heldout]
     to_judge = None if held else ratings_to_judge(len(rows), len(unseen), gate)
     needed = heldout_needed(len(rows), gate)
-    return Curated(train, held, dropped, len(rated), len(pool), needed, to_judge)
+    per_user = Counter(r.user_key for r in kept)
+    return Curated(train, held, dropped, len(rated), len(pool), needed, to_judge, per_user=per_user)
 
 
 _Sides = tuple[list[Row], list[Row], list[Row]]  # train, held out (scored), the held-out pool
