@@ -49,12 +49,15 @@ def pair_up(
     alternatives: Sequence[Alternative], rater: str, votes: Mapping[int, Vote]
 ) -> list[tuple[Alternative, Alternative]]:
     """(chosen, rejected) for every two alternatives ``rater`` ranks differently; empty
-    replies never take part. ``votes``: the rater's vote per exchange id."""
+    replies never take part, nor two of the same text (nothing to tell apart). ``votes``: the
+    rater's vote per exchange id."""
     usable = [a for a in alternatives if a.completion.strip()]
     ranked = [(rank(a, rater, votes), a) for a in usable]
     pairs = []
     for i, (rank_i, first) in enumerate(ranked):
         for rank_j, second in ranked[i + 1 :]:
+            if first.completion.strip() == second.completion.strip():
+                continue
             if rank_i > rank_j:
                 pairs.append((first, second))
             elif rank_j > rank_i:

@@ -383,9 +383,7 @@ class FakeTelegram:
     def _pending(self, offset: int) -> bool:
         """Drop the confirmed updates and those the bot did not ask for; any left?"""
         self._updates = [
-            u
-            for u in self._updates
-            if u["update_id"] >= offset and wanted(u, self.allowed_updates)
+            u for u in self._updates if u["update_id"] >= offset and wanted(u, self.allowed_updates)
         ]
         return bool(self._updates)
 
