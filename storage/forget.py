@@ -72,14 +72,16 @@ async def forget_user(session: AsyncSession, user_key: str) -> ForgetReport:
     scrubbed = await _scrub_others(session, user.id, sorted(reply_ids))
     tainted = await _taint(session, exchange_ids | rated_ids | scrubbed)
     ratings = await session.execute(delete(Rating).where(Rating.user_id == user.id))
-    exchanges = await session.execute(delete(ExchangeRow).where(theirs))
+    # Counted before: deleting a first reply cascades to its alternatives (regenerations,
+    # corrections), which the statement's row count would then leave out.
+    await session.execute(delete(ExchangeRow).where(theirs))
     messages = await session.execute(
         delete(Message).where(or_(Message.user_id == user.id, Message.id.in_(reply_ids)))
     )
     user.forgotten_at = utcnow()
     return ForgetReport(
         messages=messages.rowcount,  # type: ignore[attr-defined]
-        exchanges=exchanges.rowcount,  # type: ignore[attr-defined]
+        exchanges=len(exchange_ids),
         ratings=ratings.rowcount,  # type: ignore[attr-defined]
         tainted_versions=tainted,
     )
