@@ -33,13 +33,13 @@ async def test_another_reply_is_written_over_the_old_one_and_a_vote_makes_a_pair
     assert fake.buttons(reply)[2] == ("🔄", f"again:{first}")
     script.text = "Paris"
     record = await fake.click(reply, f"again:{first}", fake.alice)
-    shown = await fake.wait_for(
-        lambda: (
-            (m := fake.messages[int(reply["id"])])["content"] == "Paris"
-            and exchange_of(fake, m) != first
-            and m
-        )
-    )
+
+    def rewritten() -> Json | None:
+        message = fake.messages[int(reply["id"])]
+        done = message["content"] == "Paris" and exchange_of(fake, message) != first
+        return message if done else None
+
+    shown = await fake.wait_for(rewritten)
     assert record.acked_at is not None and record.acked_at - record.created < 3.0
     assert [m["id"] for m in fake.bot_messages(dm)] == [reply["id"]]  # the same message
     again = exchange_of(fake, shown)
