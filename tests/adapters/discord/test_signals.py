@@ -34,10 +34,10 @@ async def test_another_reply_is_written_over_the_old_one_and_a_vote_makes_a_pair
     script.text = "Paris"
     record = await fake.click(reply, f"again:{first}", fake.alice)
 
-    def rewritten() -> Json | None:
+    def rewritten() -> Json:
         message = fake.messages[int(reply["id"])]
         done = message["content"] == "Paris" and exchange_of(fake, message) != first
-        return message if done else None
+        return message if done else {}
 
     shown = await fake.wait_for(rewritten)
     assert record.acked_at is not None and record.acked_at - record.created < 3.0
