@@ -106,6 +106,9 @@ class Curated:
     to_judge: int | None = None
     # Ratings each user has in this run after the cap: their preference pairs share the cap.
     per_user: Counter[str] = field(default_factory=Counter)
+    # The exchanges the run's preference pairs learn from (set once the pairs are curated):
+    # trained on too, so a /forget of any of them marks the version.
+    pair_exchange_ids: list[int] = field(default_factory=list)
 
     @property
     def rows(self) -> list[Row]:
@@ -128,8 +131,10 @@ class Curated:
         return liked, len(rows) - liked
 
     def trained_ids(self, method: str) -> list[int]:
-        """The exchanges a run of ``method`` learns from: SFT only from the 👍 rows."""
-        return [i for r in self.train if r.label or method != "sft" for i in r.exchange_ids]
+        """The exchanges a run of ``method`` learns from: SFT only from the 👍 rows; and the
+        exchanges of its preference pairs."""
+        rated = [i for r in self.train if r.label or method != "sft" for i in r.exchange_ids]
+        return rated + [i for i in self.pair_exchange_ids if i not in set(rated)]
 
     def gate_note(self) -> str:
         """For the admin when this run cannot be judged: how many more ratings it takes."""

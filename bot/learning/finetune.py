@@ -269,6 +269,7 @@ class Finetuner:
         pairs = curate_pairs(
             await self._repo.training.pairs(), cfg, self._settings.gate, plan.curated
         )
+        plan.curated.pair_exchange_ids = pairs.exchange_ids()  # recorded on the version
         pairs_dataset = work / "pairs.jsonl" if pairs.rows else None
         if pairs_dataset is not None:
             write_jsonl_file((r.to_json() for r in pairs.rows), pairs_dataset)

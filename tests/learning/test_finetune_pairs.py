@@ -43,7 +43,9 @@ async def test_a_run_trains_on_the_pairs_too(settings: Settings) -> None:
             await rated(core, ME, f"question {i}", Vote.DOWN if i % 2 else Vote.UP)
         await say(core, ME, "Capital of France?")
         await say(core, ME, "/better Paris")
-        await core.finetuner.run(trigger="test", requested_by=None, notify=_notify)
+        outcome = await core.finetuner.run(trigger="test", requested_by=None, notify=_notify)
+        assert outcome.version is not None
+        version = await core.repo.adapters.get(outcome.version)
     finally:
         await core.aclose()
     [pairs] = trainer.pairs
@@ -55,6 +57,8 @@ async def test_a_run_trains_on_the_pairs_too(settings: Settings) -> None:
     assert row["users"] == [ME.user_key] and row["split"] == "train"
     [spec] = trainer.specs
     assert spec.pairs_dataset is not None and spec.pairs_dataset.name == "pairs.jsonl"
+    assert version is not None
+    assert {row["chosen_exchange_id"], row["rejected_exchange_id"]} <= set(version.exchange_ids)
     assert not spec.pairs_dataset.exists()  # users' words are not left lying around
 
 
