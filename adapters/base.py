@@ -10,8 +10,10 @@ from adapters.delivery import DeliveryLog
 from bot.types import Draft, Incoming, RateOutcome, Reply, Vote, parse_id
 
 RATING_PREFIX = "rate"
+AGAIN_PREFIX = "again"
 # ASCII digits only: ``\d`` alone would also match "٣", which ``int`` reads as 3.
 _RATING = re.compile(r"rate:([0-9]{1,10}):(1|-1)", re.ASCII)
+_AGAIN = re.compile(r"again:([0-9]{1,10})", re.ASCII)
 
 
 class ChatCore(Protocol):
@@ -50,6 +52,25 @@ class ChatCore(Protocol):
         """Record the platform's id of the message that shows a reply (for reply chains)."""
         ...
 
+    def regenerate(
+        self, exchange_id: int, user_key: str, *, chat_key: str, platform: str
+    ) -> AsyncIterator[Draft | Reply]:
+        """A 🔄 press: drafts of another reply to the same prompt, then one final Reply (a
+        notice when refused)."""
+        ...
+
+    async def react(
+        self,
+        chat_key: str,
+        platform_id: str,
+        user_key: str,
+        *,
+        added: Sequence[str] = (),
+        removed: Sequence[str] = (),
+    ) -> RateOutcome | None:
+        """Reactions on the bot's message ``platform_id`` changed: votes, as buttons are."""
+        ...
+
 
 class Adapter(Protocol):
     """One platform. It holds the ChatCore (composition); it is not the bot."""
@@ -79,6 +100,17 @@ def parse_rating(data: str | None) -> tuple[int, Vote] | None:
     if match is None or exchange_id is None:
         return None
     return exchange_id, Vote(int(match.group(2)))
+
+
+def encode_again(exchange_id: int) -> str:
+    """Button data for a 🔄 press: ``again:<exchange_id>``."""
+    return f"{AGAIN_PREFIX}:{exchange_id}"
+
+
+def parse_again(data: str | None) -> int | None:
+    """Inverse of encode_again; None for anything malformed or forged."""
+    match = _AGAIN.fullmatch(data or "")
+    return parse_id(match.group(1)) if match is not None else None
 
 
 def utf16_len(text: str) -> int:

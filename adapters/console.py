@@ -2,7 +2,8 @@
 
 It goes through the same chat core as Telegram and Discord. It works without a terminal
 (``printf 'Hello!\\n/good\\n' | selftune chat``) and ends at the end of the input (``serve()``
-then waits for a fine-tuning run in progress before closing the core).
+then waits for a fine-tuning run in progress before closing the core). After a reply, ``r`` (or
+``/again``) asks for another one (🔄), printed below it: a terminal cannot rewrite what scrolled by.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -18,6 +20,8 @@ from adapters.base import ChatCore
 from bot.types import Draft, Incoming, Reply, ReplyKind
 
 PLATFORM = "console"
+AGAIN = frozenset({"r", "/again"})  # 🔄: another reply to the last prompt
+NOTHING_TO_REDO = "There is no reply of mine to write again yet."
 MAX_LINE_BYTES = 1_000_000  # longer lines are read in pieces and answered as "too long"
 
 
@@ -47,6 +51,7 @@ class ConsoleAdapter:
         self._write_lock = asyncio.Lock()
         self._count = 0
         self._at_prompt = False  # "you> " is the last thing on the screen, input pending
+        self._last: int | None = None  # the exchange of the last reply shown (for 🔄)
 
     @property
     def chat_key(self) -> str:
@@ -75,6 +80,9 @@ class ConsoleAdapter:
                 f"(that line is over {MAX_LINE_BYTES} bytes; reading the rest as another message)"
             )
         self._count += 1
+        if text.strip() in AGAIN:
+            await self._again()
+            return
         incoming = Incoming(
             platform=PLATFORM,
             chat_id=self._user_id,
@@ -85,10 +93,24 @@ class ConsoleAdapter:
         )
         await self._show(incoming)
 
+    async def _again(self) -> None:
+        """🔄: another reply to the prompt of the last one."""
+        if self._last is None:
+            async with self._write_lock:
+                self._say("bot: " + NOTHING_TO_REDO)
+            return
+        items = self._service.regenerate(
+            self._last, f"{PLATFORM}:{self._user_id}", chat_key=self.chat_key, platform=PLATFORM
+        )
+        await self._print(items)
+
     async def _show(self, incoming: Incoming) -> None:
+        await self._print(self._service.respond(incoming))
+
+    async def _print(self, items: AsyncIterator[Draft | Reply]) -> None:
         shown = ""  # what of the growing reply is already on the screen
         async with self._write_lock:
-            async for item in self._service.respond(incoming):
+            async for item in items:
                 if isinstance(item, Draft):
                     # Drafts only grow; print what is new since the last one.
                     self._out.write(("" if shown else "bot> ") + item.text[len(shown) :])
@@ -107,7 +129,11 @@ class ConsoleAdapter:
         if reply.image_png:
             self._out.write(f"     [chart saved to {self._save_image(reply.image_png)}]\n")
         if reply.rateable:
+            self._last = reply.exchange_id
             self._out.write(f"     [reply #{reply.exchange_id} — rate it: + or /good, - or /bad]\n")
+            self._out.write(
+                "     [r or /again: another reply · /better <text>: the one you wanted]\n"
+            )
         self._out.flush()
 
     def _save_image(self, png: bytes) -> Path:

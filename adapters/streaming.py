@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
@@ -209,11 +209,13 @@ class ReplyStream(Generic[P, M, B]):
     privately.
     """
 
-    def __init__(self, surface: Surface[P, M, B], pacer: Pacer) -> None:
+    def __init__(self, surface: Surface[P, M, B], pacer: Pacer, *, reuse: Sequence[M] = ()) -> None:
         self._surface = surface
         self._pacer = pacer
-        self.messages: list[M] = []  # one per piece on screen
-        self._shown: list[tuple[P, str, bool]] = []  # (piece, suffix, has buttons)
+        # One per piece on screen; ``reuse``: messages already there (🔄 writes over a reply).
+        self.messages: list[M] = list(reuse)
+        # (piece, suffix, has buttons) of each; None: unknown (a reused message), always edited
+        self._shown: list[tuple[P, str, bool] | None] = [None] * len(self.messages)
         self._latest = ""
         self._final: Reply | None = None
         self._changed = asyncio.Event()
@@ -357,6 +359,39 @@ class ReplyStream(Generic[P, M, B]):
         if self._streaming:
             self._streaming = False
             self._pacer.streaming(self._surface.key, -1)
+
+
+async def unless_refused(
+    items: AsyncIterator[Draft | Reply],
+) -> tuple[Reply | None, AsyncIterator[Draft | Reply]]:
+    """Wait for the first item of a 🔄 reply: a final Reply that is not an answer (a refusal,
+    a notice) is returned alone, to show apart from the reply it would otherwise write over;
+    else (None, the whole stream)."""
+    first = await anext(aiter(items), None)
+    if first is None or (isinstance(first, Reply) and not first.rateable):
+        close = getattr(items, "aclose", None)
+        if close is not None:
+            await close()
+        return first or Reply(FAILED, ReplyKind.ERROR), _nothing()
+    return None, _chain(first, items)
+
+
+async def _chain(
+    first: Draft | Reply, rest: AsyncIterator[Draft | Reply]
+) -> AsyncIterator[Draft | Reply]:
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _nothing() -> AsyncIterator[Draft | Reply]:
+    return
+    yield  # an async generator that yields nothing
 
 
 class InFlight:

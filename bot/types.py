@@ -80,6 +80,8 @@ class Incoming:
     reply_to_bot: bool = False
     thread_id: str | None = None
     is_admin: bool = False  # the platform vouches for it (e.g. a Discord admin role)
+    # The platform's id of the bot message this one answers (None: not a reply to the bot).
+    reply_to_id: str | None = None
 
     def __post_init__(self) -> None:
         # The one validation path of what a platform sends: every adapter builds an Incoming,

@@ -61,7 +61,9 @@ async def forget_user(session: AsyncSession, user_key: str) -> ForgetReport:
     user = await session.scalar(select(User).where(User.key == user_key))
     if user is None:
         return ForgetReport(0, 0, 0, ())
-    exchange_ids = await _ids(session, select(ExchangeRow.id).where(ExchangeRow.user_id == user.id))
+    # Their exchanges, and the replies they wrote with /better (on others' prompts too).
+    theirs = or_(ExchangeRow.user_id == user.id, ExchangeRow.corrected_by == user.id)
+    exchange_ids = await _ids(session, select(ExchangeRow.id).where(theirs))
     rated_ids = await _ids(session, select(Rating.exchange_id).where(Rating.user_id == user.id))
     # Replies to the user's messages go with them: they quote the user's words.
     reply_ids = await _ids(
@@ -70,14 +72,16 @@ async def forget_user(session: AsyncSession, user_key: str) -> ForgetReport:
     scrubbed = await _scrub_others(session, user.id, sorted(reply_ids))
     tainted = await _taint(session, exchange_ids | rated_ids | scrubbed)
     ratings = await session.execute(delete(Rating).where(Rating.user_id == user.id))
-    exchanges = await session.execute(delete(ExchangeRow).where(ExchangeRow.user_id == user.id))
+    # Counted before: deleting a first reply cascades to its alternatives (regenerations,
+    # corrections), which the statement's row count would then leave out.
+    await session.execute(delete(ExchangeRow).where(theirs))
     messages = await session.execute(
         delete(Message).where(or_(Message.user_id == user.id, Message.id.in_(reply_ids)))
     )
     user.forgotten_at = utcnow()
     return ForgetReport(
         messages=messages.rowcount,  # type: ignore[attr-defined]
-        exchanges=exchanges.rowcount,  # type: ignore[attr-defined]
+        exchanges=len(exchange_ids),
         ratings=ratings.rowcount,  # type: ignore[attr-defined]
         tainted_versions=tainted,
     )

@@ -120,6 +120,17 @@ class Exchange(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Set when /forget scrubbed another user's words out of this prompt: never trained on.
     training_excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Another reply to the same prompt (🔄, or a /better correction) points at the first reply:
+    # the alternatives of one prompt share it, and votes among them make preference pairs.
+    regenerated_from: Mapped[int | None] = mapped_column(
+        ForeignKey("exchanges.id", ondelete="CASCADE"), index=True
+    )
+    # "model": written by the model; "correction": the reply a user wrote with /better.
+    source: Mapped[str] = mapped_column(String(16), default="model", server_default="model")
+    # The user who wrote a correction (its prompt stays the author's: user_id).
+    corrected_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 
@@ -137,6 +148,8 @@ class Rating(Base):
     exchange_id: Mapped[int] = mapped_column(ForeignKey("exchanges.id", ondelete="CASCADE"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     value: Mapped[int] = mapped_column(SmallInteger)
+    # How the vote was given: "button" (👍/👎, /good, /bad), "reaction", "correction".
+    source: Mapped[str] = mapped_column(String(16), default="button", server_default="button")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -29,6 +29,7 @@ from storage.deliveries import Deliveries
 from storage.forget import ForgetReport, forget_user
 from storage.models import Chat, Message, Rating, User, utcnow
 from storage.models import Exchange as ExchangeRow
+from storage.signals import Signals
 from storage.stats import Stats
 from storage.training_rows import TrainingRows, exchange
 from storage.training_runs import TrainingRuns
@@ -57,6 +58,7 @@ class Repository:
         # Roles, chat turns and user limits shared by the serving processes on this database.
         self.coordination: Coordination = coordination_for(engine, self._sessions)
         self.deliveries = Deliveries(self._sessions, self.coordination)  # stored, then confirmed
+        self.signals = Signals(self._sessions)  # 🔄 regenerations and /better corrections
 
     async def aclose(self) -> None:
         await self.coordination.aclose()
@@ -268,6 +270,7 @@ class Repository:
                 .where(
                     Chat.key == chat_key,
                     ExchangeRow.status == "done",
+                    ExchangeRow.source == "model",  # a /better correction is not my reply
                     Message.conversation == Chat.conversation,
                 )
                 .order_by(ExchangeRow.id.desc())
@@ -276,10 +279,37 @@ class Repository:
 
     # -- ratings ------------------------------------------------------------------------------
 
-    async def rate(self, exchange_id: int, user_key: str, vote: Vote) -> RateOutcome:
+    async def rate(
+        self, exchange_id: int, user_key: str, vote: Vote, *, source: str = "button"
+    ) -> RateOutcome:
         """One vote per user per exchange: a new vote is stored, the other one changes it, the
-        same one again retracts it."""
+        same one again retracts it (a button press)."""
 
+        def decide(current: Vote | None) -> Vote | None:
+            return None if current is vote else vote
+
+        return await self._vote(exchange_id, user_key, vote, decide, source)
+
+    async def set_vote(
+        self, exchange_id: int, user_key: str, vote: Vote | None, *, source: str
+    ) -> RateOutcome:
+        """Set the user's one vote on the exchange to ``vote`` (None: withdraw it), whatever it
+        was (a reaction replaces the user's earlier vote; removing it withdraws it)."""
+        shown = vote if vote is not None else Vote.UP  # only names the icon of a message
+
+        def decide(_current: Vote | None) -> Vote | None:
+            return vote
+
+        return await self._vote(exchange_id, user_key, shown, decide, source)
+
+    async def _vote(
+        self,
+        exchange_id: int,
+        user_key: str,
+        vote: Vote,
+        decide: Callable[[Vote | None], Vote | None],
+        source: str,
+    ) -> RateOutcome:
         async def work(session: AsyncSession) -> RateOutcome:
             exists = await session.scalar(
                 select(ExchangeRow.id).where(
@@ -294,21 +324,13 @@ class Repository:
             rating = await session.scalar(
                 select(Rating).where(Rating.exchange_id == exchange_id, Rating.user_id == user.id)
             )
-            current: Vote | None
-            if rating is None:
-                session.add(Rating(exchange_id=exchange_id, user_id=user.id, value=int(vote)))
-                action, current = RateAction.STORED, vote
-            elif rating.value == int(vote):
-                await session.delete(rating)
-                action, current = RateAction.RETRACTED, None
-            else:
-                rating.value, rating.updated_at = int(vote), utcnow()
-                action, current = RateAction.CHANGED, vote
+            before = None if rating is None else Vote(rating.value)
+            after: Vote | None = decide(before)
+            action = await _store_vote(session, rating, exchange_id, user.id, after, source)
             await session.flush()
             ups, downs = await self._counts(session, exchange_id)
-            return RateOutcome(
-                action, exchange_id, current, _rate_message(action, vote), ups, downs
-            )
+            shown = after if after is not None else vote
+            return RateOutcome(action, exchange_id, after, _rate_message(action, shown), ups, downs)
 
         result: RateOutcome = await self._retrying(work)
         return result
@@ -339,11 +361,42 @@ class Repository:
         async with self._sessions.begin() as session:
             return await forget_user(session, user_key)
 
+    async def training_opted_out(self, user_key: str) -> bool:
+        """Whether the user keeps their messages and ratings out of training."""
+        async with self._sessions() as session:
+            value = await session.scalar(select(User.training_opt_out).where(User.key == user_key))
+        return bool(value)
+
     async def set_training_opt_out(self, user_key: str, opt_out: bool) -> None:
         async def work(session: AsyncSession) -> None:
             (await self._user(session, user_key)).training_opt_out = opt_out
 
         await self._retrying(work)
+
+
+async def _store_vote(
+    session: AsyncSession,
+    rating: Rating | None,
+    exchange_id: int,
+    user_id: int,
+    vote: Vote | None,
+    source: str,
+) -> RateAction:
+    """Make the user's stored vote ``vote`` (None: none); what that did."""
+    if rating is None:
+        if vote is None:
+            return RateAction.RETRACTED  # nothing was there: nothing to take back
+        session.add(
+            Rating(exchange_id=exchange_id, user_id=user_id, value=int(vote), source=source)
+        )
+        return RateAction.STORED
+    if vote is None:
+        await session.delete(rating)
+        return RateAction.RETRACTED
+    # The same vote given another way (a 👍 reaction on a reply 👍'd by button) is kept as is.
+    action = RateAction.STORED if rating.value == int(vote) else RateAction.CHANGED
+    rating.value, rating.updated_at, rating.source = int(vote), utcnow(), source
+    return action
 
 
 def _rate_message(action: RateAction, vote: Vote) -> str:

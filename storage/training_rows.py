@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
-from bot.types import Exchange, RatedExchange, Turn
+from bot.types import Exchange, RatedExchange, Turn, Vote
 from storage.curation import untrainable_raters
 from storage.db import aware
 from storage.forget import Quoted, quoted_forms, scrub
 from storage.models import Chat, Message, Rating, User
 from storage.models import Exchange as ExchangeRow
+from storage.pairs import Alternative, PreferencePair, pair_up
 
 
 def turns(raw: Sequence[dict[str, str]]) -> tuple[Turn, ...]:
@@ -112,6 +114,26 @@ class TrainingRows:
             for row, chat_key, user_key in rows
         ]
 
+    async def pairs(self) -> list[PreferencePair]:
+        """Every usable preference pair (``storage.pairs``), newest first: among the answered
+        replies to one prompt that are not excluded, whose author (and, for a correction, its
+        writer) did not opt out, from the votes of raters who may train."""
+        async with self._sessions() as session:
+            alternatives = await _alternatives(session)
+            votes = await _votes(session, set(alternatives))
+            chats = {row.chat_id for group in alternatives.values() for row, _ in group}
+            quoted = await _opted_out_words(session, chats)
+        pairs = []
+        for (root, rater), (rated_at, by_id) in votes.items():
+            group = alternatives[root]
+            first = group[0][0]
+            prompt = turns(scrub(first.chat_id, first.prompt, quoted))
+            options = [_alternative(row, writer) for row, writer in group]
+            for chosen, rejected in pair_up(options, rater, by_id):
+                pairs.append(PreferencePair(rater, prompt, chosen, rejected, rated_at))
+        pairs.sort(key=lambda p: p.rated_at, reverse=True)
+        return pairs
+
     async def ratings_since(self, when: datetime) -> int:
         """Votes cast or changed after ``when`` (the scheduler's "M new ratings")."""
         async with self._sessions() as session:
@@ -135,6 +157,69 @@ class TrainingRows:
                 )
             ).all()
         return wanted - set(kept)
+
+
+_Group = list[tuple[ExchangeRow, str | None]]  # the alternatives of one prompt, and writers
+
+
+def _root() -> Any:
+    """The first reply of the prompt an exchange answers (its own id when it is the first)."""
+    return func.coalesce(ExchangeRow.regenerated_from, ExchangeRow.id)
+
+
+async def _alternatives(session: AsyncSession) -> dict[int, _Group]:
+    """The usable replies of every prompt that has more than one, by first reply's id."""
+    author, writer = aliased(User), aliased(User)
+    linked = select(ExchangeRow.regenerated_from).where(ExchangeRow.regenerated_from.is_not(None))
+    query = (
+        select(ExchangeRow, writer.key)
+        .join(author, author.id == ExchangeRow.user_id)
+        .outerjoin(writer, writer.id == ExchangeRow.corrected_by)
+        .where(
+            _root().in_(linked),
+            ExchangeRow.status == "done",
+            ExchangeRow.training_excluded.is_(False),
+            author.training_opt_out.is_(False),
+            or_(
+                ExchangeRow.corrected_by.is_(None),
+                writer.training_opt_out.is_(False) & writer.key.not_in(untrainable_raters()),
+            ),
+        )
+        .order_by(ExchangeRow.id)
+    )
+    groups: dict[int, _Group] = {}
+    for row, writer_key in (await session.execute(query)).all():
+        groups.setdefault(row.regenerated_from or row.id, []).append((row, writer_key))
+    return {root: group for root, group in groups.items() if len(group) > 1}
+
+
+_Votes = dict[tuple[int, str], tuple[datetime, dict[int, Vote]]]
+
+
+async def _votes(session: AsyncSession, roots: set[int]) -> _Votes:
+    """Per (prompt, rater): the rater's votes on its replies and when they last voted."""
+    if not roots:
+        return {}
+    query = (
+        select(Rating, _root(), User.key)
+        .join(ExchangeRow, ExchangeRow.id == Rating.exchange_id)
+        .join(User, User.id == Rating.user_id)
+        .where(
+            _root().in_(roots),
+            User.training_opt_out.is_(False),
+            User.key.not_in(untrainable_raters()),
+        )
+    )
+    found: _Votes = {}
+    for rating, root, rater in (await session.execute(query)).all():
+        when, by_id = found.setdefault((root, rater), (aware(rating.updated_at), {}))
+        by_id[rating.exchange_id] = Vote(rating.value)
+        found[root, rater] = (max(when, aware(rating.updated_at)), by_id)
+    return found
+
+
+def _alternative(row: ExchangeRow, writer: str | None) -> Alternative:
+    return Alternative(row.id, row.completion, row.adapter_version, writer)
 
 
 async def _opted_out_words(session: AsyncSession, chat_ids: set[int]) -> Quoted:

@@ -34,7 +34,7 @@ from adapters.base import ChatCore
 from adapters.discord.incoming import PLATFORM, target_channel_id
 from adapters.discord.messages import MessageHandler, delivery_platform
 from adapters.discord.private import DirectMessages
-from adapters.discord.rating import RateButton, RatingHandler
+from adapters.discord.rating import AgainButton, RateButton, RatingHandler
 from adapters.discord.replies import send_pieces
 from adapters.discord.sdk import app_commands, discord
 from adapters.discord.shards import client_options, receives, served_shards
@@ -90,7 +90,7 @@ class SelftuneClient(discord.Client):
 
     async def setup_hook(self) -> None:
         """After login, before the gateway: persistent buttons and slash commands."""
-        self.add_dynamic_items(RateButton)
+        self.add_dynamic_items(RateButton, AgainButton)
         names = self._adapter.slash.register(self.tree)
         if not self._settings.sync_commands:
             return
@@ -116,6 +116,17 @@ class SelftuneClient(discord.Client):
     async def on_interaction(self, interaction: discord.Interaction[discord.Client]) -> None:
         await self.ratings.answer_stray(interaction)
 
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._reaction(payload)
+
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._reaction(payload)
+
+    async def _reaction(self, payload: discord.RawReactionActionEvent) -> None:
+        if self.user is not None:
+            channel = self.get_channel(payload.channel_id)
+            await self._adapter.messages.signals.reaction(payload, channel, self.user.id)
+
 
 class ShardedSelftuneClient(SelftuneClient, discord.AutoShardedClient):
     """The same client as shards (``discord.shard_count``): one gateway connection per shard
@@ -139,10 +150,10 @@ class DiscordAdapter:
             raise ValueError("the Discord adapter needs a token (DISCORD_BOT_TOKEN)")
         self._token = settings.token  # a SecretStr: never in a log line or a repr
         self._settings = settings
-        self.ratings = RatingHandler(service)
         self.direct = DirectMessages()
         self.slash = SlashCommands(service, settings.admin_role_id, self.direct.remember)
         self.messages = MessageHandler(service, settings, self.direct.remember)
+        self.ratings = RatingHandler(service, again=self.messages.again)
         self.ready = asyncio.Event()
         self.client: SelftuneClient | None = None
         self._service = service

@@ -75,9 +75,14 @@ def message_text(message: discord.Message, me_id: int) -> str:
 
 async def replies_to_me(message: discord.Message, me_id: int) -> bool:
     """The message is a reply to one of the bot's messages (a reply chain to follow)."""
+    return await replied_id(message, me_id) is not None
+
+
+async def replied_id(message: discord.Message, me_id: int) -> str | None:
+    """The id of the bot's message this one replies to (None: not a reply to the bot)."""
     reference = message.reference
     if message.type is not discord.MessageType.reply or reference is None:
-        return False
+        return None
     target = reference.resolved
     if not isinstance(target, discord.Message):
         target = reference.cached_message
@@ -86,8 +91,8 @@ async def replies_to_me(message: discord.Message, me_id: int) -> bool:
         try:
             target = await message.channel.fetch_message(reference.message_id)
         except discord.HTTPException:
-            return False
-    return target is not None and target.author.id == me_id
+            return None
+    return str(target.id) if target is not None and target.author.id == me_id else None
 
 
 async def incoming_from_message(
@@ -97,7 +102,8 @@ async def incoming_from_message(
     chat_id, thread_id = channel_ids(message.channel, message.channel.id)
     private = message.guild is None
     mentioned = mentions_me(message, me_id)
-    replied = False if private or mentioned else await replies_to_me(message, me_id)
+    reply_to = await replied_id(message, me_id)  # /better answers a reply of the bot's
+    replied = not private and not mentioned and reply_to is not None
     return Incoming(
         platform=PLATFORM,
         chat_id=chat_id,
@@ -108,6 +114,7 @@ async def incoming_from_message(
         is_private=private,
         mentions_bot=mentioned,
         reply_to_bot=replied,
+        reply_to_id=reply_to,
         thread_id=thread_id,
         is_admin=has_admin_role(message.author, admin_role_id),
     )

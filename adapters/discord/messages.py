@@ -25,6 +25,7 @@ from adapters.discord.replies import (
     typing_indicator,
 )
 from adapters.discord.sdk import discord
+from adapters.discord.signals import DiscordSignals
 from adapters.streaming import InFlight
 from bot.settings import DiscordSettings
 from bot.types import Incoming, Reply, ReplyKind
@@ -64,6 +65,12 @@ class MessageHandler:
         self._on_answered = on_answered  # told of each message the bot answers, before it does
         self._pacer = channel_pacer(settings.edit_interval_s)
         self._inflight = InFlight(settings.shutdown_grace_s)
+        self.signals = DiscordSignals(service, self._pacer)  # 🔄 and reactions, same pace
+
+    async def again(self, interaction: discord.Interaction[discord.Client], custom_id: str) -> None:
+        """A 🔄 press: another reply over the pressed one (counted as an answer in flight)."""
+        with self._inflight.track():
+            await self.signals.again(interaction, custom_id)
 
     async def handle(
         self, message: discord.Message, me: discord.ClientUser, *, again: bool = False

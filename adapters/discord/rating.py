@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from adapters.base import RATING_PREFIX, ChatCore, encode_rating, parse_rating
+from adapters.base import (
+    AGAIN_PREFIX,
+    RATING_PREFIX,
+    ChatCore,
+    encode_again,
+    encode_rating,
+    parse_rating,
+)
 from adapters.discord.incoming import PLATFORM, chat_key_of
 from adapters.discord.sdk import discord, ui
 from bot.types import RateAction, Vote
@@ -23,6 +31,8 @@ log = logging.getLogger(__name__)
 # Anything ``rate:``-prefixed reaches the handler, which then parses it strictly: a malformed
 # id gets an explanation instead of the silent "interaction failed" of an unmatched button.
 RATE_TEMPLATE = rf"{RATING_PREFIX}:.*"
+AGAIN_TEMPLATE = rf"{AGAIN_PREFIX}:.*"
+AGAIN_LABEL = "🔄"
 FORGED = "That button is not one of mine (or it was changed), so nothing was rated."
 FAILED = "Sorry, I could not store that rating just now. Please press the button again."
 
@@ -57,11 +67,36 @@ class RateButton(ui.DynamicItem[ui.Button[ui.View]], template=RATE_TEMPLATE):
             await handler.press(interaction, self.custom_id)
 
 
+class AgainButton(ui.DynamicItem[ui.Button[ui.View]], template=AGAIN_TEMPLATE):
+    """🔄: another reply, written over this one; persistent like the rating buttons."""
+
+    def __init__(self, custom_id: str) -> None:
+        super().__init__(
+            ui.Button(style=discord.ButtonStyle.secondary, label=AGAIN_LABEL, custom_id=custom_id)
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        _interaction: discord.Interaction[discord.Client],  # discord.py's signature; unused
+        _item: ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> AgainButton:
+        return cls(match.string)
+
+    async def callback(self, interaction: discord.Interaction[discord.Client]) -> None:
+        handler = getattr(interaction.client, "ratings", None)
+        if isinstance(handler, RatingHandler):
+            await handler.again(interaction, self.custom_id)
+
+
 def rating_view(exchange_id: int, ups: int = 0, downs: int = 0) -> ui.View:
-    """The 👍/👎 row of a final reply; ``timeout=None`` because ratings never expire."""
+    """The 👍/👎/🔄 row of a final reply; ``timeout=None`` because ratings never expire."""
     view = ui.View(timeout=None)
     view.add_item(RateButton(encode_rating(exchange_id, Vote.UP), vote_label(Vote.UP, ups)))
     view.add_item(RateButton(encode_rating(exchange_id, Vote.DOWN), vote_label(Vote.DOWN, downs)))
+    view.add_item(AgainButton(encode_again(exchange_id)))
     return view
 
 
@@ -75,7 +110,8 @@ def taken_by_button(interaction: discord.Interaction[discord.Client]) -> bool:
     """Whether discord.py will hand this press to a RateButton: the id fits the template and
     the pressed message carries a button with that id (the same test the library applies)."""
     custom_id = _custom_id(interaction)
-    if re.fullmatch(RATE_TEMPLATE, custom_id) is None or interaction.message is None:
+    ours = any(re.fullmatch(t, custom_id) for t in (RATE_TEMPLATE, AGAIN_TEMPLATE))
+    if not ours or interaction.message is None:
         return False
     for row in interaction.message.components:
         children = row.children if isinstance(row, discord.ActionRow) else [row]
@@ -84,11 +120,26 @@ def taken_by_button(interaction: discord.Interaction[discord.Client]) -> bool:
     return False
 
 
-class RatingHandler:
-    """Stores presses through ChatCore.rate and shows the new counts on the buttons."""
+Again = Callable[[discord.Interaction[discord.Client], str], Awaitable[None]]
 
-    def __init__(self, service: ChatCore) -> None:
+
+class RatingHandler:
+    """Stores presses through ChatCore.rate and shows the new counts on the buttons; hands
+    🔄 presses to ``again`` (``adapters.discord.signals``)."""
+
+    def __init__(self, service: ChatCore, again: Again | None = None) -> None:
         self._service = service
+        self._again = again
+
+    async def again(self, interaction: discord.Interaction[discord.Client], custom_id: str) -> None:
+        """A 🔄 press: another reply over this one (acknowledged at once by the handler)."""
+        if self._again is None:
+            await interaction.response.send_message(FORGED, ephemeral=True)
+            return
+        try:
+            await self._again(interaction, custom_id)
+        except discord.HTTPException:
+            log.warning("could not answer a 🔄 press", exc_info=True)
 
     async def press(self, interaction: discord.Interaction[discord.Client], custom_id: str) -> None:
         """One press: acknowledge at once (Discord allows 3 s), then rate and answer privately."""

@@ -20,8 +20,9 @@ from bot.types import Incoming, Reply, ReplyKind
 
 log = logging.getLogger(__name__)
 
-# /good and /bad are the buttons on Discord; /help says everything /start would.
-NOT_SLASH = frozenset({"start", "good", "bad"})
+# /good and /bad are the buttons on Discord; /help says everything /start would; /better
+# answers one of my messages (a reply), which a slash command cannot be.
+NOT_SLASH = frozenset({"start", "good", "bad", "better"})
 
 Interaction = discord.Interaction[discord.Client]
 Runner = Callable[[Interaction, CommandSpec, str], Awaitable[None]]

@@ -19,9 +19,9 @@ from typing import Any
 
 from telegram import CallbackQuery, Chat, Message, Update, User
 from telegram.error import BadRequest, Forbidden, TelegramError
-from telegram.ext import CallbackQueryHandler, MessageHandler, filters
+from telegram.ext import CallbackQueryHandler, MessageHandler, MessageReactionHandler, filters
 
-from adapters.base import ChatCore, parse_rating
+from adapters.base import ChatCore, parse_again, parse_rating
 from adapters.streaming import InFlight, Pacer
 from adapters.telegram.app import (
     App,
@@ -35,6 +35,7 @@ from adapters.telegram.bot_api import Target, TelegramIO, describe
 from adapters.telegram.format import Piece, split_reply
 from adapters.telegram.inbox import Inbox
 from adapters.telegram.receiving import receive
+from adapters.telegram.signals import TelegramSignals
 from adapters.telegram.stream import telegram_stream
 from adapters.telegram.updates import (
     PLATFORM,
@@ -76,6 +77,7 @@ class TelegramAdapter:
         self._me: User | None = None
         self._inbox: Inbox | None = None
         self._inflight = InFlight(settings.shutdown_grace_s)
+        self._signals = TelegramSignals(service, self._pacer)  # 🔄 and reactions
         self.ready = asyncio.Event()  # set while updates are being received
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -106,6 +108,7 @@ class TelegramAdapter:
     def _build(self) -> App:
         app = build_application(self._settings, self._token)
         app.add_handler(CallbackQueryHandler(self._on_press))
+        app.add_handler(MessageReactionHandler(self._on_reaction))
         app.add_handler(MessageHandler(filters.UpdateType.MESSAGE & filters.TEXT, self._on_text))
         other = filters.UpdateType.EDITED_MESSAGE | (
             filters.UpdateType.MESSAGE & ~filters.StatusUpdate.ALL
@@ -187,7 +190,18 @@ class TelegramAdapter:
         query = update.callback_query
         if query is None:
             return
-        parsed, message = parse_rating(query.data), query.message
+        again, message = parse_again(query.data), query.message
+        if again is not None and isinstance(message, Message) and _offered(query):
+            with self._inflight.track():
+                await self._signals.again(
+                    self._require_io(),
+                    message,
+                    again,
+                    query.from_user.id,
+                    functools.partial(self._toast, query),
+                )
+            return
+        parsed = parse_rating(query.data)
         if parsed is None or message is None or not _offered(query):
             await self._toast(query, FORGED)
             return
@@ -200,6 +214,11 @@ class TelegramAdapter:
             markup = keyboard_after(outcome, private=message.chat.type == Chat.PRIVATE)
             async with self._pacer.turn(message.chat.id):
                 await self._require_io().edit_markup(message.chat.id, message.message_id, markup)
+
+    async def _on_reaction(self, update: Update, _context: Any) -> None:
+        """Reactions on the bot's replies count as 👍/👎 (``chat.liked_reactions``, …)."""
+        if update.message_reaction is not None:
+            await self._signals.reaction(update.message_reaction)
 
     async def _toast(self, query: CallbackQuery, text: str) -> None:
         try:

@@ -20,7 +20,13 @@ from bot.settings import TelegramSettings
 log = logging.getLogger(__name__)
 
 App = Application[Any, Any, Any, Any, Any, Any]
-ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
+# Reactions on the bot's replies count as ratings; Telegram sends them only when asked.
+ALLOWED_UPDATES = [
+    Update.MESSAGE,
+    Update.EDITED_MESSAGE,
+    Update.CALLBACK_QUERY,
+    Update.MESSAGE_REACTION,
+]
 STOP_RECEIVING_S = 5.0  # bound on stopping the updater (see stop_receiving)
 Redact = Callable[[BaseException], str]  # an error as text for the log, token masked
 

@@ -15,11 +15,12 @@ from telegram import (
     User,
 )
 
-from adapters.base import encode_rating
+from adapters.base import encode_again, encode_rating
 from adapters.telegram.bot_api import Target
 from bot.types import Incoming, RateOutcome, Vote
 
 PLATFORM = "telegram"
+AGAIN_LABEL = "🔄 another reply"
 
 
 def thread_of(message: MaybeInaccessibleMessage) -> int | None:
@@ -121,14 +122,22 @@ def sender_of(message: Message, me: User) -> Incoming | None:
         is_private=message.chat.type == Chat.PRIVATE,
         mentions_bot=named,
         reply_to_bot=replies_to(message, me),
+        reply_to_id=_replied_id(message, me),
         thread_id=str(thread) if (thread := thread_of(message)) is not None else None,
     )
+
+
+def _replied_id(message: Message, me: User) -> str | None:
+    """The id of the bot's message this one answers (None: not a reply to the bot)."""
+    original = message.reply_to_message
+    return str(original.message_id) if original is not None and replies_to(message, me) else None
 
 
 def rating_keyboard(
     exchange_id: int, ups: int = 0, downs: int = 0, mine: Vote | None = None
 ) -> InlineKeyboardMarkup:
-    """👍/👎 under a reply, with the counts once there are votes and ✓ on ``mine``."""
+    """👍/👎 under a reply, with the counts once there are votes and ✓ on ``mine``; 🔄 on a
+    row of its own asks for another reply."""
 
     def label(icon: str, count: int, vote: Vote) -> str:
         return icon + (f" {count}" if count else "") + (" ✓" if mine is vote else "")
@@ -143,7 +152,8 @@ def rating_keyboard(
                     label("👎", downs, Vote.DOWN),
                     callback_data=encode_rating(exchange_id, Vote.DOWN),
                 ),
-            ]
+            ],
+            [InlineKeyboardButton(AGAIN_LABEL, callback_data=encode_again(exchange_id))],
         ]
     )
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict, replace
 
 import bot.metrics as metrics
-from bot.chat import rating
+from bot.chat import rating, signals
 from bot.chat.access import Access
 from bot.chat.prompt import fit_prompt, to_turns
 from bot.chat.ratelimit import RateLimiter
@@ -145,11 +145,14 @@ class ChatService:
         async for item in self._generate(incoming, message_id):
             yield item
 
-    async def _generate(self, incoming: Incoming, message_id: int) -> AsyncIterator[Draft | Reply]:
+    async def _sync_versions(self) -> None:
         try:
             await self.versions.sync()
         except (ModelLoadError, GenerationError):  # an adapter it refuses, or its server is down
             log.exception("cannot serve the active adapter; answering with the current one")
+
+    async def _generate(self, incoming: Incoming, message_id: int) -> AsyncIterator[Draft | Reply]:
+        await self._sync_versions()
         params = self.default_params()
         try:
             prompt = await self._prompt(incoming, params)
@@ -181,11 +184,30 @@ class ChatService:
             self.generator.model_name,
             asdict(params),
         )
+
+        async def finish(text: str, version: int | None) -> None:
+            await self.repo.finish_exchange(exchange_id, text, adapter_version=version)
+
+        async for item in self._stream(
+            exchange_id, prompt, params, slot, incoming.platform, finish
+        ):
+            yield item
+
+    async def _stream(
+        self,
+        exchange_id: int,
+        prompt: list[Turn],
+        params: GenerationParams,
+        slot: str,
+        platform: str,
+        finish: Callable[[str, int | None], Awaitable[None]],
+    ) -> AsyncIterator[Draft | Reply]:
+        """Stream a reply into the started exchange, then ``finish`` it (or mark it failed)."""
         # The generator orders requests against adapter swaps when the stream starts, and there
         # is no await between here and then: the reply records exactly the adapter that wrote it.
         version = self.versions.serving(slot)
         stream = self.generator.stream(prompt, params, slot=slot)
-        text, timing = "", _Timing(incoming.platform)
+        text, timing = "", _Timing(platform)
         try:
             async for piece in stream:
                 text += piece
@@ -205,9 +227,75 @@ class ChatService:
             await self.repo.fail_exchange(exchange_id, f"{type(exc).__name__}: {exc}", text)
             raise
         text = text.strip()
-        await self.repo.finish_exchange(exchange_id, text, adapter_version=version)
+        await finish(text, version)
         timing.record("answer")
         yield Reply(text or "…", ReplyKind.ANSWER, exchange_id=exchange_id, adapter_version=version)
+
+    async def regenerate(
+        self, exchange_id: int, user_key: str, *, chat_key: str, platform: str
+    ) -> AsyncIterator[Draft | Reply]:
+        """🔄: another reply to the exact prompt of ``exchange_id``, sampled again (at least
+        ``chat.regenerate_min_temperature``) and streamed; stored as a new exchange linked to
+        the first reply of that prompt, which takes the old reply's place in the chat."""
+        notice = await self._regenerate_refusal(exchange_id, user_key, chat_key)
+        if notice is not None:
+            yield Reply(notice, ReplyKind.NOTICE)
+            return
+        original = await self.repo.exchange(exchange_id)
+        assert original is not None  # checked by the refusal
+        await self._sync_versions()
+        params = self.default_params()
+        hotter = max(params.temperature, self.settings.chat.regenerate_min_temperature)
+        params = replace(params, temperature=hotter)
+        slot = self.versions.slot_for(chat_key)
+        new_id = await self.repo.signals.start_regeneration(
+            exchange_id, self.versions.serving(slot), self.generator.model_name, asdict(params)
+        )
+
+        async def finish(text: str, version: int | None) -> None:
+            await self.repo.signals.finish_regeneration(new_id, text, version, replaces=exchange_id)
+
+        async for item in self._stream(
+            new_id, list(original.prompt), params, slot, platform, finish
+        ):
+            yield item
+
+    async def _regenerate_refusal(
+        self, exchange_id: int, user_key: str, chat_key: str
+    ) -> str | None:
+        """Why a 🔄 press gets no new reply (None: it does)."""
+        refused = await self.access.rater_refused(user_key)
+        if refused is not None:
+            return refused
+        original = await self.repo.exchange(exchange_id)
+        if original is None or original.chat_key != chat_key:
+            return "That reply is unknown here; nothing changed."
+        wait = await self._limiter.check(user_key)
+        if wait > 0:
+            return (
+                f"Slow down a little: at most {self.settings.chat.user_messages_per_minute} "
+                f"messages a minute. Try again in {wait:.0f} s."
+            )
+        return None
+
+    async def react(
+        self,
+        chat_key: str,
+        platform_id: str,
+        user_key: str,
+        *,
+        added: Sequence[str] = (),
+        removed: Sequence[str] = (),
+    ) -> RateOutcome | None:
+        """A user's reactions on the bot's message ``platform_id`` changed: those that count
+        (``chat.liked_reactions``/``disliked_reactions``) are votes, one per user, as buttons
+        are. None: not a reply of mine, no reaction that counts, or a refused user."""
+        exchange_id = await self.repo.signals.exchange_for_message(chat_key, platform_id)
+        if exchange_id is None or await self.access.rater_refused(user_key) is not None:
+            return None
+        return await signals.react(
+            self.repo, self.settings.chat, exchange_id, user_key, added, removed
+        )
 
     async def _prompt(self, incoming: Incoming, params: GenerationParams) -> list[Turn]:
         chat = await self.repo.chat(incoming.chat_key)

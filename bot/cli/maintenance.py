@@ -11,7 +11,7 @@ from bot.commands.args import version_arg
 from bot.commands.views import SERVING_MARK, format_version, mark
 from bot.errors import NothingToTrain, TrainingAlreadyRunning, VersionError
 from bot.learning.adapter_files import adapter_files
-from bot.learning.dataset import kto_rows, write_jsonl
+from bot.learning.dataset import kto_rows, pair_rows, write_jsonl
 from bot.learning.finetune import Finetuner
 from bot.learning.protocol import Event, Phase, Start, Step
 from bot.learning.versions import AdapterVersions, describe
@@ -140,21 +140,26 @@ def _version(action: str, args: argparse.Namespace) -> int | None:
 
 async def export(settings: Settings, args: argparse.Namespace) -> int:
     """Write every rated exchange as a JSONL row (TRL's KTO format; ``--with-meta``: with
-    the exchange id, rater, adapter version and rating time)."""
+    the exchange id, rater, adapter version and rating time); ``--pairs``: every preference
+    pair instead (TRL's preference format)."""
     repo = await _repo(settings)
     try:
-        rated = await repo.training.rated()
+        if args.pairs:
+            rows = list(pair_rows(await repo.training.pairs(), with_meta=args.with_meta))
+        else:
+            rows = list(kto_rows(await repo.training.rated(), with_meta=args.with_meta))
     finally:
         await repo.aclose()
     output: Path | None = args.output
     if output is None:
-        count = write_jsonl(kto_rows(rated, with_meta=args.with_meta), sys.stdout)
+        count = write_jsonl(rows, sys.stdout)
         sys.stdout.flush()
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w", encoding="utf-8") as handle:
-            count = write_jsonl(kto_rows(rated, with_meta=args.with_meta), handle)
-    _err(f"exported {count} rated exchange(s)" + (f" to {output}" if output else ""))
+            count = write_jsonl(rows, handle)
+    what = "preference pair(s)" if args.pairs else "rated exchange(s)"
+    _err(f"exported {count} {what}" + (f" to {output}" if output else ""))
     return 0
 
 

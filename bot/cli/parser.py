@@ -143,6 +143,12 @@ def _data(sub: _Sub) -> None:
         action="store_true",
         help="add each row's exchange id, rater, adapter version and rating time",
     )
+    export.add_argument(
+        "--pairs",
+        action="store_true",
+        help="write the preference pairs instead (🔄 alternatives and /better corrections), "
+        "in TRL's preference format (prompt, chosen, rejected)",
+    )
     db = _command(
         sub,
         "db",

@@ -10,7 +10,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from storage.signals import SignalCounts
 from storage.stats import DailyRatings
+
+_SOURCES = {"button": "buttons and /good, /bad", "reaction": "reactions", "correction": "/better"}
 
 
 def _label(version: int | None) -> str:
@@ -32,6 +35,17 @@ def ratings_table(daily: Sequence[DailyRatings]) -> str:
     lines.extend(
         f"  {row.day} {_label(row.adapter_version):>5}: {row.ups} / {row.downs}" for row in daily
     )
+    return "\n".join(lines)
+
+
+def signals_table(counts: SignalCounts, pairs: int) -> str:
+    """How users gave their signals: votes by source, regenerations, corrections, pairs."""
+    lines = ["Signals:"]
+    for source, n in counts.votes_by_source.items():
+        lines.append(f"  votes by {_SOURCES.get(source, source)}: {n}")
+    lines.append(f"  🔄 regenerated replies: {counts.regenerations}")
+    lines.append(f"  /better corrections: {counts.corrections}")
+    lines.append(f"  preference pairs (usable for training): {pairs}")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""The commands every user has: start, help, whoami, new, persona, good, bad, forget, optout, optin.
+"""The commands every user has: start, help, whoami, new, persona, good, bad, better, forget,
+optout, optin.
 
 Each is ``async (context, incoming, args) -> Reply``; the spec in ``table.py`` names it and says
 who sees the answer.
@@ -6,6 +7,7 @@ who sees the answer.
 
 from __future__ import annotations
 
+from bot.chat import signals
 from bot.chat.rating import rate
 from bot.commands.context import CommandContext
 from bot.commands.table import help_text
@@ -80,6 +82,14 @@ async def good(ctx: CommandContext, incoming: Incoming, _args: str) -> Reply:
 async def bad(ctx: CommandContext, incoming: Incoming, _args: str) -> Reply:
     """Rate the chat's last reply 👎, as a button press would."""
     return await _rate_last(ctx, incoming, Vote.DOWN)
+
+
+async def better(ctx: CommandContext, incoming: Incoming, args: str) -> Reply:
+    """Store the reply the user wanted to the bot message they answer (the console: the last
+    reply) as a liked answer to that exact prompt, and the bot's reply as the worse one."""
+    answer = await signals.correct(ctx.repo, ctx.settings.chat, incoming, args)
+    kind = ReplyKind.COMMAND if answer == signals.THANKS else ReplyKind.NOTICE
+    return Reply(answer, kind)
 
 
 async def _rate_last(ctx: CommandContext, incoming: Incoming, vote: Vote) -> Reply:

@@ -191,13 +191,19 @@ async def ab(ctx: CommandContext, incoming: Incoming, args: str) -> Reply:
 
 async def stats(ctx: CommandContext, _incoming: Incoming, _args: str) -> Reply:
     """Ratings per day and adapter version: a chart and the numbers."""
-    from bot.commands.charts import ratings_chart, ratings_table  # matplotlib: only when asked
+    from bot.commands.charts import (  # matplotlib: only when asked
+        ratings_chart,
+        ratings_table,
+        signals_table,
+    )
 
     daily = await ctx.repo.stats.daily_ratings()
     if not daily:
         return _reply("No ratings yet.")
     chart = await asyncio.to_thread(ratings_chart, daily)  # rendering takes ~0.1 s: off the loop
-    return Reply(ratings_table(daily), ReplyKind.COMMAND, image_png=chart)
+    signals = signals_table(await ctx.repo.signals.counts(), len(await ctx.repo.training.pairs()))
+    text = f"{ratings_table(daily)}\n{signals}"
+    return Reply(text, ReplyKind.COMMAND, image_png=chart)
 
 
 async def _log_only(text: str) -> None:

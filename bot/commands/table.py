@@ -50,6 +50,13 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("good", "Rate my last reply 👍", handler="conversation:good"),
     CommandSpec("bad", "Rate my last reply 👎", handler="conversation:bad"),
     CommandSpec(
+        "better",
+        "Teach me the reply you wanted (send it as a reply to my message)",
+        handler="conversation:better",
+        args="TEXT",
+        arg_help="The reply you wanted to the message of mine you answer",
+    ),
+    CommandSpec(
         "forget",
         "Delete your messages and ratings; they are never trained on again",
         private=True,

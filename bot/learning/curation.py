@@ -38,6 +38,7 @@ from bot.settings import GateSettings, TrainingSettings
 from bot.types import RatedExchange, Turn, messages
 
 __all__ = ["Curated", "Dropped", "Row", "content_key", "curate", "is_heldout"]
+# Preference pairs are curated the same way: bot.learning.pair_curation.
 
 SEEN_BY_SERVING = "held out: seen by serving adapter"
 NOT_SAMPLED = "held out: not sampled this run"
@@ -103,6 +104,11 @@ class Curated:
     min_heldout: int = 8  # held-out rows the gate needs to judge this run (fewer while young)
     # With no held-out slice: about how many more rated replies the gate needs (None: never).
     to_judge: int | None = None
+    # Ratings each user has in this run after the cap: their preference pairs share the cap.
+    per_user: Counter[str] = field(default_factory=Counter)
+    # The exchanges the run's preference pairs learn from (set once the pairs are curated):
+    # trained on too, so a /forget of any of them marks the version.
+    pair_exchange_ids: list[int] = field(default_factory=list)
 
     @property
     def rows(self) -> list[Row]:
@@ -125,8 +131,10 @@ class Curated:
         return liked, len(rows) - liked
 
     def trained_ids(self, method: str) -> list[int]:
-        """The exchanges a run of ``method`` learns from: SFT only from the 👍 rows."""
-        return [i for r in self.train if r.label or method != "sft" for i in r.exchange_ids]
+        """The exchanges a run of ``method`` learns from: SFT only from the 👍 rows; and the
+        exchanges of its preference pairs."""
+        rated = [i for r in self.train if r.label or method != "sft" for i in r.exchange_ids]
+        return rated + [i for i in self.pair_exchange_ids if i not in set(rated)]
 
     def gate_note(self) -> str:
         """For the admin when this run cannot be judged: how many more ratings it takes."""
@@ -208,7 +216,8 @@ def curate(
     held = [replace(r, split="heldout") for r in heldout]
     to_judge = None if held else ratings_to_judge(len(rows), len(unseen), gate)
     needed = heldout_needed(len(rows), gate)
-    return Curated(train, held, dropped, len(rated), len(pool), needed, to_judge)
+    per_user = Counter(r.user_key for r in kept)
+    return Curated(train, held, dropped, len(rated), len(pool), needed, to_judge, per_user=per_user)
 
 
 _Sides = tuple[list[Row], list[Row], list[Row]]  # train, held out (scored), the held-out pool

@@ -34,6 +34,7 @@ from bot.learning.ab import ABTesting
 from bot.learning.curation import Curated, curate
 from bot.learning.dataset import write_jsonl_file
 from bot.learning.evaluation import GateDecision
+from bot.learning.pair_curation import curate_pairs
 from bot.learning.progress import reporter
 from bot.learning.protocol import Event, Method, TrainingSpec, TrainResult
 from bot.learning.release import Releaser, Trained
@@ -305,7 +306,7 @@ class Finetuner:
             return FinetuneOutcome(run_id, None, RunStatus.FAILED, message, {})
         finally:
             # The dataset holds users' words: keep only the spec and the ids in the run report.
-            for name in ("dataset.jsonl", "unrated.jsonl"):
+            for name in ("dataset.jsonl", "unrated.jsonl", "pairs.jsonl"):
                 (work / name).unlink(missing_ok=True)
 
     async def _release(
@@ -376,6 +377,13 @@ class Finetuner:
             ]
             write_jsonl_file(rows, work / "unrated.jsonl")
             lm_dataset = work / "unrated.jsonl"
+        pairs = curate_pairs(
+            await self._repo.training.pairs(), cfg, self._settings.gate, plan.curated
+        )
+        plan.curated.pair_exchange_ids = pairs.exchange_ids()  # recorded on the version
+        pairs_dataset = work / "pairs.jsonl" if pairs.rows else None
+        if pairs_dataset is not None:
+            write_jsonl_file((r.to_json() for r in pairs.rows), pairs_dataset)
         serving = plan.serving
         spec = TrainingSpec(
             model_dir=await self._model_dir(),
@@ -388,6 +396,7 @@ class Finetuner:
             serving_lora=await self._versions.local_path(serving) if serving else None,
             serving_version=serving.version if serving else None,
             lm_dataset=lm_dataset,
+            pairs_dataset=pairs_dataset,
         )
         (work / "spec.json").write_text(spec.to_json(), encoding="utf-8")
         return spec

@@ -218,3 +218,20 @@ class ChatSettings(Section):
     user_messages_per_minute: int = Field(
         20, ge=0, description="Per-user message limit (0 = unlimited)."
     )
+    liked_reactions: tuple[str, ...] = Field(
+        ("👍", "❤️", "❤", "🔥", "👏", "😂"),
+        description="Reactions on a reply that count as 👍 (Telegram, Discord).",
+    )
+    disliked_reactions: tuple[str, ...] = Field(
+        ("👎", "💩", "😡"), description="Reactions on a reply that count as 👎 (Telegram, Discord)."
+    )
+    regenerate_min_temperature: float = Field(
+        0.7,
+        ge=0.0,
+        le=5.0,
+        description="🔄 samples at least this hot, so another reply differs even when "
+        "generation.temperature is near greedy.",
+    )
+    max_correction_chars: int = Field(
+        4000, ge=10, description="Longest reply a user may teach with /better."
+    )

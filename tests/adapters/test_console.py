@@ -11,6 +11,7 @@ from pathlib import Path
 from adapters.console import ConsoleAdapter
 from bot.app import Core
 from bot.settings import Settings
+from tests.support.records import Script
 from tests.support.trainers import FakeTrainer, trainer_core
 
 
@@ -155,3 +156,38 @@ async def test_first_hour_transcript_with_a_young_bot(settings: Settings) -> Non
     assert "No new ratings since run #1 trained v1" in output
     assert "  v1 [ready]" in output and "SFT on 1 exchanges" in output
     assert "▶ base model (version 0)\n▶ = serving now" in output
+
+
+async def test_again_writes_another_reply_and_a_vote_makes_a_pair(
+    core: Core, script: Script
+) -> None:
+    out = io.StringIO()
+    adapter = ConsoleAdapter(core.service, stdin=io.BytesIO(b""), stdout=out)
+    script.text = "Lyon"
+    await adapter.handle_line(b"Capital of France?\n")
+    assert "[r or /again: another reply" in out.getvalue()
+    script.text = "Paris"
+    await adapter.handle_line(b"r\n")
+    await adapter.handle_line(b"+\n")
+    assert "bot> Paris\n" in out.getvalue() and "bot> Thanks! Rated 👍." in out.getvalue()
+    [pair] = await core.repo.training.pairs()
+    assert (pair.chosen.completion, pair.rejected.completion) == ("Paris", "Lyon")
+    script.text = "Marseille"
+    await adapter.handle_line(b"/again\n")
+    assert "bot> Marseille\n" in out.getvalue()
+    assert (await core.repo.signals.counts()).regenerations == 2
+
+
+async def test_again_before_any_reply_says_so(core: Core) -> None:
+    assert "bot: There is no reply of mine to write again yet." in await chat(core, b"r\n")
+
+
+async def test_better_right_after_a_reply_is_stored(core: Core, script: Script) -> None:
+    script.text = "Lyon"
+    output = await chat(core, b"Capital of France?\n/better Paris\n/better\n")
+    assert "Thanks — I'll learn from that" in output
+    assert "Write the reply you wanted after /better" in output
+    [liked] = await core.repo.training.rated()
+    assert (liked.completion, liked.label, liked.user_key) == ("Paris", True, "console:local")
+    [pair] = await core.repo.training.pairs()
+    assert (pair.chosen.completion, pair.rejected.completion) == ("Paris", "Lyon")

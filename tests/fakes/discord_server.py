@@ -383,6 +383,25 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_UPDATE", message)
         return message
 
+    async def react(
+        self, user: FakeUser, message: Json, emoji: str, *, remove: bool = False
+    ) -> None:
+        """A user adds (or removes) a reaction with a standard ``emoji`` on ``message``:
+        Discord dispatches MESSAGE_REACTION_ADD (or _REMOVE)."""
+        data: Json = {
+            "user_id": str(user.id),
+            "channel_id": message["channel_id"],
+            "message_id": message["id"],
+            "emoji": {"id": None, "name": emoji},
+            "burst": False,
+            "type": 0,
+        }
+        if "guild_id" in message:
+            data["guild_id"] = message["guild_id"]
+            if not remove:
+                data["member"] = self._member(user)
+        await self.dispatch("MESSAGE_REACTION_REMOVE" if remove else "MESSAGE_REACTION_ADD", data)
+
     def plant_bot_message(self, channel_id: int, content: str, custom_ids: list[str]) -> Json:
         """A message shown as the bot's, carrying buttons with any ids: a stale or forged
         button that a press can then carry back (nothing is dispatched)."""

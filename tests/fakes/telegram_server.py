@@ -68,6 +68,17 @@ _BAD_ENTITY = re.compile(r"&(?!(?:lt|gt|amp|quot|#\d+|#x[0-9a-fA-F]+);)")
 _BAD_LT = re.compile(r"<(?![a-zA-Z/])")
 
 
+# Update kinds Telegram sends only to a bot that lists them in ``allowed_updates``.
+OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
+
+
+def wanted(update: dict[str, Any], allowed: list[str] | None) -> bool:
+    """Whether Telegram would send ``update`` to a bot that asked for ``allowed`` (None or
+    empty: the default, every kind but the opt-in ones)."""
+    kind = next(k for k in update if k != "update_id")
+    return kind in allowed if allowed else kind not in OPT_IN_UPDATES
+
+
 def utf16_len(text: str) -> int:
     # surrogatepass: a lone surrogate (a broken client's half emoji) is one UTF-16 unit too.
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
@@ -208,6 +219,7 @@ class FakeTelegram:
         self.webhook_statuses: list[int] = []  # every POST's answer (0: no answer)
         self.webhook_retry_s = 0.2  # pause before an update is POSTed again
         self._chat_turns: dict[int, asyncio.Lock] = {}  # a chat's POSTs in order, one at a time
+        self.allowed_updates: list[str] | None = None  # as the bot last asked (getUpdates)
         self.pushed_at: dict[int, float] = {}  # update_id → time.monotonic()
         self._updates: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
@@ -364,14 +376,21 @@ class FakeTelegram:
     async def _api_getUpdates(self, call: Call) -> list[dict[str, Any]]:
         offset, limit = call.params.get("offset", 0), call.params.get("limit", 100)
         deadline = time.monotonic() + float(call.params.get("timeout", 0))
-        self._updates = [u for u in self._updates if u["update_id"] >= offset]
-        while not self._updates and not self._closing and time.monotonic() < deadline:
+        self.allowed_updates = call.params.get("allowed_updates")
+        while not self._pending(offset) and not self._closing and time.monotonic() < deadline:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), deadline - time.monotonic())
             except TimeoutError:
                 break
         return self._updates[:limit]
+
+    def _pending(self, offset: int) -> bool:
+        """Drop the confirmed updates and those the bot did not ask for; any left?"""
+        self._updates = [
+            u for u in self._updates if u["update_id"] >= offset and wanted(u, self.allowed_updates)
+        ]
+        return bool(self._updates)
 
     async def _api_sendMessage(self, call: Call) -> dict[str, Any]:
         p = call.params
@@ -569,6 +588,29 @@ class FakeTelegram:
         self.push({"callback_query": query})
         return query_id
 
+    def push_reaction(
+        self,
+        sender: dict[str, Any],
+        message: dict[str, Any],
+        new: list[str],
+        old: list[str] | None = None,
+    ) -> int:
+        """``sender`` changes their reactions on ``message`` from ``old`` to ``new`` emoji (a
+        ``message_reaction`` update: Telegram sends the whole list before and after)."""
+
+        def emoji(items: list[str] | None) -> list[dict[str, str]]:
+            return [{"type": "emoji", "emoji": e} for e in items or []]
+
+        reaction = {
+            "chat": message["chat"],
+            "message_id": message["message_id"],
+            "user": sender,
+            "date": int(time.time()),
+            "old_reaction": emoji(old),
+            "new_reaction": emoji(new),
+        }
+        return self.push({"message_reaction": reaction})
+
     async def _deliver(self, update: dict[str, Any]) -> None:
         """POST the update until a 2xx answers it, after the chat's earlier updates (locks
         are first come, first served: pushed in order, posted in order)."""
@@ -581,6 +623,8 @@ class FakeTelegram:
 
     async def _post_once(self, update: dict[str, Any]) -> bool:
         assert self.webhook is not None
+        if not wanted(update, self.webhook.get("allowed_updates")):
+            return True  # never sent, as Telegram: the bot did not ask for this kind
         if self._client is None:
             self._client = ClientSession()
         headers = {}

@@ -49,6 +49,7 @@ async def test_dm_is_answered_streamed_stored_with_buttons(bot: Core, fake: Fake
     assert fake.buttons(reply) == [
         ("👍 0", f"rate:{exchange_id}:1"),
         ("👎 0", f"rate:{exchange_id}:-1"),
+        ("🔄", f"again:{exchange_id}"),
     ]
     exchange = await bot.repo.exchange(exchange_id)
     assert exchange is not None and exchange.user_key == f"discord:{fake.alice.id}"

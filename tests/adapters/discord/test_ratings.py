@@ -53,13 +53,13 @@ async def test_vote_is_stored_changed_and_retracted(bot: Core, fake: FakeDiscord
     user_key = f"discord:{fake.alice.id}"
     assert await press(fake, reply, 0, fake.alice) == "Thanks! Rated 👍."
     assert await bot.repo.user_vote(exchange_id, user_key) is Vote.UP
-    assert labels(fake, reply) == ["👍 1", "👎 0"]
+    assert labels(fake, reply) == ["👍 1", "👎 0", "🔄"]
     assert await press(fake, reply, 1, fake.alice) == "Changed your rating to 👎."
     assert await bot.repo.user_vote(exchange_id, user_key) is Vote.DOWN
-    assert labels(fake, reply) == ["👍 0", "👎 1"]
+    assert labels(fake, reply) == ["👍 0", "👎 1", "🔄"]
     assert await press(fake, reply, 1, fake.alice) == "Rating removed."
     assert await bot.repo.user_vote(exchange_id, user_key) is None
-    assert labels(fake, reply) == ["👍 0", "👎 0"]
+    assert labels(fake, reply) == ["👍 0", "👎 0", "🔄"]
     # A button press is acknowledged as a deferred update, then answered privately.
     record = list(fake.interactions.values())[-1]
     assert [c["type"] for c in record.callbacks] == [6]
@@ -70,7 +70,7 @@ async def test_votes_of_several_users_are_counted(bot: Core, fake: FakeDiscord) 
     await press(fake, reply, 0, fake.alice)
     await press(fake, reply, 0, fake.bob)
     await press(fake, reply, 1, fake.root)
-    assert labels(fake, reply) == ["👍 2", "👎 1"]
+    assert labels(fake, reply) == ["👍 2", "👎 1", "🔄"]
     counts = await bot.repo.stats.counts()
     assert (counts.ups, counts.downs) == (2, 1)
 
@@ -94,7 +94,7 @@ async def test_forged_ids_change_nothing_and_are_explained(bot: Core, fake: Fake
         assert "not one of mine" in await private_answer(fake, record)
     counts = await bot.repo.stats.counts()
     assert (counts.ups, counts.downs) == (0, 0)
-    assert labels(fake, in_dm) == ["👍 0", "👎 0"]
+    assert labels(fake, in_dm) == ["👍 0", "👎 0", "🔄"]
 
 
 async def test_buttons_keep_working_after_a_restart(settings: Settings, fake: FakeDiscord) -> None:
@@ -110,6 +110,6 @@ async def test_buttons_keep_working_after_a_restart(settings: Settings, fake: Fa
             assert await press(fake, reply, 0, fake.bob) == "Thanks! Rated 👍."
         exchange_id = int(fake.buttons(reply)[0][1].split(":")[1])
         assert await second.repo.user_vote(exchange_id, f"discord:{fake.bob.id}") is Vote.UP
-        assert labels(fake, reply) == ["👍 1", "👎 0"]
+        assert labels(fake, reply) == ["👍 1", "👎 0", "🔄"]
     finally:
         await second.aclose()

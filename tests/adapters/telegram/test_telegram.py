@@ -56,8 +56,9 @@ async def test_private_message_streams_into_one_message_then_gets_buttons(
     assert [b["callback_data"] for b in final.buttons] == [
         f"rate:{exchange}:1",
         f"rate:{exchange}:-1",
+        f"again:{exchange}",
     ]
-    assert [b["text"] for b in final.buttons] == ["👍", "👎"]
+    assert [b["text"] for b in final.buttons] == ["👍", "👎", "🔄 another reply"]
     history = await core.repo.history("telegram:1001", 10)
     assert [(m.role, m.content) for m in history] == [
         ("user", "Count for me"),
