@@ -1,27 +1,35 @@
-"""Serving speed: N concurrent chats through the ChatService, against one-at-a-time baselines.
+"""Serving speed: selftune against llama.cpp's server and vLLM, same requests, one run.
 
 Run it alone on the machine (other benchmarks take the same lock)::
 
-    flock /tmp/selftune-bench.lock .venv/bin/python bench/serving.py
+    flock /tmp/selftune-bench.lock .venv/bin/python bench/serving.py --runs 3
 
-In one run: the machine's memory bandwidth and the batch-1 decode limit it implies for the
-weights in use; N = 1, 4, 16, 32 simulated chats on the real default model through the real
-ChatService (total tokens/s, tokens/s per chat, time to first token p50/p95, peak memory);
-then the N=16 requests replayed through (a) transformers ``generate`` and (b) llama-cpp-python
-on the same GGUF, each one request at a time; and the ratios the targets are set in.
-``--profile`` adds a torch.profiler table of batch-1 decoding steps.
+Systems, each on the same requests with the same greedy settings and token accounting (see
+:mod:`bench.serving_workloads`):
+
+- selftune's local engine through the Generator contract;
+- ``llama-server`` built from llama.cpp's source with native CPU flags (built once into
+  ``~/.cache/selftune/llama.cpp``, see :mod:`bench.serving_llama_server`), with BF16, Q8_0 and
+  the shipped Q4_1 GGUF, 1 and 2 threads, ``-np 16`` (``-np 32`` for 32 chats): anchors;
+- vLLM's CPU server (``scripts/vllm-venv``) directly over HTTP (an anchor) and through
+  selftune's OpenAI backend (the issue-12 figure: the backend beside the local engine).
+
+Workloads: fixed-length rows (16 at once, and one at a time) and chat replies (16 and 32 at
+once). Each is run ``--runs`` times per system; the report shows medians, the ratio to the best
+anchor, TTFT p50/p95, peak memory, a lone reply against the memory-bandwidth limits (1 thread
+and the decoding threads, bf16 weights) and a profile of one 16-row decoding step, and is
+saved under ``bench/results/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
+import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,153 +38,312 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from bench.serving_baselines import BaselineResult, llama_cpp, transformers_generate
-from bench.serving_chats import PeakMemory, Request, RunResult, run_chats
-from bench.serving_report import print_report
-from bot.app import build_core
+from bench import serving_gguf, serving_llama_server
+from bench.serving_chats import PeakMemory
+from bench.serving_report import (
+    Bandwidth,
+    Counter,
+    SystemResult,
+    bandwidth_lines,
+    target_lines,
+    workload_table,
+)
+from bench.serving_systems import engine_stream, generator_stream, http_stream
+from bench.serving_workloads import (
+    StreamFn,
+    Summary,
+    Workload,
+    measure,
+    median_summary,
+    summarize,
+    workload,
+)
 from bot.engine.generator import TransformersGenerator
 from bot.engine.runtime import default_threads
-from bot.generation import Generator
-from bot.generation.source import default_gguf_path
-from bot.settings import LoraSettings, ModelSettings, Settings, load_settings
+from bot.generation.openai_api import OpenAIGenerator
+from bot.generation.source import default_gguf_path, resolve_model
+from bot.settings import BackendSettings, LoraSettings, ModelSettings
+from bot.settings.serving import ChatSettings
+
+ENGINE = "selftune engine (Generator)"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def bandwidth_gbs(
-    threads: int | None = None, megabytes: int = 1024, repeats: int = 6
-) -> tuple[float, float]:
-    """Memory bandwidth of a large tensor copy (bytes read plus written per second) and of a
-    large sum (bytes read per second), best of ``repeats``, with ``threads`` torch threads
-    (default: every core)."""
+def labels(tokens: int) -> dict[str, str]:
+    """Each workload key's title in the report."""
+    return {
+        "fixed-16": f"Fixed-length rows ({tokens} tokens, end of turn ignored, no system prompt), "
+        "16 at once",
+        "fixed-1": "Fixed-length rows, one at a time",
+        "chat-16": f"Chat replies (default system prompt, ≤ {tokens} tokens, stop at end of turn), "
+        "16 at once",
+        "chat-32": "Chat replies, 32 at once",
+    }
+
+
+def bandwidth_gbs(threads: int, megabytes: int = 1024, repeats: int = 6) -> float:
+    """Copy bandwidth of a large tensor (bytes read plus written per second), best of
+    ``repeats``, with ``threads`` torch threads."""
     before = torch.get_num_threads()
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     try:
-        return _bandwidth(megabytes, repeats)
+        source = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
+        target = torch.zeros_like(source)  # written once first: no page faults in the timing
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            target.copy_(source)
+            best = min(best, time.perf_counter() - started)
+        return 2 * source.numel() * 4 / best / 1e9
     finally:
         torch.set_num_threads(before)
 
 
-def _bandwidth(megabytes: int, repeats: int) -> tuple[float, float]:
-    source = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
-    target = torch.zeros_like(source)  # written once first: no page faults in the timing
-    copy = read = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        target.copy_(source)
-        copy = min(copy, time.perf_counter() - started)
-        started = time.perf_counter()
-        source.sum()
-        read = min(read, time.perf_counter() - started)
-    size = source.numel() * 4
-    return 2 * size / copy / 1e9, size / read / 1e9
-
-
-def weight_bytes(model: Any) -> int:
-    """Bytes of weights one decoding step reads: every parameter once (tied ones once), the
-    LoRA matrices excepted (an empty slot computes none)."""
+def bf16_weight_bytes(model: Any) -> int:
+    """Bytes of bf16 weights one decoding step reads: every parameter once (tied ones once),
+    the LoRA matrices excepted (an empty slot computes none)."""
     seen: set[int] = set()
-    total = 0
     for name, param in model.named_parameters():
-        if "lora_" in name or id(param) in seen:
-            continue
-        seen.add(id(param))
-        total += param.numel() * param.element_size()
-    return total
+        if "lora_" not in name:
+            seen.add(id(param))
+    return int(2 * sum(p.numel() for p in model.parameters() if id(p) in seen))
 
 
-def bench_settings(data_dir: Path, args: argparse.Namespace) -> Settings:
-    settings, _ = load_settings(None, {"SELFTUNE_DATA_DIR": str(data_dir)})
-    generation = settings.generation.model_copy(
-        update={"max_new_tokens": args.tokens, "temperature": 0.0}  # greedy: comparable replies
-    )
-    return settings.model_copy(update={"generation": generation})
+def workloads(args: argparse.Namespace) -> dict[str, Workload]:
+    """The four workloads, keyed as in labels()."""
+    system = ChatSettings().system_prompt  # the bot's default
+    return {
+        "fixed-16": workload("fixed", 16, 16, args.tokens, system),
+        "fixed-1": workload("fixed", args.sequential, 1, args.tokens, system),
+        "chat-16": workload("chat", 16, 16, args.tokens, system),
+        "chat-32": workload("chat", 32, 32, args.tokens, system),
+    }
 
 
-async def run_ours(args: argparse.Namespace) -> tuple[dict[int, RunResult], dict[str, Any]]:
+async def run_system(
+    name: str, stream: StreamFn, loads: dict[str, Workload], runs: int, count: Counter
+) -> dict[str, Summary]:
+    """Each workload ``runs`` times on one system (after one warm-up request); the medians."""
+    first = next(iter(loads.values()))
+    await measure(stream, Workload(first.kind, first.requests[:1], first.params, 1))
+    summaries: dict[str, list[Summary]] = {key: [] for key in loads}
+    for run in range(runs):
+        for key, load in loads.items():
+            result = await measure(stream, load)
+            summary = summarize(load, result, count)
+            summaries[key].append(summary)
+            errors = f", {len(result.errors)} errors: {result.errors[:2]}" if result.errors else ""
+            print(
+                f"  ... {name} run {run + 1} {key}: {summary.total:.1f} tok/s{errors}", flush=True
+            )
+    return {key: median_summary(values) for key, values in summaries.items() if values}
+
+
+async def bench_engine(
+    args: argparse.Namespace, loads: dict[str, Workload], count: Counter
+) -> tuple[SystemResult, int, str]:
+    """The local engine: its result, the bf16 weight bytes and the 16-row step's profile."""
     settings = ModelSettings(
         dtype=args.dtype,
         threads=args.threads,
         pack_weights=not args.no_pack,
         exact_batching=not args.fast_batching,
-        max_batch_size=max(args.chats),
+        max_batch_size=32,
     )
     gen = await TransformersGenerator.load(settings, LoraSettings())
-    info = {
-        "model_dir": gen.model_dir,
-        "dtype": gen.dtype,
-        "weight_bytes": weight_bytes(gen._model),
-        "device": gen.device,
-        "threads": settings.threads or default_threads(),
-    }
-    results: dict[int, RunResult] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    result = SystemResult(ENGINE, anchor=False)
+    result.note = (
+        f"{str(gen._model.dtype).removeprefix('torch.')}, "
+        f"{settings.threads or default_threads()} decoding thread(s), max batch 32"
+    )
+    try:
+        with PeakMemory() as memory:
+            result.summaries = await run_system(ENGINE, engine_stream(gen), loads, args.runs, count)
+        result.peak_mb = memory.peak_mb
+        profile = ""
+        if not args.no_profile:
+            from bench.serving_profile import profile_step
 
-        async def core_for(generator: Generator) -> Any:
-            folder = Path(tempfile.mkdtemp(dir=tmp))
-            return await build_core(
-                bench_settings(folder, args), generator=generator, progress=False, lock=False
-            )
+            profile = await asyncio.to_thread(profile_step, gen, 16)
+        return result, bf16_weight_bytes(gen._model), profile
+    finally:
+        await gen.aclose()
 
-        await run_chats(core_for, gen, 2, 1, spread_s=0.0)  # warm-up: first-call costs
-        try:
-            for chats in args.chats:
-                with PeakMemory() as memory:
-                    result = await run_chats(core_for, gen, chats, args.turns)
-                result.peak_mb = memory.peak_mb
-                results[chats] = result
-                print(
-                    f"  ... {chats} chats: {len(result.requests)} replies in "
-                    f"{result.seconds:.1f} s, errors: {len(result.errors)}",
-                    flush=True,
+
+async def bench_llama(
+    args: argparse.Namespace, loads: dict[str, Workload], count: Counter, logs: Path
+) -> list[SystemResult]:
+    """llama-server per weight format and thread count; -np 32 for the 32-chat workload."""
+    program = serving_llama_server.binary()
+    cache = serving_llama_server.cache_dir() / "gguf"
+    results = []
+    for fmt in args.formats:
+        gguf = serving_gguf.weights(default_gguf_path(), cache, fmt)
+        for threads in args.llama_threads:
+            result = SystemResult(f"llama-server {fmt}, {threads} thread(s)", anchor=True)
+            for slots, keys in ((16, ["fixed-16", "fixed-1", "chat-16"]), (32, ["chat-32"])):
+                chosen = {k: loads[k] for k in keys if k in loads}
+                log = logs / f"llama-{fmt}-{threads}-{slots}.log"
+                server = serving_llama_server.LlamaServer(program, gguf, threads, slots, log)
+                summaries, peak = await _served(server, chosen, args.runs, count, result.name)
+                result.summaries.update(summaries)
+                result.peak_mb = max(result.peak_mb, peak)
+            results.append(result)
+    return results
+
+
+async def _served(
+    server: Any, loads: dict[str, Workload], runs: int, count: Counter, name: str
+) -> tuple[dict[str, Summary], float]:
+    """Start ``server``, run ``loads`` on it over HTTP, stop it; (medians, peak memory)."""
+    await asyncio.to_thread(server.start)
+    try:
+        import httpx
+
+        with PeakMemory(server.process.pid, tree=True) as memory:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=300.0) as client:
+                stream = http_stream(client, "smollm2")
+                return await run_system(name, stream, loads, runs, count), memory.peak_mb
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def bench_vllm(
+    args: argparse.Namespace, loads: dict[str, Workload], count: Counter, logs: Path
+) -> list[SystemResult]:
+    """vLLM's CPU server driven directly (an anchor, every workload) and through selftune's
+    OpenAI backend (the chat workloads: the Generator contract cannot ignore the end of turn)."""
+    from bench.serving_vllm import BenchVllmServer, vllm_python
+
+    model_dir = resolve_model(ModelSettings(), progress=False)
+    server = BenchVllmServer(vllm_python(), model_dir, "smollm2", logs / "vllm.log")
+    direct = SystemResult("vLLM CPU server, HTTP", anchor=True, note="bf16, all cores")
+    backend = SystemResult("selftune OpenAI backend → vLLM", anchor=False, note="bf16")
+    await asyncio.to_thread(server.start)
+    try:
+        import httpx
+
+        assert server.process is not None
+        with PeakMemory(server.process.pid, tree=True) as memory:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=300.0) as client:
+                stream = http_stream(client, "smollm2")
+                direct.summaries = await run_system(direct.name, stream, loads, args.runs, count)
+            settings = BackendSettings(kind="openai", base_url=server.base_url, model="smollm2")
+            gen = await OpenAIGenerator.connect(settings, ModelSettings(), model_dir=model_dir)
+            chats = {k: v for k, v in loads.items() if not v.ignore_eos}
+            try:
+                backend.summaries = await run_system(
+                    backend.name, generator_stream(gen), chats, args.runs, count
                 )
-            if args.profile:
-                from bench.serving_profile import profile_batch1
-
-                profile_batch1(gen)
-        finally:
-            await gen.aclose()
-    return results, info
+            finally:
+                await gen.aclose()
+        direct.peak_mb = backend.peak_mb = memory.peak_mb
+    finally:
+        await asyncio.to_thread(server.stop)
+    return [direct, backend]
 
 
 async def main(args: argparse.Namespace) -> None:
-    print(f"load average before: {os.getloadavg()}", flush=True)
-    threads = args.threads or default_threads()
-    # Before the run and after it, the better of two: the machine is shared.
-    bandwidth = bandwidth_gbs()
-    bandwidth_decoding = bandwidth_gbs(threads)
-    ours, info = await run_ours(args)
-    gc.collect()
-    replay = ours.get(16) or ours[max(ours)]
-    requests = sorted(replay.requests, key=lambda r: r.arrived)[: args.baseline_requests]
-    baselines: list[tuple[BaselineResult, Sequence[Request]]] = []
-    if not args.skip_transformers:
-        print(f"  ... transformers generate: {len(requests)} requests", flush=True)
-        threads = os.cpu_count() or 1  # its best on an idle machine: every core
-        result = transformers_generate(info["model_dir"], info["dtype"], requests, threads)
-        baselines.append((result, requests))
+    started = time.strftime("%Y-%m-%d %H:%M")
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before}", flush=True)
     if not args.skip_llama:
-        print(f"  ... llama.cpp: {len(requests)} requests", flush=True)
-        baselines.append((llama_cpp(default_gguf_path(), requests), requests))
-    again, again_decoding = bandwidth_gbs(), bandwidth_gbs(threads)
-    bandwidth = (max(bandwidth[0], again[0]), max(bandwidth[1], again[1]))
-    decoding = max(bandwidth_decoding[0], again_decoding[0])
-    print_report(args, ours, info, baselines, bandwidth, decoding)
-    print(f"\nload average after: {os.getloadavg()}")
+        serving_llama_server.binary()  # build first (once): not inside anyone's timing
+    decoding = args.threads or default_threads()
+    band = [bandwidth_gbs(1), bandwidth_gbs(decoding)]
+    loads = workloads(args)
+    count = Counter(resolve_model(ModelSettings(), progress=False))
+    systems: list[SystemResult] = []
+    profile, weight_bytes = "", 0
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        if not args.skip_engine:
+            engine, weight_bytes, profile = await bench_engine(args, loads, count)
+            systems.append(engine)
+        if not args.skip_llama:
+            systems.extend(await bench_llama(args, loads, count, logs))
+        if not args.skip_vllm:
+            systems.extend(await _optional_vllm(args, loads, count, logs))
+    band = [max(band[0], bandwidth_gbs(1)), max(band[1], bandwidth_gbs(decoding))]
+    bandwidth = Bandwidth(band[0], band[1], decoding, weight_bytes or 269_000_000)
+    text = report(args, systems, bandwidth, profile, (started, load_before, os.getloadavg()))
+    print("\n" + text)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"serving-{time.strftime('%Y%m%d-%H%M')}.md"
+    path.write_text(text)
+    print(f"saved to {path}")
+
+
+async def _optional_vllm(
+    args: argparse.Namespace, loads: dict[str, Workload], count: Counter, logs: Path
+) -> list[SystemResult]:
+    """vLLM's figures, or none (with the reason) when its venv or server is not available."""
+    try:
+        return await bench_vllm(args, loads, count, logs)
+    except Exception as exc:  # the other systems' figures still count
+        print(f"  ... vLLM skipped: {type(exc).__name__}: {str(exc)[-2000:]}", flush=True)
+        return []
+
+
+def report(
+    args: argparse.Namespace,
+    systems: list[SystemResult],
+    bandwidth: Bandwidth,
+    profile: str,
+    when: tuple[str, tuple[float, ...], tuple[float, ...]],
+) -> str:
+    """The whole markdown report."""
+    started, before, after = when
+    lines = [
+        f"## Serving bench, {started} ({platform.node()}, {os.cpu_count()} cores)",
+        "",
+        f"`bench/serving.py {' '.join(sys.argv[1:])}`: SmolLM2-135M-Instruct, greedy, "
+        f"{args.tokens} new tokens at most; medians of {args.runs} run(s). Load average "
+        f"before {before[0]:.2f}, after {after[0]:.2f} (the machine may be shared).",
+        "",
+        *(f"- {s.name}: {s.note}" for s in systems if s.note),
+        "",
+    ]
+    for key, label in labels(args.tokens).items():
+        lines += workload_table(systems, key, label)
+    alone = {s.name: s.summaries["fixed-1"].decode for s in systems if "fixed-1" in s.summaries}
+    lines += bandwidth_lines(bandwidth, alone)
+    lines += target_lines(systems, ENGINE)
+    if profile:
+        lines += [
+            "### Profile of one 16-chat decoding step (selftune engine)",
+            "",
+            "```",
+            profile,
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--chats", type=int, nargs="+", default=[1, 4, 16, 32])
-    parser.add_argument("--turns", type=int, default=2, help="messages each chat sends")
+    parser.add_argument("--runs", type=int, default=3, help="runs per system; medians shown")
     parser.add_argument("--tokens", type=int, default=64, help="max new tokens of a reply")
-    parser.add_argument("--baseline-requests", type=int, default=32)
+    parser.add_argument("--sequential", type=int, default=16, help="rows sent one at a time")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="the engine's threads")
     parser.add_argument("--fast-batching", action="store_true", help="exact_batching=False")
     parser.add_argument("--no-pack", action="store_true", help="pack_weights=False")
-    parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--formats", nargs="+", default=list(serving_gguf.FORMATS))
+    parser.add_argument("--llama-threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--skip-engine", action="store_true")
     parser.add_argument("--skip-llama", action="store_true")
-    parser.add_argument("--profile", action="store_true", help="profile batch-1 steps")
-    return parser.parse_args()
+    parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args()
+    unknown = set(args.formats) - set(serving_gguf.FORMATS)
+    if unknown or args.runs < 1 or args.sequential < 1 or args.tokens < 2:
+        parser.error(
+            f"bad arguments (formats: {', '.join(serving_gguf.FORMATS)}; runs, "
+            "sequential >= 1; tokens >= 2)"
+        )
+    return args
 
 
 if __name__ == "__main__":

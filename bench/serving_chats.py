@@ -110,10 +110,13 @@ async def run_chats(
 
 
 class PeakMemory:
-    """Samples a process's resident memory every 20 ms in a thread; ``peak_mb`` after exit."""
+    """Samples a process's resident memory every 20 ms in a thread; ``peak_mb`` after exit.
 
-    def __init__(self, pid: int | None = None) -> None:
+    ``tree``: the process and all its descendants together (a server's workers)."""
+
+    def __init__(self, pid: int | None = None, *, tree: bool = False) -> None:
         self.pid = pid or os.getpid()
+        self.tree = tree
         self.peak_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -127,13 +130,34 @@ class PeakMemory:
         self._thread.join()
 
     def _run(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
-        statm = Path(f"/proc/{self.pid}/statm")
         while True:
-            try:
-                rss = int(statm.read_text().split()[1]) * page / 1e6
-            except (OSError, ValueError, IndexError):
-                return
+            pids = descendants(self.pid) if self.tree else [self.pid]
+            rss = sum(rss_mb(pid) or 0.0 for pid in pids)
+            if rss_mb(self.pid) is None:
+                return  # the process is gone
             self.peak_mb = max(self.peak_mb, rss)
-            if self._stop.wait(0.02):
+            if self._stop.wait(0.1 if self.tree else 0.02):
                 return
+
+
+def rss_mb(pid: int) -> float | None:
+    """A process's resident memory in MB (None once it is gone)."""
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc/PID/task/TID/children)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                queue.extend(int(child) for child in task.read_text().split())
+            except (OSError, ValueError):
+                continue
+    return found

@@ -1,23 +1,20 @@
-"""The report of ``bench/serving.py``: one row per configuration, the bandwidth limit, ratios.
+"""The report of ``bench/serving.py``: one markdown table per workload, every system a row.
 
-Columns: requests, reply tokens (re-encoded by the model's tokenizer), tokens/s in total,
-tokens/s per chat (a reply's tokens over the time from its message to its last token, queueing
-included), time to first token p50 and p95 (queueing included), peak resident memory.
+Columns: total tokens/s (the workload's token accounting over its wall time), the ratio to the
+best anchor on the same requests, time to first token p50/p95 (from the time the request was
+sent), the system's peak resident memory (a server's whole process tree), and the tokens
+counted. Then the bandwidth limits of a lone reply and the issue's targets.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-from collections.abc import Sequence
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from transformers import AutoTokenizer
 
-from bench.common import percentile
-from bench.serving_baselines import BaselineResult
-from bench.serving_chats import Request, RunResult
+from bench.serving_workloads import Summary
 
 
 class Counter:
@@ -30,124 +27,102 @@ class Counter:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
 
-def summarize_ours(result: RunResult, count: Counter, peak_mb: float) -> dict[str, float]:
-    requests = result.requests
-    tokens = [count(r.text) for r in requests]
-    per_chat = [
-        n / r.finished for n, r in zip(tokens, requests, strict=True) if r.finished and n > 1
+@dataclass
+class SystemResult:
+    """One system's medians per workload key, its peak memory, and how it was set up."""
+
+    name: str
+    anchor: bool
+    summaries: dict[str, Summary] = field(default_factory=dict)
+    peak_mb: float = 0.0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """Copy bandwidth (bytes read + written per second) with one thread and with the threads
+    the engine decodes with, and the bytes of bf16 weights one decoding step reads."""
+
+    one_thread_gbs: float
+    decoding_gbs: float
+    decoding_threads: int
+    weight_bytes: int
+
+    def limit(self, gbs: float) -> float:
+        """Tokens/s of a lone reply if every step read the weights once at ``gbs``."""
+        return gbs * 1e9 / self.weight_bytes
+
+
+def best_anchor(systems: list[SystemResult], key: str) -> SystemResult | None:
+    """The anchor with the most tokens/s on workload ``key``."""
+    anchors = [s for s in systems if s.anchor and key in s.summaries]
+    return max(anchors, key=lambda s: s.summaries[key].total, default=None)
+
+
+def workload_table(systems: list[SystemResult], key: str, label: str) -> list[str]:
+    """The markdown table of workload ``key``: every system that ran it."""
+    best = best_anchor(systems, key)
+    anchor_total = best.summaries[key].total if best else math.nan
+    lines = [
+        f"### {label}" + (f" (best anchor: {best.name})" if best else ""),
+        "",
+        "| system | tok/s | × best anchor | TTFT p50 s | TTFT p95 s | peak RSS MB | tokens |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    ttfts = [r.first_token for r in requests if r.first_token is not None]
-    return {
-        "requests": len(requests),
-        "tokens": sum(tokens),
-        "total": sum(tokens) / result.seconds,
-        "per_chat": statistics.mean(per_chat) if per_chat else float("nan"),
-        "ttft50": percentile(sorted(ttfts), 0.50),
-        "ttft95": percentile(sorted(ttfts), 0.95),
-        "peak_mb": peak_mb,
-    }
-
-
-def summarize_baseline(result: BaselineResult, requests: Sequence[Request]) -> dict[str, float]:
-    """Throughput of serving one at a time; time to first token and tokens/s per chat as the
-    same arrivals would see them behind a one-at-a-time server (queueing included)."""
-    busy_until, ttfts, rates = 0.0, [], []
-    for request, served in zip(requests, result.served, strict=True):
-        start = max(request.arrived, busy_until)
-        ttfts.append(start - request.arrived + served.ttft)
-        busy_until = start + served.seconds
-        if served.tokens > 1:
-            rates.append(served.tokens / (busy_until - request.arrived))
-    tokens = sum(s.tokens for s in result.served)
-    seconds = sum(s.seconds for s in result.served)
-    return {
-        "requests": len(requests),
-        "tokens": tokens,
-        "total": tokens / seconds,
-        "per_chat": statistics.mean(rates) if rates else float("nan"),
-        "ttft50": percentile(sorted(ttfts), 0.50),
-        "ttft95": percentile(sorted(ttfts), 0.95),
-        "peak_mb": result.peak_mb,
-    }
-
-
-def batch1_decode(result: RunResult, count: Counter) -> float:
-    """Decode speed of replies running alone: tokens after the first per second after it."""
-    rates = [
-        (count(r.text) - 1) / (r.finished - r.first_token)
-        for r in result.requests
-        if r.finished and r.first_token is not None and count(r.text) > 8
-    ]
-    return max(rates) if rates else float("nan")
-
-
-def print_row(label: str, row: dict[str, float]) -> None:
-    print(
-        f"  {label:<52} {row['requests']:>4.0f} {row['tokens']:>6.0f} {row['total']:>8.1f} "
-        f"{row['per_chat']:>8.1f} {row['ttft50']:>7.2f} {row['ttft95']:>7.2f} "
-        f"{row['peak_mb']:>7.0f}"
-    )
-
-
-def print_report(
-    args: argparse.Namespace,
-    ours: dict[int, RunResult],
-    info: dict[str, Any],
-    baselines: list[tuple[BaselineResult, Sequence[Request]]],
-    bandwidth: tuple[float, float],
-    bandwidth_decoding: float,
-) -> None:
-    count = Counter(info["model_dir"])
-    dtype = str(info["dtype"]).removeprefix("torch.")
-    mode = "fast" if args.fast_batching else "exact"
-    print(
-        f"\nselftune serving: SmolLM2-135M-Instruct, {dtype} on {info['device']}, "
-        f"{info['threads']} torch threads, {mode} batching, weights "
-        f"{'packed' if not args.no_pack else 'plain'}; {args.tokens} new tokens a reply, "
-        f"{args.turns} turns a chat, greedy"
-    )
-    header = f"  {'':<52} {'reqs':>4} {'tokens':>6} {'tok/s':>8} {'tok/s/ch':>8} "
-    print(header + f"{'ttft50':>7} {'ttft95':>7} {'peakMB':>7}")
-    rows: dict[str, dict[str, float]] = {}
-    for chats, result in ours.items():
-        row = summarize_ours(result, count, result.peak_mb)
-        rows[f"ours {chats}"] = row
-        print_row(f"selftune, {chats} concurrent chats", row)
-    for baseline, requests in baselines:
-        row = summarize_baseline(baseline, requests)
-        rows[baseline.name] = row
-        print_row(baseline.name, row)
-    copy, read = bandwidth
-    limit = copy * 1e9 / info["weight_bytes"]
-    alone = batch1_decode(ours[min(ours)], count) if ours else float("nan")
-    print(f"\n  memory bandwidth, copy (read + write)      {copy:8.1f} GB/s")
-    print(f"  memory bandwidth, read only (sum)         {read:8.1f} GB/s")
-    print(f"  weights read per token ({dtype})          {info['weight_bytes'] / 1e6:8.1f} MB")
-    print(f"  batch-1 decode limit (copy bw / weights)  {limit:8.1f} tok/s")
-    print(
-        f"  batch-1 decode measured (best reply)      {alone:8.1f} tok/s"
-        f" = {alone / limit:.0%} of the limit (target >= 50%)"
-    )
-    threads = info["threads"]
-    limit_decoding = bandwidth_decoding * 1e9 / info["weight_bytes"]
-    print(
-        f"  copy bandwidth with the {threads} decoding thread(s) {bandwidth_decoding:6.1f} GB/s: "
-        f"limit {limit_decoding:.1f} tok/s, measured = {alone / limit_decoding:.0%} of it"
-    )
-    print_ratios(rows)
-
-
-def print_ratios(rows: dict[str, dict[str, float]]) -> None:
-    at16 = rows.get("ours 16")
-    if at16 is None:
-        return
-    print()
-    for name, row in rows.items():
-        if name.startswith("ours"):
+    for system in systems:
+        row = system.summaries.get(key)
+        if row is None:
             continue
-        target = 1.5 if name.startswith("llama") else 4.0
-        ratio = at16["total"] / row["total"]
-        verdict = "met" if ratio >= target else "short"
-        print(f"  16 chats vs {name:<52} {ratio:5.2f}x (target {target}x: {verdict})")
-    verdict = "met" if at16["ttft95"] < 3.0 else "short"
-    print(f"  time to first token p95 at 16 chats {at16['ttft95']:.2f} s (target < 3 s: {verdict})")
+        flag = f" ({row.mismatches} rows with another token count!)" if row.mismatches else ""
+        lines.append(
+            f"| {system.name}{' (anchor)' if system.anchor else ''}{flag} | {row.total:.1f} | "
+            f"{row.total / anchor_total:.2f} | {row.ttft50:.2f} | {row.ttft95:.2f} | "
+            f"{system.peak_mb:.0f} | {row.tokens} |"
+        )
+    return [*lines, ""]
+
+
+def bandwidth_lines(bandwidth: Bandwidth, alone: dict[str, float]) -> list[str]:
+    """Lone-reply decoding speeds as shares of both bandwidth limits (bf16 weights)."""
+    one = bandwidth.limit(bandwidth.one_thread_gbs)
+    many = bandwidth.limit(bandwidth.decoding_gbs)
+    threads = bandwidth.decoding_threads
+    lines = [
+        "### A lone reply against the memory-bandwidth limit (bf16 weights)",
+        "",
+        f"bf16 weights read per token: {bandwidth.weight_bytes / 1e6:.1f} MB. Copy bandwidth "
+        f"(read + write): {bandwidth.one_thread_gbs:.1f} GB/s with 1 thread → limit "
+        f"{one:.0f} tok/s; {bandwidth.decoding_gbs:.1f} GB/s with the {threads} decoding "
+        f"thread(s) → limit {many:.0f} tok/s.",
+        "",
+        "| system | decode tok/s alone | share of 1-thread limit | share of decoding limit |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, rate in alone.items():
+        lines.append(f"| {name} | {rate:.1f} | {rate / one:.0%} | {rate / many:.0%} |")
+    return [*lines, ""]
+
+
+def target_lines(systems: list[SystemResult], ours: str) -> list[str]:
+    """The issue's targets for system ``ours``, met or short."""
+    engine = next((s for s in systems if s.name == ours), None)
+    if engine is None:
+        return []
+    lines = ["### Targets (issue 14)", ""]
+    for key in ("fixed-16", "chat-16"):
+        best, row = best_anchor(systems, key), engine.summaries.get(key)
+        if best is None or row is None:
+            continue
+        ratio = row.total / best.summaries[key].total
+        lines.append(
+            f"- {key}: {ratio:.2f}× the best anchor (target ≥ 1.5×: {_verdict(ratio >= 1.5)})"
+        )
+    for key, limit in (("chat-16", 1.0), ("chat-32", 2.0)):
+        if (row := engine.summaries.get(key)) is not None:
+            verdict = _verdict(row.ttft95 < limit)
+            lines.append(f"- {key}: TTFT p95 {row.ttft95:.2f} s (target < {limit:g} s: {verdict})")
+    return [*lines, ""]
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "short"
