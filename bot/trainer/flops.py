@@ -49,7 +49,7 @@ def utilisation(weights: int, work: Work, peak: float) -> dict[str, float]:
     flops = 2 * weights * (2 * work.grad_tokens + work.nograd_tokens)
     achieved = flops / work.seconds
     return {
-        "step_tflops": round(achieved / 1e12, 4),
-        "peak_bf16_tflops": round(peak / 1e12, 4),
-        "mfu": round(achieved / peak, 4),
+        "step_tflops": achieved / 1e12,
+        "peak_bf16_tflops": peak / 1e12,
+        "mfu": achieved / peak,
     }
