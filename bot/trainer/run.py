@@ -1,8 +1,12 @@
 """LoRA fine-tuning on rated exchanges, run as a subprocess: ``python -m bot.trainer SPEC.json``.
 
-The orchestrator (bot.learning.finetune) picks the method: KTO on 👍 and 👎 (bot.trainer.kto),
-or SFT on the 👍 when there are too few 👎. Either way the loss covers the assistant reply and its
-end-of-turn token only, and an optional self-supervised term (bot.trainer.lm) can join in.
+The orchestrator (bot.learning.finetune) picks the method: KTO on 👍 and 👎 (bot.trainer.kto,
+with the 👍 replies' NLL next to it: ``training.sft_weight``), or SFT on the 👍 when there are too
+few 👎. Either way the loss covers the assistant reply and its end-of-turn token only; preference
+pairs (``pairs_dataset``) add a DPO term (bot.trainer.pairs) and an optional self-supervised term
+(bot.trainer.lm) can join in. When ``max_steps`` stops a run before an epoch, only the rows its
+steps use are scored, trained on and recorded (``trained_exchange_ids``); the steps' share of
+the bf16 matmul peak measured in the same run is reported as ``mfu`` (bot.trainer.flops).
 Rows marked ``"split": "heldout"`` are never trained on: they score the base model, the adapter
 serving now and the new one (bot.trainer.scoring), and the orchestrator's gate decides with them.
 
