@@ -38,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bot.app import Core, build_core
 from bot.engine.generator import resolve_model
+from bot.engine.runtime import chat_ids
 from bot.generation import ScriptedGenerator
 from bot.learning.evaluation import RowScore, preference_accuracy
 from bot.settings import Settings, load_settings
@@ -127,7 +128,7 @@ def heldout_scores(
                 {"role": "system", "content": system},
                 {"role": "user", "content": row.question},
             ]
-            prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+            prompt = chat_ids(tokenizer, messages, add_generation_prompt=True)
             reply = tokenizer(row.answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
             ids = torch.tensor([prompt + reply])
             logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()

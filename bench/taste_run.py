@@ -36,6 +36,7 @@ from bench.taste_data import HELDOUT_TOPICS, TRAIN_TOPICS, Taste, prompts, taste
 sys.path.insert(0, os.environ.get("SELFTUNE_BENCH_CODE", str(HERE)))
 from bot.app import Core, build_core  # noqa: E402
 from bot.engine.generator import resolve_model  # noqa: E402
+from bot.engine.runtime import chat_ids  # noqa: E402
 from bot.settings import Settings, load_settings  # noqa: E402
 from bot.types import GenerationParams, Incoming, Reply, Turn, Vote  # noqa: E402
 
@@ -142,9 +143,9 @@ def reply_nll(
                 {"role": "system", "content": system},
                 {"role": "user", "content": question},
             ]
-            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            prompt = chat_ids(tokenizer, messages, add_generation_prompt=True)
             answer = tokenizer(reply.strip() + "<|im_end|>", add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([list(prompt) + answer])
+            ids = torch.tensor([prompt + answer])
             logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
             nll = torch.nn.functional.cross_entropy(logits, ids[0, len(prompt) :], reduction="sum")
             total, count = total + float(nll), count + len(answer)
@@ -217,8 +218,11 @@ def _result(
     if record is not None and model_dir is not None:
         system = _settings(args, Path(tempfile.gettempdir())).chat.system_prompt
         pairs = [(str(q), str(a)) for q, a in before["neutral"]]
-        nll["neutral_base"] = reply_nll(model_dir, None, system, pairs)
-        nll["neutral_after"] = reply_nll(model_dir, record.path, system, pairs)
+        try:
+            nll["neutral_base"] = reply_nll(model_dir, None, system, pairs)
+            nll["neutral_after"] = reply_nll(model_dir, record.path, system, pairs)
+        except Exception as exc:  # keep the run's other numbers: they took long to get
+            print(f"NLL check failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     decision = outcome.decision
     return {
         "taste": judge.name,
