@@ -1,201 +1,131 @@
-"""Does the bot learn a hidden taste from 👍/👎? The whole loop on the real default model.
+"""Does the bot learn a hidden taste from 👍/👎, strongly, fast and without damage? Today's code
+and this branch side by side, on the real default model.
 
-Simulated users chat with the bot through the ChatService (sampled replies, temperature > 0)
-and rate each reply by a hidden taste (default: replies of at most 50 words); then the real
-pipeline trains (Finetuner → trainer subprocess → held-out gate) and, on prompts about topics
-nobody asked about, the share of replies that satisfy the taste is measured before and after.
+Tastes of different kinds (length, ending, format, voice, tone) are drawn at random from a
+larger set (bench/taste_data.py); for each taste and seed, simulated users chat with the bot and
+rate ~200 sampled replies by the taste (bench/taste_run.py, one process per run), the real
+pipeline fine-tunes once (Finetuner → trainer subprocess → gate), and the run measures, on
+prompts about topics nobody asked about, the share of replies with the taste before and after,
+the gate's verdict and metric, the NLL of the base's greedy replies to neutral prompts under the
+new adapter, the wall time from /finetune to a live adapter and the training step's MFU. Today's
+code trains on a copy of the very same ratings (``--today DIR``: a checkout of main at the start).
 
-    flock /tmp/selftune-bench.lock .venv/bin/python bench/taste.py [--ratings 320] ...
+    flock /tmp/selftune-bench.lock .venv/bin/python bench/taste.py \\
+        [--tastes 4] [--seeds 3] [--today /tmp/selftune-today] [--today-seeds 1] [--json out]
 
-Prints the load average before and after (the cores are shared), each phase's duration, the
-gate's numbers and the taste rates with 95 % intervals; ``--json`` writes them to a file.
+Prints a row per run as it ends, then mean ± sd per taste and code; the load average is printed
+before and after (the cores are shared).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import math
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE))  # runnable as a plain script
 
-from bench.taste_data import HELDOUT_TOPICS, TRAIN_TOPICS, Taste, prompts, taste, words
-from bot.app import Core, build_core
-from bot.settings import Settings, load_settings
-from bot.types import Incoming, Reply, Turn, Vote
+from bench.taste_data import pick  # noqa: E402
 
 
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--taste", default="short", choices=["short", "question"])
-    parser.add_argument("--max-words", type=int, default=50, help="the short taste's limit")
-    parser.add_argument("--users", type=int, default=8)
-    parser.add_argument("--ratings", type=int, default=320, help="rated replies in all")
-    parser.add_argument("--eval-prompts", type=int, default=24)
-    parser.add_argument("--samples", type=int, default=4, help="replies per held-out prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=80)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--tastes", type=int, default=4, help="tastes drawn from the set")
+    parser.add_argument("--only", nargs="*", default=None, help="these tastes instead")
+    parser.add_argument("--pick-seed", type=int, default=None, help="default: random")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--today", type=Path, default=None, help="a checkout of today's code")
+    parser.add_argument("--today-seeds", type=int, default=1, help="its runs are slow")
+    parser.add_argument("--today-tastes", type=int, default=4, help="per seed")
+    parser.add_argument("--ratings", type=int, default=200)
+    parser.add_argument("--json", type=Path, default=None, help="write every run here")
     return parser.parse_args()
 
 
-def _settings(args: argparse.Namespace, data_dir: Path) -> Settings:
-    base, _ = load_settings(None, {"SELFTUNE_DATA_DIR": str(data_dir)})
-    return base.model_copy(
-        update={
-            "generation": base.generation.model_copy(
-                update={"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
-            ),
-            "chat": base.chat.model_copy(update={"user_messages_per_minute": 0}),
-            "training": base.training.model_copy(
-                update={"epochs": args.epochs, "learning_rate": args.lr, "max_length": 256}
-            ),
-        }
+def one(code: Path | None, taste: str, seed: int, ratings: int, data: Path, reuse: bool) -> Any:
+    """One run in a child process: this branch's code, or the checkout ``code``."""
+    out = Path(tempfile.mkstemp(suffix=".json")[1])
+    env = dict(os.environ)
+    if code is not None:
+        env["SELFTUNE_BENCH_CODE"] = str(code)
+    command = [sys.executable, str(HERE / "bench" / "taste_run.py"), "--taste", taste]
+    command += ["--seed", str(seed), "--ratings", str(ratings), "--json", str(out)]
+    command += ["--reuse" if reuse else "--save-data", str(data)]
+    # The trainer subprocess runs ``python -m bot.trainer`` from the working directory: the
+    # code under test's.
+    done = subprocess.run(command, env=env, cwd=code or HERE, check=False)
+    if done.returncode != 0:
+        return {"taste": taste, "seed": seed, "error": f"exit {done.returncode}"}
+    return json.loads(out.read_text())
+
+
+def row(code: str, r: dict[str, Any]) -> str:
+    """One line of the table."""
+    if "error" in r:
+        return f"{code:6} {r['taste']:10} {r['seed']:>4}  {r['error']}"
+    gate = r.get("gate") or {}
+    metric = gate.get("metric") or "-"
+    value = gate.get("candidate")
+    nll = r.get("nll") or {}
+    rise = (nll["neutral_after"] / nll["neutral_base"] - 1) if nll else float("nan")
+    mfu = r["metrics"].get("mfu")
+    return (
+        f"{code:6} {r['taste']:10} {r['seed']:>4}  {100 * r['before']:5.1f}% → "
+        f"{100 * r['after']:5.1f}%  👍{r['votes']['up']:>3}/👎{r['votes']['down']:>3}  "
+        f"{gate.get('verdict', '-'):9} {metric} {'-' if value is None else f'{value:.3f}'}  "
+        f"NLL {100 * rise:+5.1f}%  {r['seconds'].get('fine-tune to live', 0):6.0f} s  "
+        f"MFU {'-' if mfu is None else f'{100 * mfu:.1f}%'}"
     )
 
 
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+def summary(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Mean ± sd of the share after, per taste and code."""
+    lines = []
+    keys = sorted({(code, r["taste"]) for code, r in runs if "error" not in r})
+    for code, taste in keys:
+        after = [100 * r["after"] for c, r in runs if (c, r.get("taste")) == (code, taste)]
+        spread = statistics.stdev(after) if len(after) > 1 else 0.0
+        lines.append(
+            f"{code:6} {taste:10} after {statistics.mean(after):5.1f} ± {spread:4.1f} % "
+            f"(n={len(after)})"
+        )
+    return lines
 
 
-def _interval(hits: int, n: int) -> str:
-    p = hits / n if n else 0.0
-    half = 1.96 * math.sqrt(p * (1 - p) / n) if n else 0.0
-    return f"{100 * p:.1f}% ± {100 * half:.1f} ({hits}/{n})"
+def main() -> None:
+    args = _args()
+    tastes = args.only or pick(args.tastes, args.pick_seed or int.from_bytes(os.urandom(4)))
+    print(f"load average before: {os.getloadavg()}; tastes {tastes}", flush=True)
+    runs: list[tuple[str, dict[str, Any]]] = []
 
+    def record(code: str, result: dict[str, Any]) -> None:
+        runs.append((code, result))
+        print(row(code, result), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps([{"code": c, **r} for c, r in runs], indent=2))
 
-async def measure(core: Core, questions: list[str], samples: int, judge: Taste) -> dict[str, Any]:
-    """Share of sampled replies to ``questions`` that the taste likes (served adapter)."""
-    system = core.settings.chat.system_prompt
-    params = core.service.default_params()
-    limit = asyncio.Semaphore(16)  # the engine batches up to 16 sequences
-
-    async def one(question: str) -> str:
-        async with limit:
-            turns = [Turn("system", system), Turn("user", question)]
-            return "".join([piece async for piece in core.generator.stream(turns, params)])
-
-    replies = await asyncio.gather(*(one(q) for q in questions for _ in range(samples)))
-    hits = sum(1 for r in replies if judge.likes(r))
-    return {
-        "liked": hits,
-        "replies": len(replies),
-        "rate": hits / len(replies),
-        "mean_words": sum(words(r) for r in replies) / len(replies),
-        "examples": replies[:3],
-    }
-
-
-async def simulate(core: Core, questions: list[str], users: int, judge: Taste) -> dict[str, int]:
-    """Users chat in their own private chats (a new conversation per question) and rate."""
-    votes = {"up": 0, "down": 0}
-
-    async def user(index: int) -> None:
-        who = Incoming("bench", f"chat{index}", f"user{index}", f"User {index}", "")
-        for question in questions[index::users]:
-            await core.repo.new_conversation(who.chat_key)
-            items = [i async for i in core.service.respond(_with_text(who, question))]
-            reply = items[-1]
-            if not isinstance(reply, Reply) or reply.exchange_id is None:
-                continue
-            vote = Vote.UP if judge.likes(reply.text) else Vote.DOWN
-            await core.service.rate(reply.exchange_id, who.user_key, vote)
-            votes["up" if vote is Vote.UP else "down"] += 1
-
-    await asyncio.gather(*(user(i) for i in range(users)))
-    return votes
-
-
-def _with_text(who: Incoming, text: str) -> Incoming:
-    from dataclasses import replace
-
-    return replace(who, text=text)
-
-
-async def train(core: Core) -> Any:
-    started = time.monotonic()
-
-    async def notify(text: str) -> None:
-        print(f"  [{time.monotonic() - started:6.0f} s] {text}", file=sys.stderr, flush=True)
-
-    return await core.finetuner.run(trigger="bench", requested_by="bench", notify=notify)
-
-
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    judge = taste(args.taste, args.max_words)
-    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="selftune-taste-"))
-    print(f"load average before: {_load()}; data in {data_dir}", flush=True)
-    print(f"hidden taste: {judge.describe}", flush=True)
-    clock: dict[str, float] = {}
-    start = time.monotonic()
-    core = await build_core(_settings(args, data_dir), progress=False)
-    clock["load model"] = time.monotonic() - start
-    heldout = prompts(HELDOUT_TOPICS, args.eval_prompts, seed=1)
-    try:
-        mark = time.monotonic()
-        before = await measure(core, heldout, args.samples, judge)
-        clock["measure before"] = time.monotonic() - mark
-        print(f"before: {_interval(before['liked'], before['replies'])}", flush=True)
-        mark = time.monotonic()
-        votes = await simulate(core, prompts(TRAIN_TOPICS, args.ratings, 0), args.users, judge)
-        clock["users chat and rate"] = time.monotonic() - mark
-        print(f"ratings: 👍 {votes['up']} / 👎 {votes['down']}", flush=True)
-        mark = time.monotonic()
-        outcome = await train(core)
-        clock["fine-tune (subprocess, gate)"] = time.monotonic() - mark
-        if outcome.version is not None and core.versions.current != outcome.version:
-            await core.versions.activate(outcome.version)  # measure it even if not live
-        mark = time.monotonic()
-        after = await measure(core, heldout, args.samples, judge)
-        clock["measure after"] = time.monotonic() - mark
-    finally:
-        await core.aclose()
-    clock["total"] = time.monotonic() - start
-    return {
-        "taste": judge.describe,
-        "votes": votes,
-        "before": before,
-        "after": after,
-        "run": {
-            "status": str(outcome.status),
-            "message": outcome.message,
-            "metrics": outcome.metrics,
-        },
-        "seconds": {k: round(v, 1) for k, v in clock.items()},
-        "load_after": _load(),
-    }
-
-
-def report(result: dict[str, Any]) -> None:
-    before, after = result["before"], result["after"]
-    print(f"\nhidden taste: {result['taste']}")
-    print(f"ratings: 👍 {result['votes']['up']} / 👎 {result['votes']['down']}")
-    print(f"held-out prompts, share liked: before {_interval(before['liked'], before['replies'])}")
-    print(f"                               after  {_interval(after['liked'], after['replies'])}")
-    print(f"mean words: before {before['mean_words']:.1f}, after {after['mean_words']:.1f}")
-    print(f"run: {result['run']['status']}: {result['run']['message']}")
-    metrics = result["run"]["metrics"]
-    for key in sorted(k for k in metrics if "accuracy" in k or "nll" in k or "margin" in k):
-        print(f"  {key}: {metrics[key]:.3f}")
-    for phase, seconds in result["seconds"].items():
-        print(f"  {phase}: {seconds:.0f} s")
-    print(f"load average after: {result['load_after']}")
+    for seed in range(args.seeds):
+        saved = []
+        for taste in tastes:
+            data = Path(tempfile.mkdtemp(prefix="selftune-ratings-"))
+            record("ours", one(None, taste, seed, args.ratings, data, reuse=False))
+            if "error" not in runs[-1][1]:
+                saved.append((taste, data))
+        # Today's code after this seed's runs of ours (it is slow), on the same ratings.
+        for taste, data in (
+            saved[: args.today_tastes] if args.today and seed < args.today_seeds else []
+        ):
+            record("today", one(args.today, taste, seed, args.ratings, data, reuse=True))
+    print("\n".join(["", *summary(runs)]))
+    print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
-    arguments = _args()
-    outcome = asyncio.run(main(arguments))
-    report(outcome)
-    if arguments.json:
-        arguments.json.write_text(json.dumps(outcome, indent=2, ensure_ascii=False))
+    main()

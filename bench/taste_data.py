@@ -46,16 +46,45 @@ def words(text: str) -> int:
 @dataclass(frozen=True)
 class Taste:
     name: str
+    kind: str  # what sort of property: length, ending, format, voice, tone
     describe: str
     likes: Callable[[str], bool]
 
 
-def taste(name: str, max_words: int) -> Taste:
-    """The hidden preference the simulated users rate by."""
-    if name == "short":
-        return Taste(
-            name, f"replies of at most {max_words} words", lambda text: words(text) <= max_words
+_FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|i'll|me|my|mine|myself)\b", re.IGNORECASE)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
+
+
+def _tastes(max_words: int) -> dict[str, Taste]:
+    return {
+        t.name: t
+        for t in (
+            Taste("short", "length", f"replies of at most {max_words} words",
+                  lambda text: words(text) <= max_words),
+            Taste("long", "length", "replies of at least 70 words", lambda t: words(t) >= 70),
+            Taste("question", "ending", "replies that end with a question",
+                  lambda t: t.rstrip().endswith("?")),
+            Taste("bullets", "format", "replies with a bulleted or numbered list",
+                  lambda t: len(_BULLET.findall(t)) >= 2),
+            Taste("impersonal", "voice", "replies that avoid the first person (I, me, my)",
+                  lambda t: _FIRST_PERSON.search(t) is None),
+            Taste("exclaim", "tone", "enthusiastic replies (an exclamation mark)",
+                  lambda t: "!" in t),
         )
-    if name == "question":
-        return Taste(name, "replies that end with a question", lambda t: t.rstrip().endswith("?"))
-    raise ValueError(f"unknown taste {name!r}")
+    }  # fmt: skip
+
+
+TASTE_NAMES = tuple(_tastes(50))
+
+
+def taste(name: str, max_words: int = 50) -> Taste:
+    """The hidden preference the simulated users rate by."""
+    try:
+        return _tastes(max_words)[name]
+    except KeyError:
+        raise ValueError(f"unknown taste {name!r}; known: {', '.join(TASTE_NAMES)}") from None
+
+
+def pick(count: int, seed: int) -> list[str]:
+    """``count`` tastes drawn at random from the whole set, so none gets tuned for alone."""
+    return random.Random(seed).sample(list(TASTE_NAMES), min(count, len(TASTE_NAMES)))

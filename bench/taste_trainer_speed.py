@@ -30,6 +30,7 @@ from bot.engine.lora import lora_config, wrap_lora
 from bot.engine.runtime import cpu_bf16_supported
 from bot.settings import LoraSettings, TrainingSettings, load_settings
 from bot.trainer.examples import build_examples
+from bot.trainer.flops import bf16_peak, linear_weights, utilisation
 from bot.trainer.kto import kto_step, kto_weights, reference_items
 from bot.trainer.loop import Runtime, optimize
 
@@ -70,8 +71,21 @@ def ours(model_dir: Path, data: list[dict[str, Any]], args: argparse.Namespace) 
     settings = TrainingSettings(batch_size=args.batch, learning_rate=2e-4)
     step = kto_step(model, rt, 0.1, kto_weights(len(items) // 2, len(items) - len(items) // 2))
     stamps.append(time.perf_counter())
+    rt.work.grad_tokens = rt.work.nograd_tokens = 0
     optimize(
-        model, items, settings, args.steps + 1, step, lambda e: stamps.append(time.perf_counter())
+        model,
+        items,
+        settings,
+        args.steps + 1,
+        step,
+        lambda e: stamps.append(time.perf_counter()),
+        work=rt.work,
+    )
+    numbers = utilisation(linear_weights(model), rt.work, bf16_peak(torch.device("cpu")))
+    print(
+        f"ours (bf16 autocast {args.bf16}): {numbers['step_tflops']:.3f} TFLOP/s in steps, "
+        f"bf16 matmul peak {numbers['peak_bf16_tflops']:.3f}: MFU {100 * numbers['mfu']:.1f} %",
+        flush=True,
     )
     return [b - a for a, b in itertools.pairwise(stamps[1:])]  # the first step is a warm-up
 
@@ -181,6 +195,13 @@ def truncation(model_dir: Path, max_length: int = 160) -> None:
     )
 
 
+def _fp32(run: Any) -> Any:
+    def fp32(model_dir: Path, data: list[dict[str, Any]], args: argparse.Namespace) -> Any:
+        return run(model_dir, data, argparse.Namespace(**{**vars(args), "bf16": False}))
+
+    return fp32
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=4, help="steps timed (after one warm-up)")
@@ -188,6 +209,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--fp32", dest="bf16", action="store_false", help="no bf16 autocast")
     parser.add_argument("--only-truncation", action="store_true")
+    parser.add_argument(
+        "--only-ours", action="store_true", help="selftune's loop in bf16 and fp32, no TRL"
+    )
     args = parser.parse_args()
     args.bf16 = args.bf16 and cpu_bf16_supported()
     settings, _ = load_settings(None, {})
@@ -197,11 +221,15 @@ def main() -> None:
         return
     data = rows(args.batch * (args.steps + 1))
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; bf16 {args.bf16}")
-    for name, run in (("selftune", ours), ("TRL KTOTrainer", trl)):
+    runs = [("selftune", ours), ("TRL KTOTrainer", trl)]
+    if args.only_ours:
+        runs = [("selftune bf16", ours), ("selftune fp32", _fp32(ours))]
+    for name, run in runs:
         seconds = run(model_dir, data, args)
         each = ", ".join(f"{s:.1f}" for s in seconds)
         print(f"{name}: {sum(seconds) / len(seconds):.1f} s/step ({each})", flush=True)
-    truncation(model_dir)
+    if not args.only_ours:
+        truncation(model_dir)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

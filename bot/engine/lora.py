@@ -2,7 +2,9 @@
 
 Every adapter of a deployment has the shape :func:`lora_config` builds, so any of them (the
 first, a newer one, a rollback) goes into the serving model by copying tensors into the same
-slot: the base model is never reloaded.
+slot: the base model is never reloaded. An adapter trained under an earlier, smaller shape (a
+lower rank, fewer target modules: the defaults before r16 on every linear layer) is fitted into
+the slot exactly (:func:`fit_weights`), so upgrading keeps every version servable.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def read_lora(path: Path, lora: LoraSettings, shapes: Mapping[str, torch.Size]) 
     """
     if not path.is_dir():
         raise LoraError(f"adapter directory {path} does not exist")
-    _check_adapter_config(path, lora)
+    config = _check_adapter_config(path, lora)
     file = path / "adapter_model.safetensors"
     if not file.is_file():
         raise LoraError(f"{path} has no adapter_model.safetensors")
@@ -81,11 +83,55 @@ def read_lora(path: Path, lora: LoraSettings, shapes: Mapping[str, torch.Size]) 
         weights = load_file(file)
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise LoraError(f"cannot read {file}: {exc}") from None
+    weights = fit_weights(weights, config, lora, shapes)
     _check_weights(path, weights, shapes)
     return weights
 
 
-def _check_adapter_config(path: Path, lora: LoraSettings) -> None:
+def fit_weights(
+    weights: Weights,
+    config: Mapping[str, Any],
+    lora: LoraSettings,
+    shapes: Mapping[str, torch.Size],
+) -> Weights:
+    """An adapter of a smaller shape as the slot's shape, computing exactly the same update.
+
+    A rank-``r`` adapter's ``A`` gains zero rows and its ``B`` zero columns up to the slot's
+    rank (the extra rank adds exactly zero), ``B`` is rescaled from its ``alpha / r`` to the
+    slot's (a factor of 1 when both keep ``alpha = 2 r``, as the defaults do), and the modules
+    it never targeted get zeros. Weights of the slot's own shape pass through untouched.
+    """
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    targets = set(config.get("target_modules") or [])
+    if rank == lora.r and alpha == lora.alpha and targets == set(lora.target_modules):
+        return weights
+    factor = (alpha / rank) / (lora.alpha / lora.r)
+    fitted: Weights = {}
+    for key, shape in shapes.items():
+        tensor = weights.get(key)
+        if tensor is None:
+            if _module(key) not in targets:  # never trained: its update is zero
+                fitted[key] = torch.zeros(shape, dtype=torch.float32)
+            continue  # a module it trained but lacks: refused by the shape check
+        if ".lora_B." in key and tensor.shape[0] == shape[0] and tensor.shape[1] <= shape[1]:
+            fitted[key] = torch.zeros(shape, dtype=tensor.dtype)
+            fitted[key][:, : tensor.shape[1]] = tensor * factor
+        elif ".lora_A." in key and tensor.shape[1] == shape[1] and tensor.shape[0] <= shape[0]:
+            fitted[key] = torch.zeros(shape, dtype=tensor.dtype)
+            fitted[key][: tensor.shape[0]] = tensor
+        else:
+            fitted[key] = tensor  # refused by the shape check, with its name
+    return fitted | {key: weights[key] for key in weights.keys() - shapes.keys()}
+
+
+def _module(key: str) -> str:
+    """``q_proj`` of ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``."""
+    return key.split(".lora_")[0].rsplit(".", 1)[-1]
+
+
+def _check_adapter_config(path: Path, lora: LoraSettings) -> dict[str, Any]:
+    """The adapter's config, if it fits the slot: a LoRA (not DoRA, not rsLoRA) of at most the
+    slot's rank on modules the slot has (:func:`fit_weights` pads a smaller one)."""
     try:
         config = json.loads((path / "adapter_config.json").read_text())
     except FileNotFoundError:
@@ -94,23 +140,22 @@ def _check_adapter_config(path: Path, lora: LoraSettings) -> None:
         raise LoraError(f"cannot read {path / 'adapter_config.json'}: {exc}") from None
     if not isinstance(config, dict):
         raise LoraError(f"{path / 'adapter_config.json'} is not a JSON object")
-    want = {
-        "peft_type": "LORA",
-        "r": lora.r,
-        "lora_alpha": lora.alpha,
-        "target_modules": sorted(lora.target_modules),
-        "use_dora": False,
-        "use_rslora": False,
-    }
-    got = dict(config, target_modules=sorted(config.get("target_modules") or []))
-    got.update(use_dora=bool(got.get("use_dora")), use_rslora=bool(got.get("use_rslora")))
+    targets = config.get("target_modules") or []
     diffs = [
-        f"{key} {got.get(key)!r} ≠ {value!r}"
-        for key, value in want.items()
-        if got.get(key) != value
+        f"{key} {config.get(key)!r} ≠ {value!r}"
+        for key, value in {"peft_type": "LORA", "use_dora": False, "use_rslora": False}.items()
+        if (bool(config.get(key)) if key != "peft_type" else config.get(key)) != value
     ]
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(rank, int) or not 0 < rank <= lora.r:
+        diffs.append(f"r {rank!r} is not a rank from 1 to the serving rank {lora.r}")
+    if not isinstance(alpha, int | float) or alpha <= 0:
+        diffs.append(f"lora_alpha {alpha!r} is not a positive number")
+    if not isinstance(targets, list) or not set(targets) <= set(lora.target_modules):
+        diffs.append(f"target_modules {targets!r} are not among {sorted(lora.target_modules)!r}")
     if diffs:
         raise LoraError(f"adapter {path} does not fit the serving LoRA config: {'; '.join(diffs)}")
+    return config
 
 
 def _check_weights(path: Path, weights: Weights, shapes: Mapping[str, torch.Size]) -> None:

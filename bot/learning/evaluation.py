@@ -177,8 +177,13 @@ def decide(
     heldout: int,
     gate: GateSettings,
     min_heldout: int | None = None,
+    base: Mapping[str, float] | None = None,
 ) -> GateDecision:
-    """Pass when the candidate is not worse than the serving adapter by more than the margin.
+    """Pass a candidate that has learned something and broken nothing: not worse than the
+    serving adapter by more than ``gate.margin``; better than the base model by at least
+    ``gate.min_gain`` (when the base's numbers are given): a candidate that does not move the
+    held-out ratings is not called better; and its liked NLL not ``gate.max_nll_rise`` (a
+    share) above the serving adapter's: a candidate that damages the language is not either.
 
     ``min_heldout``: the held-out rows this run needs (fewer for a young bot,
     bot.learning.heldout); default ``gate.min_heldout``.
@@ -201,14 +206,35 @@ def decide(
     if metric.name not in current or metric.name not in candidate:
         return GateDecision("undecided", "no gate metric can be computed on the held-out slice")
     now, new = current[metric.name], candidate[metric.name]
-    worse_by = (now - new) if metric.higher_is_better else (new - now)
     comparison = f"{metric.label} {new:.3f} vs {now:.3f} serving now, on {heldout} held-out ratings"
-    if worse_by > gate.margin:
-        return GateDecision(
-            "fail",
-            f"{comparison}: worse by {worse_by:.3f} > margin {gate.margin}",
-            metric.name,
-            now,
-            new,
-        )
+    problem = _problem(metric, current, candidate, base or {}, gate)
+    if problem:
+        return GateDecision("fail", f"{comparison}: {problem}", metric.name, now, new)
     return GateDecision("pass", comparison, metric.name, now, new)
+
+
+def _problem(
+    metric: GateMetric,
+    current: Mapping[str, float],
+    candidate: Mapping[str, float],
+    base: Mapping[str, float],
+    gate: GateSettings,
+) -> str | None:
+    """Why the candidate fails the gate, or None."""
+    name = metric.name
+    sign = 1.0 if metric.higher_is_better else -1.0
+    worse_by = sign * (current[name] - candidate[name])
+    if worse_by > gate.margin:
+        return f"worse by {worse_by:.3f} > margin {gate.margin}"
+    if name in base and sign * (candidate[name] - base[name]) < gate.min_gain:
+        return (
+            f"no better than the base model ({base[name]:.3f}) by gate.min_gain = "
+            f"{gate.min_gain}: it has not learned the ratings"
+        )
+    nll_now, nll_new = current.get("liked_nll"), candidate.get("liked_nll")
+    if nll_now is not None and nll_new is not None and nll_new > nll_now * (1 + gate.max_nll_rise):
+        return (
+            f"liked NLL {nll_new:.3f} vs {nll_now:.3f} serving now: up more than "
+            f"gate.max_nll_rise = {gate.max_nll_rise:.0%}"
+        )
+    return None

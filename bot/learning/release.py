@@ -67,8 +67,27 @@ def gate(settings: Settings, trained: Trained) -> GateDecision:
     if evaluation is None:
         return decide({}, {}, 0, settings.gate, needed)
     return decide(
-        evaluation.serving, evaluation.candidate, evaluation.heldout, settings.gate, needed
+        evaluation.serving,
+        evaluation.candidate,
+        evaluation.heldout,
+        settings.gate,
+        needed,
+        base=evaluation.base,
     )
+
+
+def trained_ids(trained: Trained) -> list[int]:
+    """The exchanges the run learned from: those of the rows the trainer says its steps used
+    (``trained_exchange_ids``; fewer than the curated set when ``max_steps`` cut the run
+    short), or every curated training row of the method when it does not say."""
+    ids = trained.curated.trained_ids(trained.method)
+    used = trained.result.data.get("trained_exchange_ids")
+    if not isinstance(used, list):
+        return ids
+    seen = {int(i) for i in used if isinstance(i, int)}
+    allowed = set(ids)
+    rows = [r for r in trained.curated.train if r.exchange_id in seen]
+    return [i for r in rows for i in r.exchange_ids if i in allowed]
 
 
 def version_metrics(result: TrainResult) -> dict[str, float]:
@@ -111,7 +130,7 @@ class Releaser:
         url = await self._files.publish(trained.result.output_dir, trained.version)
         decision = gate(self._settings, trained)
         metrics = version_metrics(trained.result)
-        train_ids = trained.curated.trained_ids(trained.method)  # SFT: the 👍 rows only
+        train_ids = trained_ids(trained)  # SFT: the 👍 rows only; the rows the steps saw
         # A /forget while the run trained: the adapter learned from rows that are gone now
         # (the author's exchanges, or prompts scrubbed of their words), or from the ratings of
         # a user who is gone now (the exchange, someone else's, stays).

@@ -9,15 +9,20 @@ from pydantic import Field, field_validator
 
 from bot.settings.base import Section
 
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 
 class LoraSettings(Section):
     """Fixed per deployment: every adapter version has this shape, so any of them hot-swaps."""
 
-    r: int = Field(8, ge=1, le=256, description="LoRA rank.")
-    alpha: int = Field(16, ge=1, description="LoRA scaling (alpha / r multiplies the update).")
+    r: int = Field(16, ge=1, le=256, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling (alpha / r multiplies the update).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout while training.")
+    # Every linear layer of a Llama-style block (issue 10): a taste shows in what is said (the
+    # MLPs) as much as in what is attended to. A deployment that changes this shape can no
+    # longer hot-swap the adapters trained before.
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        default_factory=lambda: list(ALL_LINEAR),
         description="Modules that get LoRA weights.",
     )
 
@@ -29,7 +34,10 @@ class TrainingSettings(Section):
     """The ``[training]`` table: hyperparameters and resources of a fine-tuning run."""
 
     epochs: float = Field(2.0, gt=0.0, description="Passes over the training rows.")
-    learning_rate: float = Field(2e-4, gt=0.0, lt=1.0, description="Peak learning rate.")
+    learning_rate: float = Field(1e-3, gt=0.0, lt=1.0, description="Peak learning rate.")
+    schedule: Literal["constant", "linear"] = Field(
+        "constant", description="Learning rate over the run: constant, or decaying linearly to 0."
+    )
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
     max_length: int = Field(512, ge=32, description="Tokens per training example.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
@@ -50,6 +58,20 @@ class TrainingSettings(Section):
     )
     beta: float = Field(
         0.1, gt=0.0, le=10.0, description="KTO's beta: how far the adapter may move from the base."
+    )
+    sft_weight: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="Weight of the 👍 replies' NLL next to KTO's loss in a KTO run (0 = KTO "
+        "alone): the liked replies are imitated, the disliked pushed down.",
+    )
+    pair_weight: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="Weight of the DPO loss on preference pairs (a regenerated or corrected "
+        "reply against the one it replaced), next to the ratings' loss (0 = pairs unused).",
     )
     max_per_user: int = Field(
         200, ge=1, description="Most ratings of one user per run (their newest): nobody dominates."
@@ -123,6 +145,18 @@ class GateSettings(Section):
     )
     margin: float = Field(
         0.02, ge=0.0, description="How much worse than the serving adapter a candidate may be."
+    )
+    min_gain: float = Field(
+        0.02,
+        ge=0.0,
+        description="How much better than the base model a candidate must be on the metric: "
+        "one that has not learned the ratings is not called better.",
+    )
+    max_nll_rise: float = Field(
+        0.10,
+        ge=0.0,
+        description="Most the liked replies' NLL per token may rise over the serving "
+        "adapter's (a share: 0.10 = 10 %): more is damage, and the candidate fails.",
     )
     heldout_fraction: float = Field(
         0.2,

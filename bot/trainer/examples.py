@@ -80,12 +80,12 @@ def build_examples(
             continue
         try:
             examples.append(build_example(tokenizer, row, max_length, end_id))
-        except _Unfit as exc:
+        except Unfit as exc:
             dropped.append(Dropped(row.get("exchange_id"), str(exc)))
     return examples, dropped
 
 
-class _Unfit(ValueError):
+class Unfit(ValueError):
     """This one row cannot be used (others may)."""
 
 
@@ -95,23 +95,23 @@ def build_example(
     """Render prompt + reply with the chat template; labels cover the reply and its end of turn.
 
     Too long: drop the oldest turns (keeping the system prompt and the last turn), then cut
-    prompt tokens from the left. The reply is never cut; a reply that does not fit is _Unfit.
+    prompt tokens from the left. The reply is never cut; a reply that does not fit is Unfit.
     """
     try:
         prompt = [{"role": m["role"], "content": m["content"]} for m in row["prompt"]]
         completion = [{"role": m["role"], "content": m["content"]} for m in row["completion"]]
     except (KeyError, TypeError):
-        raise _Unfit("malformed row: needs prompt and completion message lists") from None
+        raise Unfit("malformed row: needs prompt and completion message lists") from None
     prompt_ids, reply_ids = _render(tokenizer, prompt, completion, end_id)
     while len(prompt_ids) + len(reply_ids) > max_length and _drop_oldest_turn(prompt):
         prompt_ids, reply_ids = _render(tokenizer, prompt, completion, end_id)
     if len(reply_ids) >= max_length:
-        raise _Unfit(f"reply longer than max_length ({len(reply_ids)} ≥ {max_length} tokens)")
+        raise Unfit(f"reply longer than max_length ({len(reply_ids)} ≥ {max_length} tokens)")
     overflow = len(prompt_ids) + len(reply_ids) - max_length
     if overflow > 0:
         prompt_ids = prompt_ids[overflow:]  # cut from the left: the latest context matters most
     if not reply_ids:  # never an example without labels: it would teach nothing
-        raise _Unfit("the reply renders to no tokens")
+        raise Unfit("the reply renders to no tokens")
     labels = [IGNORE] * len(prompt_ids) + reply_ids
     return Example(
         prompt_ids + reply_ids,

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.errors import TrainingError
 from bot.learning.protocol import TrainingSpec
 from bot.trainer.examples import NO_LIKED, Dropped, Example, build_examples, load_rows
 from bot.trainer.lm import build_lm_examples
+from bot.trainer.pairs import PairItem, build_pairs
 
 log = logging.getLogger("bot.trainer")
 
@@ -24,6 +25,7 @@ class Prepared:
     heldout: list[Example]
     lm: list[Example]
     dropped: list[Dropped]
+    pairs: list[PairItem] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         liked = sum(1 for ex in self.train if ex.label)
@@ -48,6 +50,10 @@ def prepare(tokenizer: Any, spec: TrainingSpec) -> Prepared:
     lm: list[Example] = []
     if spec.lm_dataset is not None and spec.training.lm_weight > 0:
         lm = build_lm_examples(tokenizer, load_rows(spec.lm_dataset), length)
+    pairs: list[PairItem] = []
+    if spec.pairs_dataset is not None and spec.training.pair_weight > 0:
+        pairs, dropped_pairs = build_pairs(tokenizer, load_rows(spec.pairs_dataset), length)
+        dropped_heldout = dropped_heldout + dropped_pairs
     for item in dropped + dropped_heldout:
         log.warning("skipping exchange %s: %s", item.exchange_id, item.reason)
     if not train_set:
@@ -56,7 +62,7 @@ def prepare(tokenizer: Any, spec: TrainingSpec) -> Prepared:
             if dropped
             else NO_LIKED
         )
-    return Prepared(train_set, heldout, lm, dropped + dropped_heldout)
+    return Prepared(train_set, heldout, lm, dropped + dropped_heldout, pairs)
 
 
 DROPPED_REASONS = 20  # the most distinct reasons the ``done`` event lists (the rest: "other")
@@ -82,4 +88,9 @@ def dropped_summary(dropped: list[Dropped]) -> dict[str, Any]:
 
 def data_report(spec: TrainingSpec, data: Prepared) -> dict[str, Any]:
     """The run's data figures for its report: method, example counts and drops by reason."""
-    return {"method": spec.method, **data.counts(), **dropped_summary(data.dropped)}
+    return {
+        "method": spec.method,
+        **data.counts(),
+        "pairs": len(data.pairs),
+        **dropped_summary(data.dropped),
+    }

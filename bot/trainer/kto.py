@@ -102,8 +102,15 @@ def reference_items(
     ]
 
 
-def kto_step(model: Any, rt: Runtime, beta: float, weights: tuple[float, float]) -> StepFn:
-    """One KTO step over a batch of KtoItems: z first (no grad), then the loss, micro-batched."""
+def kto_step(
+    model: Any, rt: Runtime, beta: float, weights: tuple[float, float], sft_weight: float = 0.0
+) -> StepFn:
+    """One KTO step over a batch of KtoItems: z first (no grad), then the loss, micro-batched.
+
+    ``sft_weight`` adds that times the mean NLL per token of the batch's 👍 replies: KTO alone
+    moves a fresh adapter slowly (its loss saturates at β·r), the NLL imitates what was liked
+    directly; KTO still pushes the 👎 replies down relative to the base.
+    """
 
     def step(batch: list[KtoItem]) -> dict[str, float]:
         with torch.no_grad():  # z carries no gradient, as in TRL
@@ -116,6 +123,7 @@ def kto_step(model: Any, rt: Runtime, beta: float, weights: tuple[float, float])
         ref_pairs = torch.tensor([i.ref_pair_logp for i in batch], device=rt.device)
         kl = (pair_logps - ref_pairs).mean().clamp(min=0)
         by_example = {id(i.example): i for i in batch}
+        liked_tokens = sum(_reply_tokens(i.example) for i in batch if i.example.label)
         total = 0.0
         for group in micro_batches([i.example for i in batch]):
             items = [by_example[id(ex)] for ex in group]
@@ -123,8 +131,15 @@ def kto_step(model: Any, rt: Runtime, beta: float, weights: tuple[float, float])
             ref = torch.tensor([i.ref_logp for i in items], device=rt.device)
             labels = torch.tensor([ex.label for ex in group], device=rt.device)
             loss = kto_losses(logps, ref, labels, kl, beta, weights).sum() / len(batch)
+            if sft_weight and liked_tokens:
+                loss = loss - sft_weight * (logps * labels).sum() / liked_tokens
             loss.backward()  # type: ignore[no-untyped-call]
             total += float(loss.item())
         return {"loss": total, "kl": float(kl)}
 
     return step
+
+
+def _reply_tokens(example: Example) -> int:
+    """Tokens that carry a label (the NLL's denominator), as token_nll counts them."""
+    return sum(1 for label in example.labels[1:] if label != IGNORE)

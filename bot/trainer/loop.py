@@ -1,6 +1,9 @@
 """The optimisation machinery both objectives share: batches, micro-batches, log-probabilities,
-AdamW with linear decay, and the supervised (SFT) step.
+AdamW (constant or linearly decaying learning rate), and the supervised (SFT) step.
 
+Batches are length-bucketed: each epoch is shuffled, then cut into windows of BUCKET batches
+whose examples are sorted by length before they are cut into batches (and the batches shuffled
+again), so a batch holds examples of similar length and little of each forward pass is padding.
 Micro-batches bound peak memory: a batch of 8 long examples is cut into forward passes of at
 most MICRO_BATCH_TOKENS padded tokens, with the same gradient as one pass.
 """
@@ -9,8 +12,9 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -22,9 +26,20 @@ from bot.settings import TrainingSettings
 from bot.trainer.examples import IGNORE, Example
 
 MICRO_BATCH_TOKENS = 2048  # padded tokens per forward pass: bounds peak memory (~7 GB fp32)
+BUCKET = 8  # batches per length-sorted window: similar lengths in a batch, order still random
 Emit = Callable[[Event], None]
 StepFn = Callable[[list[Any]], dict[str, float]]  # forward + backward of one batch; its stats
 T = TypeVar("T")
+
+
+@dataclass
+class Work:
+    """Padded tokens the model has run forward, with and without a backward pass after: what
+    the step's FLOPs (bot.trainer.flops) are counted from."""
+
+    grad_tokens: int = 0
+    nograd_tokens: int = 0
+    seconds: float = 0.0  # time spent in optimizer steps
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,7 @@ class Runtime:
     device: torch.device
     pad_id: int
     bf16: bool  # bfloat16 autocast (weights stay float32)
+    work: Work = field(default_factory=Work, compare=False)
 
 
 def total_steps(examples: int, settings: TrainingSettings) -> int:
@@ -42,18 +58,57 @@ def total_steps(examples: int, settings: TrainingSettings) -> int:
     return min(steps, settings.max_steps) if settings.max_steps else steps
 
 
-def batches(items: Sequence[T], size: int, total: int, seed: int) -> Iterator[list[T]]:
-    """``total`` batches: each epoch a fresh seeded shuffle, the last batch of an epoch short."""
+def rows_used(items: Sequence[T], per_step: int, total: int, seed: int) -> list[T]:
+    """The items ``total`` steps of ``per_step`` actually see: all of them when the steps cover
+    an epoch, else a seeded sample of ``total × per_step`` (in their order). Training on exactly
+    these means nothing is scored or recorded as trained that the run never looks at."""
+    wanted = total * per_step
+    if wanted >= len(items):
+        return list(items)
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [items[i] for i in sorted(order[:wanted])]
+
+
+def batches(
+    items: Sequence[T], size: int, total: int, seed: int, length: Callable[[T], int] | None = None
+) -> Iterator[list[T]]:
+    """``total`` batches: each epoch a fresh seeded shuffle, length-bucketed when ``length``
+    is given (see the module's note); an epoch's last batch may be short."""
     rng = random.Random(seed)
     produced = 0
     while True:
         order = list(range(len(items)))
         rng.shuffle(order)
-        for start in range(0, len(order), size):
-            yield [items[i] for i in order[start : start + size]]
+        for batch in _epoch(order, size, rng, None if length is None else _lengths(items, length)):
+            yield [items[i] for i in batch]
             produced += 1
             if produced == total:
                 return
+
+
+def _lengths(items: Sequence[T], length: Callable[[T], int]) -> list[int]:
+    return [length(item) for item in items]
+
+
+def _epoch(
+    order: list[int], size: int, rng: random.Random, lengths: list[int] | None
+) -> list[list[int]]:
+    """One epoch's batches of indices: in shuffled order, or bucketed by length."""
+    if lengths is None:
+        return [order[start : start + size] for start in range(0, len(order), size)]
+    out: list[list[int]] = []
+    window = size * BUCKET
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        out.extend(chunk[k : k + size] for k in range(0, len(chunk), size))
+    rng.shuffle(out)
+    return out
+
+
+def tokens_of(item: Any) -> int:
+    """An Example's length, or that of the example an item wraps (a KTO or pair item)."""
+    return len(getattr(item, "example", item).input_ids)
 
 
 def micro_batches(batch: Sequence[Example]) -> Iterator[list[Example]]:
@@ -90,6 +145,10 @@ def token_nll(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token negative log-likelihood of the labels (0 elsewhere) and the label mask."""
     ids, mask, labels = collate(group, rt.pad_id, rt.device)
+    if torch.is_grad_enabled():
+        rt.work.grad_tokens += ids.numel()
+    else:
+        rt.work.nograd_tokens += ids.numel()
     with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
         logits = model(input_ids=ids, attention_mask=mask).logits
     targets = labels[:, 1:]
@@ -147,16 +206,24 @@ def optimize(
     step: StepFn,
     emit: Emit,
     extra: Callable[[], dict[str, float]] | None = None,
+    work: Work | None = None,
 ) -> list[float]:
-    """AdamW with linear decay over ``total`` steps; returns each step's loss.
+    """AdamW over ``total`` length-bucketed batches, the learning rate constant or decaying
+    linearly (``settings.schedule``); returns each step's loss.
 
     ``extra`` runs after each step's backward (an additional loss term adding its gradient).
+    ``work`` (the Runtime's counter) gets the seconds spent in steps.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1.0 - done / total)
+    decay = settings.schedule == "linear"
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda done: 1.0 - done / total if decay else 1.0
+    )
     losses = []
-    for number, batch in enumerate(batches(items, settings.batch_size, total, settings.seed), 1):
+    plan = batches(items, settings.batch_size, total, settings.seed, tokens_of)
+    for number, batch in enumerate(plan, 1):
+        started = time.perf_counter()
         stats = step(batch)
         if extra is not None:
             stats.update(extra())
@@ -164,6 +231,8 @@ def optimize(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        if work is not None:
+            work.seconds += time.perf_counter() - started
         losses.append(stats["loss"])
         emit(_step(number, total, stats))
     return losses

@@ -1,8 +1,12 @@
 """LoRA fine-tuning on rated exchanges, run as a subprocess: ``python -m bot.trainer SPEC.json``.
 
-The orchestrator (bot.learning.finetune) picks the method: KTO on 👍 and 👎 (bot.trainer.kto),
-or SFT on the 👍 when there are too few 👎. Either way the loss covers the assistant reply and its
-end-of-turn token only, and an optional self-supervised term (bot.trainer.lm) can join in.
+The orchestrator (bot.learning.finetune) picks the method: KTO on 👍 and 👎 (bot.trainer.kto,
+with the 👍 replies' NLL next to it: ``training.sft_weight``), or SFT on the 👍 when there are too
+few 👎. Either way the loss covers the assistant reply and its end-of-turn token only; preference
+pairs (``pairs_dataset``) add a DPO term (bot.trainer.pairs) and an optional self-supervised term
+(bot.trainer.lm) can join in. When ``max_steps`` stops a run before an epoch, only the rows its
+steps use are scored, trained on and recorded (``trained_exchange_ids``); the steps' share of
+the bf16 matmul peak measured in the same run is reported as ``mfu`` (bot.trainer.flops).
 Rows marked ``"split": "heldout"`` are never trained on: they score the base model, the adapter
 serving now and the new one (bot.trainer.scoring), and the orchestrator's gate decides with them.
 
@@ -28,7 +32,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,7 +45,9 @@ from bot.engine.runtime import pick_device
 from bot.errors import TrainingError
 from bot.learning.evaluation import Evaluation
 from bot.learning.protocol import Done, Error, Event, Phase, Start, TrainingSpec
+from bot.settings import TrainingSettings
 from bot.trainer.examples import NO_LIKED, Example, build_examples, load_rows
+from bot.trainer.flops import bf16_peak, linear_weights, utilisation
 from bot.trainer.inputs import Prepared, data_report, prepare
 from bot.trainer.kto import kto_step, kto_weights, reference_items
 from bot.trainer.lm import lm_term
@@ -49,11 +55,13 @@ from bot.trainer.loop import (
     Emit,
     Runtime,
     optimize,
+    rows_used,
     score,
     sft_step,
     total_steps,
     use_bf16,
 )
+from bot.trainer.pairs import pair_term, reference_pairs
 from bot.trainer.scoring import Baseline, baseline, evaluation
 
 __all__ = [
@@ -98,6 +106,8 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
     tokenizer = _load(AutoTokenizer, spec.model_dir)
     data = prepare(tokenizer, spec)
     total = total_steps(len(data.train), spec.training)
+    # Only the rows the steps will see are scored, trained on and recorded as trained.
+    data.train = rows_used(data.train, spec.training.batch_size, total, spec.training.seed)
     emit(Start(spec.method, len(data.train), total, len(data.dropped), **data.counts()))
     device = pick_device(spec.training.device)
     model = load_trainable(spec, device)
@@ -115,8 +125,9 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
         **extra,
     }
     model.save_pretrained(partial, save_embedding_layers=False)
+    trained = {"trained_exchange_ids": [ex.exchange_id for ex in data.train]}
     result = TrainOutput(
-        metrics, data=data_report(spec, data) | {"losses": [round(x, 6) for x in losses]}
+        metrics, data=data_report(spec, data) | trained | {"losses": [round(x, 6) for x in losses]}
     )
     if before is not None:
         emit(Phase("evaluation", heldout=len(data.heldout)))
@@ -130,21 +141,48 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
 def _fit(
     model: Any, data: Prepared, spec: TrainingSpec, total: int, rt: Runtime, emit: Emit
 ) -> tuple[list[float], dict[str, float]]:
-    """Run the chosen objective (plus the optional self-supervised term)."""
+    """Run the chosen objective on the rows its steps use (plus the optional self-supervised
+    and pairwise terms); report the steps' share of the bf16 peak."""
     cfg = spec.training
-    extra = None
-    if data.lm:
-        extra = lm_term(model, data.lm, cfg.lm_weight, cfg.batch_size, cfg.seed, rt)
+    extra = _extra_terms(model, data, cfg, total, rt)
+    numbers: dict[str, float] = {}
+    items: list[Any]
     if spec.method == "kto":
         liked = sum(1 for ex in data.train if ex.label)
         weights = kto_weights(liked, len(data.train) - liked)
         items = reference_items(model, data.train, cfg.max_length, cfg.seed, rt, emit)
-        emit(Phase("training"))
-        step = kto_step(model, rt, cfg.beta, weights)
-        losses = optimize(model, items, cfg, total, step, emit, extra)
-        return losses, {"desirable_weight": weights[0], "undesirable_weight": weights[1]}
+        step = kto_step(model, rt, cfg.beta, weights, cfg.sft_weight)
+        numbers = {"desirable_weight": weights[0], "undesirable_weight": weights[1]}
+    else:
+        items, step = list(data.train), sft_step(model, rt)
     emit(Phase("training"))
-    return optimize(model, data.train, cfg, total, sft_step(model, rt), emit, extra), {}
+    peak = bf16_peak(rt.device)
+    rt.work.grad_tokens = rt.work.nograd_tokens = 0  # the steps' own work from here
+    losses = optimize(model, items, cfg, total, step, emit, extra, rt.work)
+    return losses, numbers | utilisation(linear_weights(model), rt.work, peak)
+
+
+def _extra_terms(
+    model: Any, data: Prepared, cfg: TrainingSettings, total: int, rt: Runtime
+) -> Callable[[], dict[str, float]] | None:
+    """The terms that add their gradient after each step's: self-supervised, pairwise."""
+    terms = []
+    if data.lm:
+        terms.append(lm_term(model, data.lm, cfg.lm_weight, cfg.batch_size, cfg.seed, rt))
+    if data.pairs:
+        size = max(1, cfg.batch_size // 2)
+        used = reference_pairs(model, rows_used(data.pairs, size, total, cfg.seed), rt)
+        terms.append(pair_term(model, used, cfg.pair_weight, cfg.beta, size, cfg.seed, rt))
+    if not terms:
+        return None
+
+    def extra() -> dict[str, float]:
+        stats: dict[str, float] = {}
+        for term in terms:
+            stats.update(term())
+        return stats
+
+    return extra
 
 
 def load_trainable(spec: TrainingSpec, device: torch.device) -> Any:

@@ -270,9 +270,11 @@ async def test_swap_waits_for_running_sequences(
 def broken_adapters(good: Path, root: Path, tiny_model_dir: Path) -> dict[str, Path]:
     """Adapter dirs that must be refused, each broken one way."""
     cases: dict[str, Path] = {"missing": root / "does-not-exist"}
-    cases["other rank"] = make_adapter(tiny_model_dir, root / "r4", LoraSettings(r=4))
-    other_targets = LoraSettings(target_modules=["q_proj", "v_proj"])
-    cases["other targets"] = make_adapter(tiny_model_dir, root / "qv", other_targets)
+    cases["larger rank"] = make_adapter(tiny_model_dir, root / "r32", LoraSettings(r=32))
+    dora = Path(shutil.copytree(good, root / "dora"))
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps(config | {"use_dora": True}))
+    cases["dora"] = dora
     corrupt = Path(shutil.copytree(good, root / "corrupt"))
     (corrupt / "adapter_model.safetensors").write_bytes(b"not safetensors")
     cases["corrupt weights"] = corrupt
@@ -491,6 +493,29 @@ async def test_bad_lora_targets_are_a_load_error(tiny_model_dir: Path) -> None:
         await TransformersGenerator.load(
             tiny_settings(tiny_model_dir), LoraSettings(target_modules=["no_such_module"])
         )
+
+
+async def test_an_adapter_of_an_earlier_smaller_shape_serves_exactly_as_peft_applies_it(
+    generator: TransformersGenerator, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Upgrading keeps old versions servable: an r8 adapter on q/v only (the defaults before
+    r16 on every linear layer) is fitted into the r16 slot and computes the same update."""
+    old = LoraSettings(r=8, alpha=16, target_modules=["q_proj", "v_proj"])
+    path = make_adapter(tiny_model_dir, tmp_path / "old", old)
+    await generator.swap_lora(path)
+    served = await reply(generator, HELLO)
+    reference = await TransformersGenerator.load(tiny_settings(tiny_model_dir), old)
+    try:
+        await reference.swap_lora(path)
+        assert served == await reply(reference, HELLO)
+    finally:
+        await reference.aclose()
+    assert served != await _base_reply(generator)
+
+
+async def _base_reply(generator: TransformersGenerator) -> str:
+    await generator.swap_lora(None)
+    return await reply(generator, HELLO)
 
 
 def test_lora_config_is_the_deployment_shape() -> None:

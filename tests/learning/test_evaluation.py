@@ -109,3 +109,53 @@ def test_the_gate_reads_each_metrics_direction_from_the_registry(
     flipped = replace(evaluation._BY_NAME["reward_margin"], higher_is_better=False)
     monkeypatch.setitem(evaluation._BY_NAME, "reward_margin", flipped)
     assert decide(current, candidate, 5, gate).verdict == "pass"
+
+
+def test_a_candidate_no_better_than_the_base_is_not_called_better() -> None:
+    gate = GateSettings(metric="preference_accuracy", min_heldout=4, min_gain=0.05)
+    base = {"preference_accuracy": 0.50, "liked_nll": 2.0}
+    same = decide(base, {"preference_accuracy": 0.52, "liked_nll": 2.0}, 10, gate, base=base)
+    assert same.verdict == "fail" and "no better than the base model (0.500)" in same.reason
+    moved = decide(base, {"preference_accuracy": 0.80, "liked_nll": 1.8}, 10, gate, base=base)
+    assert moved.verdict == "pass"
+    # A serving adapter that learned already: not worse than it, and still ahead of the base.
+    serving = {"preference_accuracy": 0.80, "liked_nll": 1.8}
+    again = decide(serving, {"preference_accuracy": 0.79, "liked_nll": 1.8}, 10, gate, base=base)
+    assert again.verdict == "pass"
+
+
+def test_a_candidate_that_damages_the_liked_replies_nll_fails() -> None:
+    gate = GateSettings(metric="preference_accuracy", min_heldout=4, max_nll_rise=0.10)
+    serving = {"preference_accuracy": 0.5, "liked_nll": 2.0}
+    damaged = decide(serving, {"preference_accuracy": 0.9, "liked_nll": 2.3}, 10, gate)
+    assert damaged.verdict == "fail" and "liked NLL 2.300 vs 2.000" in damaged.reason
+    slight = decide(serving, {"preference_accuracy": 0.9, "liked_nll": 2.1}, 10, gate)
+    assert slight.verdict == "pass"
+
+
+def test_the_version_records_only_the_rows_the_trainer_says_it_used() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from bot.learning.release import trained_ids
+
+    class Curated:
+        def __init__(self) -> None:
+            self.train = [
+                SimpleNamespace(exchange_id=1, exchange_ids=(1, 7), label=True),
+                SimpleNamespace(exchange_id=2, exchange_ids=(2,), label=False),
+                SimpleNamespace(exchange_id=3, exchange_ids=(3,), label=True),
+            ]
+
+        def trained_ids(self, method: str) -> list[int]:
+            return [i for r in self.train if r.label or method != "sft" for i in r.exchange_ids]
+
+    def run(data: dict[str, Any], method: str = "kto") -> list[int]:
+        trained = SimpleNamespace(
+            curated=Curated(), method=method, result=SimpleNamespace(data=data)
+        )
+        return trained_ids(cast(Any, trained))
+
+    assert run({}) == [1, 7, 2, 3]  # an older trainer: every curated row
+    assert run({"trained_exchange_ids": [1, 2]}) == [1, 7, 2]  # merged ratings come along
+    assert run({"trained_exchange_ids": [1, 2]}, method="sft") == [1, 7]  # SFT: 👍 only

@@ -20,6 +20,7 @@ from bot.types import Incoming, Vote
 from tests.support.records import rated
 
 GOOD = {"preference_accuracy": 0.8, "liked_nll": 2.0, "reward_margin": 0.3}
+BASE = {"preference_accuracy": 0.6, "liked_nll": 2.1, "reward_margin": 0.0}  # the base scores 0
 
 
 class FakeTrainer:
@@ -67,7 +68,7 @@ class FakeTrainer:
             return None
         heldout = [r for r in rows if r.get("split") == "heldout"]
         liked = sum(1 for r in heldout if r["label"])
-        return Evaluation(GOOD, GOOD, self.candidate, liked, len(heldout) - liked)
+        return Evaluation(BASE, GOOD, self.candidate, liked, len(heldout) - liked)
 
 
 async def trainer_core(settings: Settings, trainer: FakeTrainer, *, progress: bool = False) -> Core:

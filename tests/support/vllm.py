@@ -63,7 +63,7 @@ class VllmServer:
             str(self.python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model_dir), "--served-model-name", self.name,
             "--host", "127.0.0.1", "--port", str(self.port),
-            "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
+            "--enable-lora", "--max-lora-rank", "16", "--max-loras", "2",
             "--max-model-len", "2048",
         ]  # fmt: skip
 

@@ -240,7 +240,8 @@ def test_kto_subprocess_evaluates_base_serving_and_candidate(
     train(serving, lambda event: None)  # an earlier adapter: the one "serving now"
 
     rows = rated_rows(24)
-    spec_path = write_spec(tmp_path, tiny_model_dir, rows, learning_rate=2e-2, max_steps=6)
+    # 8 steps of 2: every one of the 16 training rows is used
+    spec_path = write_spec(tmp_path, tiny_model_dir, rows, learning_rate=2e-2, max_steps=8)
     with_spec(spec_path, method="kto", serving_lora=str(serving.output_dir))
     code, events, stderr = run_trainer(spec_path)
 
