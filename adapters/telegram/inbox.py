@@ -63,6 +63,8 @@ class Inbox:
         self._refs: dict[int, int] = {}  # update id → its reply's first message, when known
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining: set[str] = set()  # chats whose turn a task of this process handles
+        self._kicked: set[str] = set()  # chats kicked while drained: drain once more after
+        self._closing = False
 
     async def recover(self) -> int:
         """Handle again what a crash interrupted (before new updates); returns how many."""
@@ -118,6 +120,7 @@ class Inbox:
     async def close(self) -> None:
         """Stop what is still being handled (done after the adapter's shutdown grace): those
         updates stay unfinished, and are handled at the next start (or by another process)."""
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -133,9 +136,16 @@ class Inbox:
     def _kick(self, chat: str) -> None:
         """See that the chat's waiting updates are handled: by a task of this process unless
         one already drains it (it looks again before it ends)."""
-        if chat not in self._draining:
-            self._draining.add(chat)
-            self._spawn(self._drain(chat), f"telegram-chat-{chat}")
+        if self._closing:
+            return  # left unfinished: handled at the next start (or by another process)
+        if chat in self._draining:
+            # Its drain may be reading the waiting updates right now, in a snapshot taken
+            # before this one was stored: it drains once more when it ends, so nothing waits
+            # for a sweep (none runs on SQLite) or a restart.
+            self._kicked.add(chat)
+            return
+        self._draining.add(chat)
+        self._spawn(self._drain(chat), f"telegram-chat-{chat}")
 
     async def _drain(self, chat: str) -> None:
         """Handle the chat's waiting updates in order while holding its turn. After letting
@@ -159,6 +169,9 @@ class Inbox:
             )
         finally:
             self._draining.discard(chat)
+            if chat in self._kicked:
+                self._kicked.discard(chat)
+                self._kick(chat)
 
     async def _waiting(self, chat: str, tried: set[str]) -> list[Pending]:
         pending = await self._log.pending_in_chat(self.platform, chat)

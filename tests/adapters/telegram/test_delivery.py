@@ -209,3 +209,44 @@ async def test_updates_a_dead_process_left_are_handled_by_the_sweep(
         await tg.reply(1001)
     assert len(rated(tg, 1001)) == 1
     assert await core.repo.deliveries.pending_chats(PLATFORM) == []
+
+
+async def test_an_update_stored_while_the_drain_takes_its_last_look_is_answered(
+    core: Core, tg: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite (no sweep): the chat's drain reads the waiting updates one last time after
+    letting its turn go; an update stored while that read is in flight (the read's snapshot
+    predates it) is kicked to the same chat. It must still be answered, not wait for a
+    restart. The read is held until the second update is stored, to make the race certain."""
+    deliveries = type(core.repo.deliveries)
+    real = deliveries.pending_in_chat
+    stored = asyncio.Event()
+    empty: list[bool] = []  # the drain's empty reads: in its turn, then its last look
+    held: list[bool] = []
+
+    async def late_snapshot(self: Any, platform: str, chat: str) -> list[Any]:
+        pending = await real(self, platform, chat)  # the snapshot, before the second update
+        if not pending:
+            empty.append(True)
+            if len(empty) == 2:  # the last look, after the turn was let go
+                held.append(True)
+                await stored.wait()  # the second update is stored and kicked meanwhile
+        return pending
+
+    real_receive = deliveries.receive_one
+
+    async def receive_one(self: Any, *args: Any) -> bool:
+        fresh: bool = await real_receive(self, *args)
+        if held:
+            stored.set()  # wakes the held read only after this update's kick
+        return fresh
+
+    monkeypatch.setattr(deliveries, "pending_in_chat", late_snapshot)
+    monkeypatch.setattr(deliveries, "receive_one", receive_one)
+    ann = tg.user(1001)
+    async with running(TelegramAdapter(core.service, bot_settings(tg))):
+        tg.push_text(tg.private_chat(ann), ann, "first")
+        await tg.wait_until(lambda: len(rated(tg, 1001)) == 1 and bool(held))
+        tg.push_text(tg.private_chat(ann), ann, "second")
+        await tg.wait_until(lambda: len(rated(tg, 1001)) == 2)
+    assert [m["text"] for m in rated(tg, 1001)] == ["You said: first", "You said: second"]
