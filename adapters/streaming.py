@@ -13,10 +13,10 @@ into pieces; the rating buttons; a cursor on drafts) and the ``Pacer``'s setting
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -25,6 +25,12 @@ from typing import Any, Generic, Protocol, TypeVar
 from bot.types import Draft, Reply, ReplyKind
 
 log = logging.getLogger(__name__)
+
+# A final edit the platform refuses for its rate limit is tried this many times more, each
+# after the wait the platform asked for, before the final text goes in a new message instead.
+FINAL_RETRIES = 1
+# How often a paced call looks again while edits still in flight fill the window.
+IN_FLIGHT_POLL_S = 0.05
 
 FAILED = "Sorry, something went wrong on my side while answering. Your message is saved."
 
@@ -35,6 +41,14 @@ B = TypeVar("B")  # the platform's rating buttons
 
 class MessageGone(Exception):
     """Raised by ``Surface.edit`` when the message no longer exists (the user deleted it)."""
+
+
+class RateLimited(Exception):
+    """Raised by ``Surface.edit`` when the platform refused the edit for its rate limit."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited, retry after {retry_after:.2f} s")
+        self.retry_after = retry_after  # seconds the platform asked to wait
 
 
 class Surface(Protocol[P, M, B]):
@@ -68,7 +82,8 @@ class Surface(Protocol[P, M, B]):
         ...
 
     async def edit(self, message: M, piece: P, suffix: str, buttons: B | None) -> M:
-        """Replace a message's text and buttons; raise MessageGone if it was deleted."""
+        """Replace a message's text and buttons; raise MessageGone if it was deleted,
+        RateLimited if the platform refused it for its rate limit."""
         ...
 
     async def delete(self, message: M) -> None:
@@ -95,7 +110,12 @@ class Window:
 @dataclass
 class _Chat:
     next_at: float = float("-inf")  # earliest start of the next paced call
-    edits: deque[float] = field(default_factory=deque)  # start times, inside the window
+    # When each edit inside the window was answered, sorted. The platform counted the edit
+    # before it answered, so a slot counted from here is never freed too early, whatever the
+    # round trip was: the margin is each edit's own measured round trip, not a guess.
+    edits: list[float] = field(default_factory=list)
+    in_flight: int = 0  # edits sent and not answered yet: each holds a slot
+    refused_until: float = float("-inf")  # the platform said to wait until then
     streaming: int = 0  # replies shown as drafts here and not final yet
 
 
@@ -148,15 +168,28 @@ class Pacer:
             if paced:
                 chat.next_at = max(chat.next_at, self._clock() + self._interval)
 
-    async def spend(self, key: Hashable, *, wait: bool) -> None:
-        """Count one edit in the chat's window (if the platform has one). A final's edit
-        (``wait``) first waits for a free slot; a draft's was checked by ``delay``."""
+    @contextlib.asynccontextmanager
+    async def edit(self, key: Hashable, *, wait: bool) -> AsyncIterator[None]:
+        """Count the edit the block makes in the chat's window (if the platform has one), from
+        when it is answered. A final's edit (``wait``) first waits for a free slot; a draft's
+        was checked by ``delay``."""
         if self._window is None:
+            yield
             return
         chat = self._chat(key)
         if wait:
             await self._sleep_while(lambda: self._window_wait(chat, self._clock(), 1))
-        chat.edits.append(self._clock())
+        chat.in_flight += 1
+        try:
+            yield
+        finally:
+            chat.in_flight -= 1
+            bisect.insort(chat.edits, self._clock())
+
+    def refused(self, key: Hashable, retry_after: float) -> None:
+        """The platform refused an edit in the chat: no edit there for ``retry_after`` s."""
+        chat = self._chat(key)
+        chat.refused_until = max(chat.refused_until, self._clock() + retry_after)
 
     def streaming(self, key: Hashable, change: int) -> None:
         """A reply in the chat starts (+1) or stops (-1) being shown as drafts."""
@@ -173,13 +206,18 @@ class Pacer:
             await asyncio.sleep(seconds)
 
     def _window_wait(self, chat: _Chat, now: float, needed: int) -> float:
-        """Seconds until ``needed`` slots of the window are free."""
+        """Seconds until ``needed`` slots of the window are free (and the platform's own
+        wait, after a refusal, is over)."""
         assert self._window is not None
         edits, seconds = chat.edits, self._window.seconds
-        while edits and now - edits[0] >= seconds:
-            edits.popleft()
-        over = len(edits) - (self._window.limit - needed)
-        return 0.0 if over <= 0 else edits[over - 1] + seconds - now
+        del edits[: bisect.bisect_right(edits, now - seconds)]
+        refused = max(0.0, chat.refused_until - now)
+        over = len(edits) + chat.in_flight - (self._window.limit - needed)
+        if over <= 0:
+            return refused
+        if over > len(edits):  # only an answer to an edit in flight frees a slot
+            return max(refused, IN_FLIGHT_POLL_S)
+        return max(refused, edits[over - 1] + seconds - now)
 
     def _chat(self, key: Hashable) -> _Chat:
         found = self._chats.get(key)
@@ -197,6 +235,8 @@ class Pacer:
             for key, chat in self._chats.items()
             if chat.next_at > now
             or chat.streaming
+            or chat.in_flight
+            or chat.refused_until > now
             or (chat.edits and now - chat.edits[-1] < horizon)
         }
 
@@ -339,20 +379,36 @@ class ReplyStream(Generic[P, M, B]):
         if i < len(self.messages):
             if self._shown[i] == state:
                 return
-            await self._pacer.spend(surface.key, wait=final)
-            try:
-                self.messages[i] = await surface.edit(self.messages[i], piece, suffix, buttons)
-                self._shown[i] = state
-                return
-            except MessageGone:
-                pass  # the user deleted the draft: go on in a new message rather than stop
-            self.messages[i] = await surface.send(piece, suffix, buttons, first=False)
+            self.messages[i] = await self._edit(self.messages[i], piece, suffix, buttons, final)
             self._shown[i] = state
         else:
             message = await surface.send(piece, suffix, buttons, first=not self.messages)
             self.messages.append(message)
             self._shown.append(state)
         self.visible.set()
+
+    async def _edit(self, message: M, piece: P, suffix: str, buttons: B | None, final: bool) -> M:
+        """Edit ``message`` in the chat's window. A draft the platform refuses for its rate limit
+        is skipped (raised: the next draft or the final replaces it); a final is tried again
+        after the wait the platform asks for, and if it is still refused it goes in a new
+        message, so the final text is never lost. A message the user deleted is replaced."""
+        key = self._surface.key
+        for _ in range(1 + FINAL_RETRIES if final else 1):
+            try:
+                async with self._pacer.edit(key, wait=final):
+                    return await self._surface.edit(message, piece, suffix, buttons)
+            except MessageGone:
+                # The user deleted the draft: go on in a new message rather than stop.
+                return await self._surface.send(piece, suffix, buttons, first=False)
+            except RateLimited as exc:
+                self._pacer.refused(key, exc.retry_after)
+                if not final:
+                    raise
+                log.info("an edit in %s was refused: %s", key, exc)
+        replaced = await self._surface.send(piece, suffix, buttons, first=False)
+        with contextlib.suppress(Exception):  # the draft it replaces is stale; not essential
+            await self._surface.delete(message)
+        return replaced
 
     def _stop_streaming(self) -> None:
         """The reply is final (or abandoned): release its reserved edit slot."""

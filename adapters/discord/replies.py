@@ -17,14 +17,15 @@ from typing import Any
 from adapters.base import split_text
 from adapters.discord.rating import rating_view
 from adapters.discord.sdk import discord, ui
-from adapters.streaming import MessageGone, Pacer, ReplyStream, Window
+from adapters.streaming import MessageGone, Pacer, RateLimited, ReplyStream, Window
 from bot.types import Reply
 
 log = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 2000  # characters of one Discord message
-# Discord allows 5 edits per 5 s in a channel; a little over 5 s, for clock skew.
-EDIT_WINDOW = Window(limit=5, seconds=5.05)
+# Discord allows 5 edits per 5 s in a channel. Exactly 5 s: the pacer counts each edit from
+# when Discord answered it, after Discord counted it, so the round trip is the margin.
+EDIT_WINDOW = Window(limit=5, seconds=5.0)
 TYPING_EVERY_S = 5.0  # Discord shows "typing…" for about 10 s, or until the bot posts
 
 
@@ -121,6 +122,14 @@ class DiscordSurface:
             return await message.edit(content=piece + suffix, view=buttons)
         except discord.NotFound as exc:
             raise MessageGone from exc
+        except discord.RateLimited as exc:  # over discord.py's max_ratelimit_timeout
+            raise RateLimited(exc.retry_after) from exc
+        except discord.HTTPException as exc:
+            # discord.py gives up after 5 tries that each got a 429 (it sleeps retry_after
+            # between them), and raises the last answer.
+            if exc.status == 429:
+                raise RateLimited(_retry_after(exc)) from exc
+            raise
 
     async def delete(self, message: discord.Message) -> None:
         await message.delete()
@@ -128,6 +137,15 @@ class DiscordSurface:
     async def image(self, png: bytes) -> None:
         """The chart of /stats, after the text."""
         await self.channel.send(file=image_file(png))
+
+
+def _retry_after(exc: discord.HTTPException) -> float:
+    """The wait a 429 asks for: its Retry-After header, else a whole window."""
+    header = getattr(exc.response, "headers", {}).get("Retry-After")
+    try:
+        return float(header) if header is not None else EDIT_WINDOW.seconds
+    except ValueError:
+        return EDIT_WINDOW.seconds
 
 
 def discord_stream(surface: DiscordSurface, pacer: Pacer) -> DiscordStream:

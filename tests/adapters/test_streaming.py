@@ -18,6 +18,7 @@ from adapters.streaming import (
     InFlight,
     MessageGone,
     Pacer,
+    RateLimited,
     ReplyStream,
     Window,
 )
@@ -49,6 +50,8 @@ class FakeSurface:
     screen: dict[int, str] = field(default_factory=dict)
     gone: set[int] = field(default_factory=set)  # deleted by the user
     fail_sends: int = 0  # the next n sends are refused
+    refuse_edits: int = 0  # the next n edits are refused for the rate limit
+    retry_after: float = 0.05  # what a refusal asks to wait
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
 
     def split(self, text: str) -> list[str]:
@@ -68,6 +71,10 @@ class FakeSurface:
     async def edit(self, message: int, piece: str, suffix: str, buttons: str | None) -> int:
         if message in self.gone:
             raise MessageGone
+        if self.refuse_edits:
+            self.refuse_edits -= 1
+            self.calls.append(Shown("refused", message, piece + suffix, buttons, time.monotonic()))
+            raise RateLimited(self.retry_after)
         self._record("edit", message, piece + suffix, buttons)
         return message
 
@@ -101,6 +108,12 @@ def answer(text: str, exchange_id: int | None = 7) -> Reply:
 def growing(text: str) -> list[str]:
     words = text.split()
     return [" ".join(words[: n + 1]) for n in range(len(words))]
+
+
+async def spend(pacer: Pacer, key: int | str, *, wait: bool) -> None:
+    """One edit in the chat's window, answered at once."""
+    async with pacer.edit(key, wait=wait):
+        pass
 
 
 def stream(surface: FakeSurface, pacer: Pacer | None = None) -> ReplyStream[str, int, str]:
@@ -247,10 +260,12 @@ async def test_pacer_with_a_window_lets_firsts_and_finals_through() -> None:
     assert pacer.delay("chat", Call.NEW) == 0 and pacer.delay("chat", Call.FINAL) == 0
     assert pacer.delay("chat", Call.DRAFT) == pytest.approx(1.0)
     now[0] = 1.0
-    await pacer.spend("chat", wait=False)
-    await pacer.spend("chat", wait=False)  # the window (2 edits in 5 s) is full
+    for _ in range(2):
+        async with pacer.edit("chat", wait=False):
+            pass
+    # the window (2 edits in 5 s) is full
     assert pacer.delay("chat", Call.DRAFT) == pytest.approx(5.0)
-    waiting = asyncio.create_task(pacer.spend("chat", wait=True))
+    waiting = asyncio.create_task(spend(pacer, "chat", wait=True))
     await asyncio.sleep(0.01)
     assert not waiting.done()  # a final's edit waits for the window, however long
     waiting.cancel()
@@ -282,3 +297,54 @@ async def test_a_final_does_not_wait_behind_a_paced_draft() -> None:
     await stream(surface, pacer).show(written(["a", "a b"], answer("a b c"), delay_s=0.05))
     assert time.monotonic() - began < 1.0
     assert (surface.calls[-1].text, surface.calls[-1].buttons) == ("a b c", "rate:7")
+
+
+async def test_a_refused_final_edit_is_tried_again_after_the_wait_asked_for() -> None:
+    surface = FakeSurface()
+    shown = stream(surface, Pacer(0.0, window=Window(5, 5.0)))
+    stream_of_text = written(["hello"], answer("hello there"), delay_s=0.01)
+
+    async def refuse_the_final() -> None:
+        await shown.visible.wait()
+        surface.refuse_edits = 1
+
+    refusing = asyncio.create_task(refuse_the_final())
+    await shown.show(stream_of_text)
+    await refusing
+    assert surface.ops() == ["send", "refused", "edit"]
+    refused, edited = surface.calls[1:]
+    assert edited.at - refused.at >= surface.retry_after  # it waited as asked
+    assert list(surface.screen.values()) == ["hello there"]
+
+
+async def test_a_final_that_cannot_be_edited_goes_in_a_new_message() -> None:
+    surface = FakeSurface()
+    shown = stream(surface, Pacer(0.0, window=Window(5, 5.0)))
+    surface.refuse_edits = 100  # every edit is refused: the draft stays as it was
+    await shown.show(written(["hello", "hello there"], answer("hello there, you"), delay_s=0.01))
+    assert surface.ops().count("refused") >= 2 and "edit" not in surface.ops()
+    assert surface.ops()[-2:] == ["send", "delete"]  # the final first, then the stale draft
+    assert list(surface.screen.values()) == ["hello there, you"]
+    assert shown.final_message == surface.calls[-2].message and surface.calls[-2].buttons
+
+
+async def test_a_refusal_holds_back_drafts_for_the_wait_asked_for() -> None:
+    now = [0.0]
+    pacer = Pacer(0.0, window=Window(5, 5.0), clock=lambda: now[0])
+    pacer.refused("chat", 2.0)  # the platform asked for 2 s of quiet
+    assert pacer.delay("chat", Call.DRAFT) == pytest.approx(2.0)
+    assert pacer.delay("chat", Call.NEW) == 0  # a new message is not an edit
+    now[0] = 2.0
+    assert pacer.delay("chat", Call.DRAFT) == 0
+
+
+async def test_an_edit_holds_its_slot_until_answered_and_counts_from_the_answer() -> None:
+    now = [0.0]
+    pacer = Pacer(0.0, window=Window(1, 5.0), clock=lambda: now[0])
+    async with pacer.edit("chat", wait=False):
+        now[0] = 7.0  # a slow round trip: still in flight long after the window
+        assert pacer.delay("chat", Call.DRAFT) > 0
+    now[0] = 11.9  # the platform counted it at most when it answered, at 7.0
+    assert pacer.delay("chat", Call.DRAFT) == pytest.approx(0.1)
+    now[0] = 12.0
+    assert pacer.delay("chat", Call.DRAFT) == 0

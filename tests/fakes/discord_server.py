@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -53,11 +54,15 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _json(data: object, status: int = 200) -> web.Response:
+def _json(
+    data: object, status: int = 200, *, headers: dict[str, str] | None = None
+) -> web.Response:
     # Exactly "application/json": discord.py compares the header, and aiohttp's json_response
     # would add "; charset=utf-8".
     return web.Response(
-        body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"}
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
 
 
@@ -160,6 +165,10 @@ class FakeDiscord:
         self.commands: list[Json] = []
         self.identify_intents: list[int] = []
         self.rate_limited = 0
+        # Seconds an edit takes to reach the server (the n-th edit's, from 0): network delay,
+        # so a test controls it rather than the machine's load.
+        self.edit_latency: Callable[[int], float] = lambda _n: 0.0
+        self.refuse_edits = 0  # the next n edits get a 429 (retry_after 0.05 s), window or not
         self._edits: dict[int, list[float]] = {}
         self._sockets: list[GatewaySession] = []
         self._runner: web.AppRunner | None = None
@@ -700,16 +709,25 @@ class FakeDiscord:
         self, _r: web.Request, parts: list[str], body: Json, _f: Any
     ) -> web.Response:
         channel_id = int(parts[1])
+        await asyncio.sleep(self.edit_latency(sum(c.method == "PATCH" for c in self.calls) - 1))
         recent = [t for t in self._edits.get(channel_id, []) if time.monotonic() - t < 5.0]
-        if len(recent) >= 5:
-            self.rate_limited += 1
-            retry = 5.0 - (time.monotonic() - recent[0])
-            return _json(
-                {"message": "You are being rate limited.", "retry_after": retry, "global": False},
-                429,
-            )
+        if len(recent) >= 5 or self.refuse_edits:
+            self.refuse_edits = max(0, self.refuse_edits - 1)
+            retry = 5.0 - (time.monotonic() - recent[0]) if len(recent) >= 5 else 0.05
+            return self._rate_limited(retry)
         self._edits[channel_id] = [*recent, time.monotonic()]
         return _json(self._apply_edit(int(parts[3]), body))
+
+    def _rate_limited(self, retry: float) -> web.Response:
+        self.rate_limited += 1
+        # Discord's answers come through Google's proxy, with a Via header; discord.py retries
+        # a 429 only then (without it, it takes the 429 for a Cloudflare ban). Retry-After is
+        # in whole seconds, the body's retry_after exact.
+        return _json(
+            {"message": "You are being rate limited.", "retry_after": retry, "global": False},
+            429,
+            headers={"Via": "1.1 google", "Retry-After": str(math.ceil(retry))},
+        )
 
     def _apply_edit(self, message_id: int, body: Json) -> Json:
         message = self.messages[message_id]

@@ -254,12 +254,13 @@ async def test_edit_window_keeps_a_slot_for_each_streaming_reply() -> None:
     for step in range(50):  # 4.9 s of drafts offered every 0.1 s
         now[0] = step / 10
         if pacer.delay(channel, Call.DRAFT) == 0:
-            async with pacer.turn(channel, Call.DRAFT):
-                await pacer.spend(channel, wait=False)
+            async with pacer.turn(channel, Call.DRAFT), pacer.edit(channel, wait=False):
+                pass
             drafts.append(now[0])
     assert drafts == [0.0, 1.1, 2.2]  # paced, and 2 of the 5 slots left for the finals
-    await asyncio.wait_for(pacer.spend(channel, wait=True), 0.01)  # both finals land at once
-    await asyncio.wait_for(pacer.spend(channel, wait=True), 0.01)
+    for _ in range(2):  # both finals land at once
+        async with asyncio.timeout(0.01), pacer.edit(channel, wait=True):
+            pass
     pacer.streaming(channel, -2)  # both replies are final now
     assert pacer.delay(channel, Call.DRAFT) > 0  # 5 edits in the last 5 s: the window is full
     now[0] = 5.1  # the window has moved past the first draft
