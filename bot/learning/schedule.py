@@ -8,14 +8,13 @@ that fails is not retried every minute, only after the next N hours or M ratings
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from bot.errors import NothingToTrain, TrainingAlreadyRunning
 from bot.learning.finetune import Finetuner
+from bot.learning.periodic import Periodic
 from bot.learning.watcher import SCHEDULE
 from bot.outbox import Outbox
 from bot.settings import ScheduleSettings
@@ -47,30 +46,20 @@ class Scheduler:
         self._clock = clock
         self._since = clock()  # with no run yet, "every N hours" counts from the start
         self._attempted: datetime | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            "training-schedule", lambda: self._settings.check_interval_s, self.tick
+        )
 
     @property
     def enabled(self) -> bool:
         return self._settings.every_hours > 0 or self._settings.after_ratings > 0
 
     def start(self) -> None:
-        if self.enabled and self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="training-schedule")
+        if self.enabled:
+            self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.check_interval_s)
-            try:
-                await self.tick()
-            except Exception:  # a database hiccup must not end the schedule for good
-                log.exception("scheduled training check failed")
+        await self._periodic.stop()
 
     async def due(self) -> str | None:
         """Why a run is due now, or None."""

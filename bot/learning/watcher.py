@@ -12,10 +12,9 @@ process with an adapter for that platform takes the telling; a run nobody can be
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
+from bot.learning.periodic import Periodic
 from bot.learning.versions import AdapterVersions
 from bot.outbox import Outbox
 from bot.settings import Settings
@@ -52,26 +51,16 @@ class Watcher:
         self._repo = repo
         self._versions = versions
         self._outbox = outbox
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            "version-watcher", lambda: self._settings.training.watch_interval_s, self.tick
+        )
 
     def start(self) -> None:
-        if self._settings.training.watch_interval_s > 0 and self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="version-watcher")
+        if self._settings.training.watch_interval_s > 0:
+            self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.training.watch_interval_s)
-            try:
-                await self.tick()
-            except Exception:  # a database hiccup or an unusable adapter: try again later
-                log.exception("watching the adapter versions failed")
+        await self._periodic.stop()
 
     async def tick(self) -> None:
         """One look: swap in the active version if it changed; tell ended queued runs."""

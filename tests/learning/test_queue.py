@@ -115,7 +115,7 @@ async def test_two_workers_never_take_the_same_run(postgres_server: str) -> None
 
         async def drain(name: str, repo: Repository) -> None:
             idle = 0
-            while idle < 20:
+            while idle < 100:  # a second of nothing to take: the queue is drained
                 claimed = await repo.runs.claim(name, 1)
                 if claimed is None:
                     idle += 1
@@ -124,6 +124,7 @@ async def test_two_workers_never_take_the_same_run(postgres_server: str) -> None
                 idle = 0
                 taken.append((name, claimed.run.id))
                 await repo.runs.finish(claimed.run.id, RunStatus.SUCCEEDED, "done")
+                await asyncio.sleep(0.02)  # as a real worker's run takes time: others claim
 
         await asyncio.gather(*(drain(f"w{i}", repo) for i, repo in enumerate(workers)))
         assert sorted(run_id for _, run_id in taken) == ids  # every run, each exactly once
