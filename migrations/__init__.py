@@ -40,8 +40,29 @@ def _current(connection: Connection) -> str | None:
 
 
 async def upgrade_database(engine: AsyncEngine) -> str | None:
-    """Apply every pending migration on ``engine``; returns the revision before upgrading."""
-    async with engine.begin() as connection:
-        before = await connection.run_sync(_current)
-        await connection.run_sync(_upgrade)
+    """Apply every pending migration on ``engine``; returns the revision before upgrading.
+
+    On SQLite, foreign keys are off while migrating (as Alembic's batch mode asks): a batch
+    migration copies a table and drops the old one, and with foreign keys on that drop deletes
+    the rows of every table whose key cascades to it (every rating of the exchanges) or fails.
+    The keys are checked once the migrations are done, before they are committed.
+    """
+    async with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # a pragma that has no effect inside a transaction: set it before
+            await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            await connection.commit()
+        try:
+            before = await connection.run_sync(_current)
+            await connection.run_sync(_upgrade)
+            if sqlite:
+                broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise RuntimeError(f"the migrated database breaks foreign keys: {broken[:3]}")
+            await connection.commit()
+        finally:
+            if sqlite:
+                await connection.rollback()
+                await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await connection.commit()
     return before

@@ -93,3 +93,52 @@ async def test_0003_keeps_one_running_row_of_those_a_race_left(db_url: str) -> N
         assert rows[0].finished_at is not None and rows[1].finished_at is None
     finally:
         await engine.dispose()
+
+
+def _upgrade_to(revision: str) -> Any:
+    def run(connection: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    return run
+
+
+_ROWS_AT_0005 = [
+    "INSERT INTO users (id, key, platform, name, training_opt_out, created_at)"
+    " VALUES (1, 'telegram:1', 'telegram', 'Ann', false, CURRENT_TIMESTAMP)",
+    "INSERT INTO chats (id, key, platform, conversation, created_at)"
+    " VALUES (1, 'telegram:1', 'telegram', 1, CURRENT_TIMESTAMP)",
+    "INSERT INTO messages (id, chat_id, user_id, conversation, role, content, created_at)"
+    " VALUES (1, 1, 1, 1, 'user', 'hi', CURRENT_TIMESTAMP)",
+    "INSERT INTO exchanges (id, chat_id, user_id, request_message_id, prompt, completion,"
+    " model_name, params, status, training_excluded, created_at)"
+    " VALUES (1, 1, 1, 1, '[]', 'Hello', 'm', '{}', 'done', false, CURRENT_TIMESTAMP)",
+    "INSERT INTO ratings (id, exchange_id, user_id, value, created_at, updated_at)"
+    " VALUES (1, 1, 1, 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    'INSERT INTO training_runs (id, status, "trigger", message, report, started_at)'
+    " VALUES (1, 'succeeded', 'command', '', '{}', CURRENT_TIMESTAMP)",
+    "INSERT INTO adapter_versions (version, path, status, base_model, exchange_ids, metrics,"
+    " hyperparams, tainted, training_run_id, created_at)"
+    " VALUES (1, '/a/v0001', 'active', 'm', '[1]', '{}', '{}', false, 1, CURRENT_TIMESTAMP)",
+]
+
+
+async def test_an_upgrade_keeps_every_row_of_a_used_database(db_url: str) -> None:
+    """A database in use at 0005 (ratings, a trained version) upgraded to the head loses
+    nothing: SQLite's table copies (Alembic's batch mode) must not cascade or fail on the
+    foreign keys pointing at the copied table."""
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade_to("0005"))
+            for statement in _ROWS_AT_0005:
+                await connection.execute(text(statement))
+        assert await upgrade_database(engine) == "0005"
+        async with engine.connect() as connection:
+            for table in ("exchanges", "ratings", "training_runs", "adapter_versions"):
+                count = await connection.scalar(text(f"SELECT count(*) FROM {table}"))
+                assert count == 1, table
+            assert await connection.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
