@@ -13,10 +13,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bot.learning.finetune import Finetuner
+from bot.learning.trainer_process import Trainer
 from bot.learning.versions import AdapterVersions
 from bot.learning.worker import TrainerWorker, subprocess_trainer
 from bot.settings import Settings
-from bot.startup import open_repository, prepare_data_dir, resolve_model_dir
+from bot.startup import open_adapter_files, open_repository, prepare_data_dir, resolve_model_dir
+from storage.repository import Repository
+
+
+async def build_worker(
+    settings: Settings,
+    repo: Repository,
+    trainer: Trainer,
+    *,
+    host: str | None = None,
+    pid: int | None = None,
+) -> TrainerWorker:
+    """The worker with what a run needs: the adapter store (checked: a bucket it cannot reach
+    stops the start) to publish to and to fetch the serving adapter from, and the model."""
+    files = await open_adapter_files(settings)
+
+    async def model_dir() -> Path:
+        return await resolve_model_dir(settings, progress=False)
+
+    versions = AdapterVersions(repo, None, files)
+    finetuner = Finetuner(settings, repo, versions, model_dir, trainer)
+    return TrainerWorker(settings, repo, finetuner, host=host, pid=pid)
 
 
 async def trainer(settings: Settings, args: argparse.Namespace) -> int:
@@ -24,14 +46,7 @@ async def trainer(settings: Settings, args: argparse.Namespace) -> int:
     prepare_data_dir(settings)
     repo = await open_repository(settings)
     try:
-
-        async def model_dir() -> Path:
-            return await resolve_model_dir(settings, progress=False)
-
-        finetuner = Finetuner(
-            settings, repo, AdapterVersions(repo, None), model_dir, subprocess_trainer(settings)
-        )
-        worker = TrainerWorker(settings, repo, finetuner)
+        worker = await build_worker(settings, repo, subprocess_trainer(settings))
         if settings.training.runner != "queue":
             print(
                 "selftune: note: training.runner is 'local' here; the serving processes must "

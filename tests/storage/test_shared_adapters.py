@@ -12,15 +12,17 @@ from typing import Any
 import pytest
 
 from bot.app import build_core
+from bot.cli.trainer import build_worker
 from bot.errors import StartupError, VersionError
 from bot.generation import DEFAULT_SLOT, ScriptedGenerator
 from bot.learning.adapter_files import local_adapter
 from bot.learning.versions import AdapterVersions
 from bot.settings import Settings, StorageSettings
-from bot.types import AdapterStatus, AdapterVersion
+from bot.types import AdapterStatus, AdapterVersion, Incoming, RunStatus, Vote
 from storage.blobs import S3Options
 from tests.storage.conftest import CREDENTIALS
-from tests.support.trainers import trained_core
+from tests.support.records import rated, say
+from tests.support.trainers import FakeTrainer, trained_core, trainer_core
 
 
 def _on_bucket(settings: Settings, bucket: str, options: S3Options, data_dir: Path) -> Settings:
@@ -31,6 +33,9 @@ def _on_bucket(settings: Settings, bucket: str, options: S3Options, data_dir: Pa
         **CREDENTIALS,  # pydantic makes the secret str a SecretStr
     )
     return settings.model_copy(update={"storage": storage, "data_dir": data_dir})
+
+
+ME = Incoming("console", "local", "local", "Ann", "")
 
 
 async def _quiet(text: str) -> None:
@@ -101,3 +106,33 @@ async def test_rows_written_before_shared_storage_are_folders(tmp_path: Path) ->
     assert await local_adapter(None, old) == tmp_path / "v0001"
     as_url = replace(old, path=f"file://{tmp_path}/v0001")
     assert await local_adapter(None, as_url) == tmp_path / "v0001"
+
+
+async def test_a_trainer_worker_publishes_to_the_bucket_and_serving_swaps_it_in(
+    settings: Settings, bucket: str, s3_options: S3Options, tmp_path: Path
+) -> None:
+    """The README's third setup: /finetune only queues, `selftune trainer` (its wiring,
+    bot.cli.trainer.build_worker) trains, publishes to the bucket and puts the version live
+    (a second run fetches the serving adapter back from the bucket), and the serving process
+    swaps it in by itself."""
+    queue = settings.training.model_copy(update={"runner": "queue"})
+    serving_side = _on_bucket(settings, bucket, s3_options, tmp_path / "serving")
+    serving_side = serving_side.model_copy(
+        update={"training": queue, "gate": settings.gate.model_copy(update={"enabled": False})}
+    )
+    core = await trainer_core(serving_side, FakeTrainer())
+    worker_side = serving_side.model_copy(update={"data_dir": tmp_path / "worker"})
+    try:
+        for round_ in (1, 2):
+            await rated(core, ME, f"hello {round_}", Vote.UP)
+            assert (await say(core, ME, "/finetune")).text.startswith(f"Queued as run #{round_}")
+            worker = await build_worker(worker_side, core.repo, FakeTrainer(), host="gpu-box")
+            outcome = await worker.once()
+            assert outcome is not None and outcome.status is RunStatus.SUCCEEDED, outcome
+            row = await core.repo.adapters.get(round_)
+            assert row is not None and row.status is AdapterStatus.ACTIVE
+            assert row.path == f"s3://{bucket}/adapters/v{round_:04d}"
+            await core.watcher.tick()
+            assert core.versions.current == round_
+    finally:
+        await core.aclose()
