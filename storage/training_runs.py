@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.errors import TrainingAlreadyRunning
 from bot.types import RunStatus, TrainingRun
 from storage.db import aware, insert_running
-from storage.models import TrainingRunRow, User, utcnow
+from storage.models import AdapterVersionRow, TrainingRunRow, User, utcnow
 
 
 def _run(row: TrainingRunRow) -> TrainingRun:
@@ -253,6 +253,14 @@ class TrainingRuns:
                 )
             ).all()
             for row in rows:
+                version = await session.scalar(
+                    select(AdapterVersionRow.version).where(
+                        AdapterVersionRow.training_run_id == row.id
+                    )
+                )
+                if version is not None:  # it died after registering its version: that stands
+                    _registered(row, version)
+                    continue
                 if row.output:
                     await cleanup(row.output)
                 _give_up_or_requeue(row, max_attempts)
@@ -274,13 +282,14 @@ class TrainingRuns:
             )
             return [Ended(_run(row), row.notify_to or "") for row in reversed(rows.all())]
 
-    async def announce(self, run_id: int) -> bool:
-        """Take the telling of ``run_id``'s result: True for exactly one caller."""
+    async def announce(self, run_id: int, *, told: bool = True) -> bool:
+        """Take the telling of ``run_id``'s result: True for exactly one caller.
+        ``told=False`` gives it back (the message could not be sent: another try tells it)."""
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(TrainingRunRow)
-                .where(TrainingRunRow.id == run_id, TrainingRunRow.announced.is_(False))
-                .values(announced=True)
+                .where(TrainingRunRow.id == run_id, TrainingRunRow.announced.is_(not told))
+                .values(announced=told)
             )
             return _count(result) == 1
 
@@ -300,6 +309,16 @@ def _held(run_id: int, host: str, pid: int) -> Any:
 
 def _unclaimed() -> dict[str, Any]:
     return {"status": _QUEUED, "host": None, "pid": None, "heartbeat_at": None, "output": None}
+
+
+def _registered(row: TrainingRunRow, version: int) -> None:
+    """A run whose worker died after registering its version (published whole): the version
+    stands (it may be live already), so the run ends, not trains again."""
+    row.status, row.finished_at, row.adapter_version = str(RunStatus.SUCCEEDED), utcnow(), version
+    row.message = (
+        f"Training run #{row.id} made version {version}; its trainer stopped before it said "
+        "more. /adapters shows whether the version is live."
+    )
 
 
 def _give_up_or_requeue(row: TrainingRunRow, max_attempts: int) -> None:

@@ -69,7 +69,11 @@ class Watcher:
             # Only a process that can deliver takes the telling (a Telegram-only process
             # leaves a Discord admin's result to a Discord one).
             if self._reaches(ended.notify_to) and await self._repo.runs.announce(ended.run.id):
-                await self._tell(ended)
+                try:
+                    await self._tell(ended)
+                except BaseException:  # not sent: give the telling back for the next look
+                    await self._repo.runs.announce(ended.run.id, told=False)
+                    raise
 
     def _reaches(self, address: str) -> bool:
         kind, _, key = address.partition(":")

@@ -117,7 +117,13 @@ class TrainerWorker:
     async def _heartbeat(self, run_id: int, task: asyncio.Task[FinetuneOutcome]) -> None:
         while not task.done():
             await asyncio.sleep(self._settings.training.heartbeat_s)
-            if not await self._repo.runs.heartbeat(run_id, self.host, self.pid):
+            try:
+                mine = await self._repo.runs.heartbeat(run_id, self.host, self.pid)
+            except Exception:  # the database is away for now: beat again (it goes stale only
+                # after training.stale_after_s without one, and then this answer says so)
+                log.warning("run #%d: could not send a heartbeat; trying again", run_id)
+                continue
+            if not mine:
                 log.warning("run #%d is no longer this worker's (taken as stale): stopping", run_id)
                 task.cancel()
                 return

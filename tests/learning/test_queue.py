@@ -92,6 +92,40 @@ async def test_stale_runs_are_requeued_then_failed(repo: Repository, tmp_path: P
     assert await repo.runs.ended_unannounced() == []
 
 
+async def test_a_stale_run_that_registered_its_version_ends_with_it(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """Killed after registering its version (published whole, maybe live): the run ends with
+    that version; it is neither trained again nor its adapter removed. Its requester hears it,
+    even when the first telling could not be sent."""
+    run_id = await repo.runs.enqueue("command", None, "chat:console:local")
+    assert await repo.runs.claim("a", 1) is not None
+    await repo.runs.set_output(run_id, str(tmp_path / "v0001"))
+    await repo.adapters.add(
+        path=str(tmp_path / "v0001"),
+        parent=None,
+        base_model="m",
+        exchange_ids=[],
+        metrics={},
+        hyperparams={},
+        duration_s=1.0,
+        training_run_id=run_id,
+    )
+    removed: list[str] = []
+
+    async def cleanup(output: str) -> None:
+        removed.append(output)
+
+    future = datetime.now(UTC) + timedelta(minutes=1)
+    [stale] = await repo.runs.recover_stale(future, 2, cleanup)
+    assert removed == [] and stale.status is RunStatus.SUCCEEDED and stale.adapter_version == 1
+    assert await repo.runs.claim("b", 2) is None  # nothing to train again
+    assert await repo.runs.announce(run_id)
+    assert await repo.runs.announce(run_id, told=False)  # the send failed: given back
+    [ended] = await repo.runs.ended_unannounced()
+    assert ended.run.id == run_id and "made version 1" in ended.run.message
+
+
 async def test_a_local_pid_check_leaves_a_workers_run_alone(repo: Repository) -> None:
     """A serving process starting up must not end a run a worker on another machine trains
     (its pid means nothing here); the workers watch its heartbeat instead."""
