@@ -8,6 +8,7 @@ requeued (or failed, after too many attempts) by the next worker.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,8 @@ from bot.errors import TrainingAlreadyRunning
 from bot.types import RunStatus, TrainingRun
 from storage.db import aware, insert_running
 from storage.models import AdapterVersionRow, TrainingRunRow, User, utcnow
+
+HOST = socket.gethostname()  # where a local run's pid is looked up
 
 
 def _run(row: TrainingRunRow) -> TrainingRun:
@@ -76,7 +79,11 @@ class TrainingRuns:
 
         def new_row() -> TrainingRunRow:
             return TrainingRunRow(
-                status=str(RunStatus.RUNNING), trigger=trigger, requested_by=requested_by, pid=pid
+                status=str(RunStatus.RUNNING),
+                trigger=trigger,
+                requested_by=requested_by,
+                pid=pid,
+                host=HOST,  # its pid means something on this machine only
             )
 
         row = await insert_running(self._sessions, new_row, refuse, "a training run")
@@ -138,8 +145,13 @@ class TrainingRuns:
                 )
             ).all()
             # A worker's run (it has a heartbeat) may live on another machine: its pid says
-            # nothing here; the workers requeue it when its heartbeat goes stale.
-            stale = [row for row in rows if row.heartbeat_at is None and not is_alive(row.pid)]
+            # nothing here; the workers requeue it when its heartbeat goes stale. A local run
+            # of another machine (or container) sharing the database is judged there.
+            stale = [
+                row
+                for row in rows
+                if row.heartbeat_at is None and row.host in (None, HOST) and not is_alive(row.pid)
+            ]
             for row in stale:
                 row.status, row.finished_at = str(RunStatus.INTERRUPTED), utcnow()
                 row.message = "the process running it ended before it finished"

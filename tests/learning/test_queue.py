@@ -134,6 +134,23 @@ async def test_a_local_pid_check_leaves_a_workers_run_alone(repo: Repository) ->
     assert await repo.runs.interrupt_stale(lambda _pid: False) == 0
 
 
+async def test_a_local_run_of_another_machine_is_left_to_it(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serving processes on several machines share PostgreSQL with runner = "local": a run
+    training on one machine is not ended by another starting up (the pid is not its)."""
+    from storage import training_runs
+
+    monkeypatch.setattr(training_runs, "HOST", "machine-1")
+    run_id = await repo.runs.start("command", None, pid=123)
+    monkeypatch.setattr(training_runs, "HOST", "machine-2")
+    assert await repo.runs.interrupt_stale(lambda _pid: False) == 0
+    monkeypatch.setattr(training_runs, "HOST", "machine-1")
+    assert await repo.runs.interrupt_stale(lambda _pid: False) == 1  # there, its pid is gone
+    [run] = await repo.runs.recent(limit=1)
+    assert run.id == run_id and run.status is RunStatus.INTERRUPTED
+
+
 @pytest.mark.postgres
 async def test_two_workers_never_take_the_same_run(postgres_server: str) -> None:
     from migrations import upgrade_database
