@@ -170,7 +170,14 @@ def make_adapters(core: Core, mode: Literal["run", "chat"]) -> list[Adapter]:
     if mode == "run":
         for platform in PLATFORMS:
             roles = platform_roles(core.settings, platform.name)
-            if core.settings.platform(platform).configured and all(map(core.holds, roles)):
+            held = [role for role in roles if core.holds(role)]
+            if held and len(held) < len(roles):  # shards split unevenly between processes
+                raise StartupError(
+                    f"this process holds {', '.join(held)} but another one holds "
+                    f"{', '.join(sorted(set(roles) - set(held)))}: give each process its own "
+                    "discord.shard_ids, with no shard in two processes"
+                )
+            if core.settings.platform(platform).configured and held == roles:
                 adapters.append(_platform_adapter(core, platform))
     if not adapters:
         if not core.holds("console"):

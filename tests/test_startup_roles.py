@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import SecretStr
 
 from bot.app import Core, make_adapters
 from bot.errors import ConfigError, StartupError
@@ -107,3 +108,15 @@ async def test_a_process_without_the_console_role_serves_no_console(core: Core) 
         make_adapters(core, "run")
     core.roles = frozenset({"console"})
     assert [a.platform for a in make_adapters(core, "run")] == ["console"]
+
+
+async def test_shards_split_unevenly_between_processes_stop_the_start(core: Core) -> None:
+    """A process that got some of its shards (another process holds the rest) must not sit on
+    them serving none: it says which shard is in two processes' shard_ids."""
+    discord = core.settings.discord.model_copy(
+        update={"token": SecretStr("y"), "shard_count": 4, "shard_ids": [1, 2]}
+    )
+    core.settings = core.settings.model_copy(update={"discord": discord})
+    core.roles = frozenset({"discord-shard-2", "console"})
+    with pytest.raises(StartupError, match="holds discord-shard-2 but another one holds"):
+        make_adapters(core, "run")
