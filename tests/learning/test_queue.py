@@ -270,6 +270,40 @@ async def test_a_worker_that_lost_its_run_stops_it(settings: Settings) -> None:
         await core.aclose()
 
 
+async def test_a_heartbeat_the_database_refused_is_sent_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database away for a moment: the heartbeat is tried again, the run goes on to its
+    end with this worker (it would otherwise go stale and be trained by a second one)."""
+    core = await trainer_core(queued(settings, heartbeat_s=0.02), FakeTrainer())
+    runs = type(core.repo.runs)
+    real = runs.heartbeat
+    calls: list[int] = []
+    sent_again = asyncio.Event()
+
+    async def flaky(self: Any, run_id: int, host: str, pid: int) -> bool:
+        calls.append(run_id)
+        if len(calls) <= 2:
+            raise ConnectionError("the database is restarting")
+        sent_again.set()
+        return await real(self, run_id, host, pid)
+
+    monkeypatch.setattr(runs, "heartbeat", flaky)
+    try:
+        await rated(core, ME, "hello", Vote.UP)
+        await say(core, ME, "/finetune")
+        hold = asyncio.Event()
+        worker = await _worker(core, FakeTrainer(hold=hold), host="a", pid=1)
+        task = asyncio.create_task(worker.once())
+        await _partial_written(core)
+        await asyncio.wait_for(sent_again.wait(), 5)  # two refused, then sent again
+        hold.set()
+        outcome = await asyncio.wait_for(task, 5)
+        assert outcome is not None and outcome.status is RunStatus.SUCCEEDED
+    finally:
+        await core.aclose()
+
+
 async def _ignore(_output: str) -> None:
     return None
 
