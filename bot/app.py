@@ -27,6 +27,7 @@ from bot.errors import StartupError
 from bot.generation import Generator
 from bot.learning.ab import ABTesting
 from bot.learning.finetune import Finetuner
+from bot.learning.periodic import Periodic
 from bot.learning.schedule import Scheduler
 from bot.learning.trainer_process import Trainer
 from bot.learning.versions import AdapterVersions
@@ -49,6 +50,7 @@ from storage.repository import Repository
 if TYPE_CHECKING:
     from bot.web import Dashboard
 
+ROLE_CHECK_S = 5.0  # how often a process sharing the database checks it still holds its roles
 log = logging.getLogger(__name__)
 
 
@@ -229,11 +231,13 @@ async def serve_core(core: Core, adapters: Sequence[Adapter]) -> None:
     """
     log.info("serving on %s", ", ".join(a.platform for a in adapters))
     core.adapters[:] = adapters
+    guard = _RoleGuard(core)
     try:
         await _start_dashboard(core)
         if core.holds("schedule"):
             core.scheduler.start()
         core.watcher.start()
+        guard.start()
         with _SigtermStops() as sigterm:
             try:
                 async with asyncio.TaskGroup() as group:
@@ -241,14 +245,52 @@ async def serve_core(core: Core, adapters: Sequence[Adapter]) -> None:
                         group.create_task(adapter.run(), name=adapter.platform)
                 await _finish_training(core)
             except asyncio.CancelledError:
+                guard.raise_if_lost()
                 if not sigterm.received:
                     raise
                 sigterm.uncancel()
                 log.info("stopped by SIGTERM")
     finally:
+        await guard.stop()
         if core.dashboard is not None:
             await core.dashboard.stop()
         await core.aclose()
+
+
+class _RoleGuard:
+    """Stops serving when this process no longer holds a role it serves: its locks went with a
+    dropped database connection and another process took the role meanwhile (two schedules,
+    two pollers otherwise). The start that follows takes what is free. Reconnecting takes the
+    roles again when nobody took them (``Coordination.lost_roles``)."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._task = asyncio.current_task()
+        self._periodic = Periodic("role-guard", lambda: ROLE_CHECK_S, self.check)
+        self.lost: set[str] = set()
+
+    def start(self) -> None:
+        if self._core.roles is not None and self._core.repo.coordination.shared:
+            self._periodic.start()
+
+    async def stop(self) -> None:
+        await self._periodic.stop()
+
+    async def check(self) -> None:
+        lost = await self._core.repo.coordination.lost_roles() & set(self._core.roles or ())
+        if lost and not self.lost and self._task is not None:
+            self.lost = lost
+            log.error("another process took the roles %s: stopping", ", ".join(sorted(lost)))
+            self._task.cancel()
+
+    def raise_if_lost(self) -> None:
+        if self.lost and self._task is not None:
+            self._task.uncancel()
+            raise StartupError(
+                f"this process lost the roles {', '.join(sorted(self.lost))} with its database "
+                "connection, and another process took them; it stopped. Start it again: it "
+                "takes the roles that are free."
+            )
 
 
 async def _start_dashboard(core: Core) -> None:

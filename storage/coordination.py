@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -54,6 +54,12 @@ class Coordination(Protocol):
 
     async def rate_check(self, user_key: str, limit: int, window_s: float) -> float:
         """Record a message of ``user_key`` if allowed: 0, else the seconds until one is."""
+        ...
+
+    async def lost_roles(self) -> set[str]:
+        """The roles taken earlier that this process holds no more: its locks went with a
+        dropped database connection and another process took them meanwhile. Checks the
+        connection (reconnecting takes the roles again); raises while the database is away."""
         ...
 
     async def aclose(self) -> None:
@@ -121,6 +127,9 @@ class LocalCoordination:
     async def rate_check(self, user_key: str, limit: int, window_s: float) -> float:
         return self._window.check(user_key, limit, window_s)
 
+    async def lost_roles(self) -> set[str]:
+        return set()
+
     async def aclose(self) -> None:
         self._turns.clear()
 
@@ -147,22 +156,38 @@ class PostgresCoordination:
         self._connection: AsyncConnection | None = None
         self._io = asyncio.Lock()  # one statement at a time on the dedicated connection
         self._turns: set[str] = set()  # session locks are re-entrant: refuse a second taker here
+        self._roles: set[str] = set()  # taken by this process
+        self._lost: set[str] = set()  # taken, then lost with a connection, and taken by another
+
+    async def _open(self) -> AsyncConnection:
+        """The dedicated connection; a new one after a drop takes this process's roles again
+        (the locks went with the old one), noting those another process took meanwhile."""
+        connection = await self._engine.connect().start()
+        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        for role in sorted(self._roles - self._lost):
+            key = lock_id("role", role)
+            if not await connection.scalar(select(func.pg_try_advisory_lock(key))):
+                log.error("the role %r was lost with a database connection", role)
+                self._lost.add(role)
+        return connection
+
+    async def _on_connection(self, query: Any) -> Any:
+        """One statement on the dedicated connection (opened as needed), with ``_io`` held."""
+        if self._connection is None:
+            self._connection = await self._open()
+        try:
+            return await self._connection.scalar(query)
+        except Exception:
+            # The connection died (the server restarted): its locks went with it. The next
+            # call opens a new one (taking the roles again); this caller sees the error.
+            with contextlib.suppress(Exception):
+                await self._connection.invalidate()
+            self._connection = None
+            raise
 
     async def _try_lock(self, key: int) -> bool:
         async with self._io:
-            if self._connection is None:
-                connection = await self._engine.connect().start()
-                self._connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            try:
-                got = await self._connection.scalar(select(func.pg_try_advisory_lock(key)))
-            except Exception:
-                # The connection died (the server restarted): its locks went with it. The next
-                # call opens a new one; this caller sees the error.
-                with contextlib.suppress(Exception):
-                    await self._connection.invalidate()
-                self._connection = None
-                raise
-        return bool(got)
+            return bool(await self._on_connection(select(func.pg_try_advisory_lock(key))))
 
     async def _unlock(self, key: int) -> None:
         async with self._io:
@@ -170,7 +195,15 @@ class PostgresCoordination:
                 await self._connection.scalar(select(func.pg_advisory_unlock(key)))
 
     async def try_role(self, role: str) -> bool:
-        return await self._try_lock(lock_id("role", role))
+        taken = await self._try_lock(lock_id("role", role))
+        if taken:
+            self._roles.add(role)
+        return taken
+
+    async def lost_roles(self) -> set[str]:
+        async with self._io:
+            await self._on_connection(select(1))
+        return set(self._lost)
 
     @contextlib.asynccontextmanager
     async def chat_turn(self, key: str) -> AsyncIterator[bool]:

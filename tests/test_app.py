@@ -12,11 +12,14 @@ import os
 import signal
 import stat
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from pydantic import SecretStr
 
+from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
+from bot import app
 from bot.app import Core, build_core, make_adapters, serve_core
 from bot.cli import main
 from bot.errors import StartupError
@@ -283,3 +286,41 @@ async def test_piped_finetune_in_the_console_prints_the_verdict(settings: Settin
     await serve_core(core, [console])
     assert "Fine-tuning started" in out.getvalue()
     assert "passed the gate" in out.getvalue()
+
+
+class RunsUntilStopped:
+    """An adapter that serves until cancelled."""
+
+    platform = "console"
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def send(self, chat_key: str, text: str) -> None:
+        return None
+
+
+async def test_a_process_that_lost_a_role_to_another_stops_with_an_error(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shared database: the role guard finds this process no longer holds a role it serves
+    (another process took it while its connection was down): it stops, saying why, rather than
+    run a second schedule or poller. The role test on PostgreSQL is in
+    tests/storage/test_coordination.py."""
+    core = await _trainable(settings, FakeTrainer())
+    coordination = type(core.repo.coordination)
+    lost: set[str] = set()
+
+    async def lost_roles(_self: Any) -> set[str]:
+        return set(lost)
+
+    monkeypatch.setattr(coordination, "shared", True)
+    monkeypatch.setattr(coordination, "lost_roles", lost_roles)
+    monkeypatch.setattr(app, "ROLE_CHECK_S", 0.01)
+    core.roles = frozenset({"schedule", "console"})
+    serving = asyncio.create_task(serve_core(core, [cast(Adapter, RunsUntilStopped())]))
+    await asyncio.sleep(0.1)
+    assert not serving.done()  # every role still held
+    lost.add("schedule")
+    with pytest.raises(StartupError, match="lost the roles schedule"):
+        await asyncio.wait_for(serving, 5)

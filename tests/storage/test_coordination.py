@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from storage.db import create_engine
 from storage.repository import Repository
@@ -52,6 +54,45 @@ async def test_postgres_turns_and_roles_hold_across_processes(
     assert await other.coordination.try_role("console")
     await repo.coordination.aclose()  # the process exits: the server releases its locks
     assert await other.coordination.try_role("schedule")
+
+
+async def _drop_connections(repo: Repository, db_url: str) -> None:
+    """What a PostgreSQL restart does to ``repo``'s process: its dedicated connection (and
+    with it every advisory lock it held) is gone."""
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as admin:
+            await admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_roles_are_taken_again_after_a_dropped_connection_or_said_lost(
+    repo: Repository, other: Repository, db_url: str
+) -> None:
+    if not repo.coordination.shared:
+        pytest.skip("SQLite: one process per data dir")
+    assert await repo.coordination.try_role("schedule")
+    assert await repo.coordination.try_role("console")
+    assert await repo.coordination.lost_roles() == set()
+    await _drop_connections(repo, db_url)
+    with pytest.raises(DBAPIError):  # the first look finds the connection gone
+        await repo.coordination.lost_roles()
+    assert await repo.coordination.lost_roles() == set()  # reconnected: both taken again
+    assert not await other.coordination.try_role("schedule")
+    # Dropped again, and another process takes a role before this one is back.
+    await _drop_connections(repo, db_url)
+    assert await other.coordination.try_role("schedule")
+    with pytest.raises(DBAPIError):
+        await repo.coordination.lost_roles()
+    assert await repo.coordination.lost_roles() == {"schedule"}
+    assert not await other.coordination.try_role("console")  # that one it took again
 
 
 async def test_sqlite_holds_every_role(repo: Repository, db_url: str) -> None:

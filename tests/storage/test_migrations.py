@@ -95,15 +95,6 @@ async def test_0003_keeps_one_running_row_of_those_a_race_left(db_url: str) -> N
         await engine.dispose()
 
 
-def _upgrade_to(revision: str) -> Any:
-    def run(connection: Connection) -> None:
-        config = alembic_config()
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-
-    return run
-
-
 _ROWS_AT_0005 = [
     "INSERT INTO users (id, key, platform, name, training_opt_out, created_at)"
     " VALUES (1, 'telegram:1', 'telegram', 'Ann', false, CURRENT_TIMESTAMP)",
