@@ -81,9 +81,12 @@ class AdapterVersions:
             try:
                 await self.load_candidate(version)
             except VersionError as exc:
-                # A candidate must never break serving: its chats get the live adapter.
+                # A candidate must never break serving: its chats get the live adapter. Files
+                # that could not be fetched (the store away for now) are tried again at the
+                # next look; a candidate the model refuses is not.
                 log.warning("A/B candidate v%s not served: %s", wanted, exc)
-                self._unservable = wanted
+                if not isinstance(exc.__cause__, AdapterStorageError):
+                    self._unservable = wanted
 
     async def load_candidate(self, version: AdapterVersion | None) -> None:
         """Put ``version`` in the candidate slot (None: empty it). Raises VersionError when the
