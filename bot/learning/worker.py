@@ -94,8 +94,9 @@ class TrainerWorker:
         """An abandoned run's adapter folder, unless it was registered as a version."""
         path = Path(output)
         shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)
-        registered = {version.path for version in await self._repo.adapters.all()}
-        if path.exists() and output not in registered:
+        # By number: a registered version's row may name its bucket URL, not this folder.
+        registered = {f"v{version.version:04d}" for version in await self._repo.adapters.all()}
+        if path.exists() and path.name not in registered:
             shutil.rmtree(path, ignore_errors=True)
 
     async def _train(self, run: TrainingRun) -> FinetuneOutcome | None:
