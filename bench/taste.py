@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,8 @@ def one(code: Path | None, taste: str, seed: int, ratings: int, data: Path, reus
         env["SELFTUNE_BENCH_CODE"] = str(code)
     command = [sys.executable, str(HERE / "bench" / "taste_run.py"), "--taste", taste]
     command += ["--seed", str(seed), "--ratings", str(ratings), "--json", str(out)]
+    if reuse and code is not None:
+        data = known_by(data, code)  # today's code cannot open a newer schema
     command += ["--reuse" if reuse else "--save-data", str(data)]
     # The trainer subprocess runs ``python -m bot.trainer`` from the working directory: the
     # code under test's.
@@ -64,6 +67,29 @@ def one(code: Path | None, taste: str, seed: int, ratings: int, data: Path, reus
     if done.returncode != 0:
         return {"taste": taste, "seed": seed, "error": f"exit {done.returncode}"}
     return json.loads(out.read_text())
+
+
+def known_by(data: Path, code: Path) -> Path:
+    """A copy of the rated data dir whose database is migrated down to the newest revision the
+    checkout ``code`` knows (its ``migrations/versions``), so its code opens it."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from migrations import alembic_config
+
+    copy = Path(tempfile.mkdtemp(prefix="selftune-ratings-for-code-"))
+    shutil.copytree(data, copy, dirs_exist_ok=True)
+    known = max(p.name.split("_")[0] for p in (code / "migrations" / "versions").glob("0*.py"))
+    # Foreign keys stay off (a plain SQLite connection's default): batch downgrades copy tables.
+    engine = create_engine(f"sqlite:///{copy / 'selftune.db'}")
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, known)
+    finally:
+        engine.dispose()
+    return copy
 
 
 def row(code: str, r: dict[str, Any]) -> str:
