@@ -23,9 +23,9 @@ import hashlib
 import json
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from bot.learning.heldout import (
     heldout_needed,
@@ -205,7 +205,7 @@ def curate(
     flatter it). :meth:`Curated.sample_heldout` then fixes the run's slice."""
     dropped: list[Dropped] = []
     kept = [r for r in rated if r.completion.strip() or _drop(dropped, r, "empty replies")]
-    kept = _cap_per_user(kept, training.max_per_user, dropped)
+    kept = cap_per_user(kept, training.max_per_user, lambda item, why: _drop(dropped, item, why))
     rows = _merge_duplicates(kept, dropped)
     seen = set(seen_by_serving)
     unseen = [r for r in rows if not seen.intersection(r.exchange_ids)]
@@ -256,17 +256,31 @@ def _drop_row(dropped: list[Dropped], row: Row, reason: str) -> None:
     dropped.append(Dropped(row.exchange_id, row.user_key, reason))
 
 
-def _cap_per_user(
-    rated: Iterable[RatedExchange], cap: int, dropped: list[Dropped]
-) -> list[RatedExchange]:
-    seen: Counter[str] = Counter()
+class _HasUser(Protocol):
+    @property
+    def user_key(self) -> str: ...
+
+
+_U = TypeVar("_U", bound=_HasUser)
+
+
+def cap_per_user(
+    items: Iterable[_U],
+    cap: int,
+    drop: Callable[[_U, str], object],
+    used: Counter[str] | None = None,
+) -> list[_U]:
+    """Each user keeps their first ``cap`` of ``items`` (newest first: their newest), counting
+    the ``used`` they already have (a user's pairs share the cap with their ratings); ``drop``
+    is told of the others, with the reason."""
+    seen = Counter(used or {})
     kept = []
-    for item in rated:  # newest first: a user keeps their newest ratings
+    for item in items:
         seen[item.user_key] += 1
         if seen[item.user_key] <= cap:
             kept.append(item)
         else:
-            _drop(dropped, item, f"over the per-user cap of {cap}")
+            drop(item, f"over the per-user cap of {cap}")
     return kept
 
 

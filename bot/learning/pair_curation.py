@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bot.learning.curation import Curated, Dropped, Split, is_heldout
+from bot.learning.curation import Curated, Dropped, Split, cap_per_user, is_heldout
 from bot.settings import GateSettings, TrainingSettings
 from bot.types import Turn, messages
 from storage.pairs import PreferencePair
@@ -89,7 +89,9 @@ def curate_pairs(
     """Apply the checks to ``pairs`` (newest first), next to the run's curated ``ratings``:
     the held-out split applies only while the gate judges the run (it has a held-out slice)."""
     dropped: list[Dropped] = []
-    kept = _cap(pairs, training.max_per_user, ratings.per_user, dropped)
+    kept = cap_per_user(
+        pairs, training.max_per_user, lambda pair, why: _drop(dropped, pair, why), ratings.per_user
+    )
     rows = _merge(kept, dropped)
     fraction = gate.heldout_fraction if gate.enabled and ratings.heldout else 0.0
     train = [r for r in rows if not is_heldout(r.key, fraction)]
@@ -99,21 +101,6 @@ def curate_pairs(
 
 def _drop(dropped: list[Dropped], pair: PreferencePair, reason: str) -> None:
     dropped.append(Dropped(pair.rejected.exchange_id, pair.user_key, reason))
-
-
-def _cap(
-    pairs: Sequence[PreferencePair], cap: int, used: Counter[str], dropped: list[Dropped]
-) -> list[PreferencePair]:
-    """Each user keeps their newest pairs while their ratings and pairs stay within ``cap``."""
-    seen = Counter(used)
-    kept = []
-    for pair in pairs:
-        seen[pair.user_key] += 1
-        if seen[pair.user_key] <= cap:
-            kept.append(pair)
-        else:
-            _drop(dropped, pair, f"over the per-user cap of {cap}")
-    return kept
 
 
 def _merge(pairs: Sequence[PreferencePair], dropped: list[Dropped]) -> list[PairRow]:
