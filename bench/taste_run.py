@@ -58,12 +58,22 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--save-data", type=Path, default=None)
     parser.add_argument("--reuse", type=Path, default=None)
+    parser.add_argument("--collect-only", action="store_true", help="stop after --save-data")
     parser.add_argument("--json", type=Path, required=True)
     return parser.parse_args()
 
 
+TRIED = ("SELFTUNE_TRAINING__", "SELFTUNE_GATE__", "SELFTUNE_LORA__")
+
+
 def _settings(args: argparse.Namespace, data_dir: Path) -> Settings:
-    base, _ = load_settings(None, {"SELFTUNE_DATA_DIR": str(data_dir)})
+    # SELFTUNE_TRAINING__* / SELFTUNE_GATE__* from the environment try other settings.
+    tried = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("SELFTUNE_TRAINING__", "SELFTUNE_GATE__", "SELFTUNE_LORA__"))
+    }
+    base, _ = load_settings(None, tried | {"SELFTUNE_DATA_DIR": str(data_dir)})
     generation = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
     training = base.training.model_copy(update={"seed": args.seed})
     return base.model_copy(
@@ -187,6 +197,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         before, votes = await rated(core, args, judge)
         clock["chat and rate"] = time.monotonic() - start
+        if args.collect_only:
+            return {"taste": judge.name, "seed": args.seed, "votes": votes, "before": before}
         mark = time.monotonic()
         outcome = await core.finetuner.run(trigger="bench", requested_by="bench", notify=_quiet)
         clock["fine-tune to live"] = time.monotonic() - mark

@@ -30,7 +30,7 @@ from bot.engine.lora import lora_config, wrap_lora
 from bot.engine.runtime import cpu_bf16_supported
 from bot.settings import LoraSettings, TrainingSettings, load_settings
 from bot.trainer.examples import build_examples
-from bot.trainer.flops import bf16_peak, linear_weights, utilisation
+from bot.trainer.flops import bf16_peak, head_weights, linear_weights, utilisation
 from bot.trainer.kto import kto_step, kto_weights, reference_items
 from bot.trainer.loop import Runtime, optimize
 
@@ -81,7 +81,8 @@ def ours(model_dir: Path, data: list[dict[str, Any]], args: argparse.Namespace) 
         lambda e: stamps.append(time.perf_counter()),
         work=rt.work,
     )
-    numbers = utilisation(linear_weights(model), rt.work, bf16_peak(torch.device("cpu")))
+    weights = linear_weights(model), head_weights(model)
+    numbers = utilisation(*weights, rt.work, bf16_peak(torch.device("cpu")))
     print(
         f"ours (bf16 autocast {args.bf16}): {numbers['step_tflops']:.3f} TFLOP/s in steps, "
         f"bf16 matmul peak {numbers['peak_bf16_tflops']:.3f}: MFU {100 * numbers['mfu']:.1f} %",

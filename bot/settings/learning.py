@@ -62,6 +62,14 @@ class TrainingSettings(Section):
         description="Weight of the 👍 replies' NLL next to KTO's loss in a KTO run (0 = KTO "
         "alone): the liked replies are imitated, the disliked pushed down.",
     )
+    anchor_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=100.0,
+        description="Weight of the anchor in a KTO run: the KL from the base model's next-token "
+        "distribution to the adapter's, per reply token, so the ratings change what they agree "
+        "on and little else (0 = off).",
+    )
     pair_weight: float = Field(
         1.0,
         ge=0.0,

@@ -4,7 +4,8 @@ utilisation, MFU).
 
 A step's FLOPs are counted from the padded tokens it ran (bot.trainer.loop.Work): a forward
 pass costs 2·P per token, P the weights of the model's linear layers (the LM head included,
-attention's own products left out: short sequences); a backward pass through frozen weights
+attention's own products left out: short sequences), less the LM head's 2·H on the positions
+it skips (no label there, bot.trainer.loop.forward); a backward pass through frozen weights
 another 2·P (gradients of the activations; the LoRA weights' own gradients are negligible).
 """
 
@@ -42,11 +43,18 @@ def bf16_peak(device: torch.device) -> float:
     return 2 * PEAK_SIZE**3 / best
 
 
-def utilisation(weights: int, work: Work, peak: float) -> dict[str, float]:
-    """The steps' achieved FLOP/s, the peak and their ratio (``mfu``); empty before any step."""
+def head_weights(model: Any) -> int:
+    """Weights of the LM head (the output embeddings)."""
+    return int(model.get_output_embeddings().weight.numel())
+
+
+def utilisation(weights: int, head: int, work: Work, peak: float) -> dict[str, float]:
+    """The steps' achieved FLOP/s, the peak and their ratio (``mfu``); empty before any step.
+    ``weights``: every linear layer's; ``head``: the LM head's, not run where no label is."""
     if work.seconds <= 0:
         return {}
     flops = 2 * weights * (2 * work.grad_tokens + work.nograd_tokens)
+    flops -= 2 * head * (2 * work.grad_headless + work.nograd_headless)
     achieved = flops / work.seconds
     return {
         "step_tflops": achieved / 1e12,

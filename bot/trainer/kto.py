@@ -24,8 +24,18 @@ from typing import Any
 import torch
 
 from bot.learning.protocol import Phase
+from bot.trainer.anchor import RefTopK, anchor_kl, top_k
 from bot.trainer.examples import IGNORE, Example
-from bot.trainer.loop import Emit, Runtime, StepFn, micro_batches, score, sequence_logps
+from bot.trainer.loop import (
+    Emit,
+    Forward,
+    Runtime,
+    StepFn,
+    forward,
+    micro_batches,
+    score,
+    sequence_logps,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class KtoItem:
     pair: Example
     ref_logp: float
     ref_pair_logp: float
+    anchor: RefTopK | None = None  # the base's top-K per reply token (bot.trainer.anchor)
 
 
 def kto_weights(desirable: int, undesirable: int) -> tuple[float, float]:
@@ -86,30 +97,50 @@ def mismatched_pairs(examples: Sequence[Example], max_length: int, seed: int) ->
 
 
 def reference_items(
-    model: Any, examples: Sequence[Example], max_length: int, seed: int, rt: Runtime, emit: Emit
+    model: Any,
+    examples: Sequence[Example],
+    max_length: int,
+    seed: int,
+    rt: Runtime,
+    emit: Emit,
+    anchor: bool = False,
 ) -> list[KtoItem]:
-    """Pair the examples and score both under the base model (adapter layers off)."""
+    """Pair the examples and score both under the base model (adapter layers off); with
+    ``anchor``, keep the base's top-K per reply token from the same pass."""
     pairs = mismatched_pairs(examples, max_length, seed)
     emit(Phase("reference", examples=len(examples)))
+    tops: list[RefTopK] = []
+
+    def keep(out: Forward) -> None:
+        tops.extend(top_k(out))
+
     with model.disable_adapter():
-        ref = score(model, examples, rt)
+        ref = score(model, examples, rt, keep if anchor else None)
         ref_pairs = score(model, pairs, rt)
+    anchors: list[RefTopK | None] = list(tops) if anchor else [None] * len(examples)
     return [
-        KtoItem(example, pair, logp, pair_logp)
-        for example, pair, (logp, _), (pair_logp, _) in zip(
-            examples, pairs, ref, ref_pairs, strict=True
+        KtoItem(example, pair, logp, pair_logp, top)
+        for example, pair, (logp, _), (pair_logp, _), top in zip(
+            examples, pairs, ref, ref_pairs, anchors, strict=True
         )
     ]
 
 
 def kto_step(
-    model: Any, rt: Runtime, beta: float, weights: tuple[float, float], sft_weight: float = 0.0
+    model: Any,
+    rt: Runtime,
+    beta: float,
+    weights: tuple[float, float],
+    sft_weight: float = 0.0,
+    anchor_weight: float = 0.0,
 ) -> StepFn:
     """One KTO step over a batch of KtoItems: z first (no grad), then the loss, micro-batched.
 
     ``sft_weight`` adds that times the mean NLL per token of the batch's 👍 replies: KTO alone
     moves a fresh adapter slowly (its loss saturates at β·r), the NLL imitates what was liked
-    directly; KTO still pushes the 👎 replies down relative to the base.
+    directly; KTO still pushes the 👎 replies down relative to the base. ``anchor_weight`` adds
+    that times the mean KL to the base per reply token of every example (bot.trainer.anchor;
+    the items must carry their ``anchor``).
     """
 
     def step(batch: list[KtoItem]) -> dict[str, float]:
@@ -124,20 +155,33 @@ def kto_step(
         kl = (pair_logps - ref_pairs).mean().clamp(min=0)
         by_example = {id(i.example): i for i in batch}
         liked_tokens = sum(_reply_tokens(i.example) for i in batch if i.example.label)
-        total = 0.0
+        all_tokens = sum(_reply_tokens(i.example) for i in batch)
+        total = drift = 0.0
         for group in micro_batches([i.example for i in batch]):
             items = [by_example[id(ex)] for ex in group]
-            logps = sequence_logps(model, group, rt)
+            out = forward(model, group, rt)
+            logps = -out.nll.sum(-1)
             ref = torch.tensor([i.ref_logp for i in items], device=rt.device)
             labels = torch.tensor([ex.label for ex in group], device=rt.device)
             loss = kto_losses(logps, ref, labels, kl, beta, weights).sum() / len(batch)
             if sft_weight and liked_tokens:
                 loss = loss - sft_weight * (logps * labels).sum() / liked_tokens
+            if anchor_weight and all_tokens:
+                away = anchor_kl(out, [_anchor(i) for i in items]) / all_tokens
+                loss = loss + anchor_weight * away
+                drift += float(away.detach())
             loss.backward()  # type: ignore[no-untyped-call]
             total += float(loss.item())
-        return {"loss": total, "kl": float(kl)}
+        stats = {"loss": total, "kl": float(kl)}
+        return stats | ({"anchor_kl": drift} if anchor_weight else {})
 
     return step
+
+
+def _anchor(item: KtoItem) -> RefTopK:
+    if item.anchor is None:
+        raise ValueError("anchor_weight needs items scored with anchor=True")
+    return item.anchor
 
 
 def _reply_tokens(example: Example) -> int:

@@ -39,6 +39,8 @@ class Work:
 
     grad_tokens: int = 0
     nograd_tokens: int = 0
+    grad_headless: int = 0  # of those, positions the LM head skipped (no label there)
+    nograd_headless: int = 0
     seconds: float = 0.0  # time spent in optimizer steps
 
 
@@ -140,25 +142,51 @@ def collate(
     )
 
 
+@dataclass(frozen=True)
+class Forward:
+    """One forward pass over a group, with the LM head run only where a label is: the logits
+    of the labelled positions (row after row), which rows they belong to, and the per-token
+    NLL of the labels (0 elsewhere)."""
+
+    logits: torch.Tensor  # [labelled positions, vocab], float32
+    labelled: torch.Tensor  # [rows, width - 1] bool
+    nll: torch.Tensor  # [rows, width - 1]
+
+
+def forward(model: Any, group: Sequence[Example], rt: Runtime) -> Forward:
+    """Run ``group`` forward (counting the work) and take the NLL of its labelled tokens.
+
+    The body runs on every token but the LM head (a fifth of a small model's weights, and a
+    vocabulary-wide softmax) only on the reply tokens that carry a label: the prompt's
+    positions would be computed and thrown away."""
+    ids, mask, labels = collate(group, rt.pad_id, rt.device)
+    targets = labels[:, 1:]
+    labelled = targets != IGNORE
+    headless = ids.numel() - int(labelled.sum())
+    if torch.is_grad_enabled():
+        rt.work.grad_tokens += ids.numel()
+        rt.work.grad_headless += headless
+    else:
+        rt.work.nograd_tokens += ids.numel()
+        rt.work.nograd_headless += headless
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
+        body = getattr(causal, causal.base_model_prefix)
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        logits = causal.get_output_embeddings()(hidden[labelled])
+    logits = logits.float()
+    picked = F.cross_entropy(logits, targets[labelled], reduction="none")
+    nll = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
+    nll = nll.masked_scatter(labelled, picked)
+    return Forward(logits, labelled, nll)
+
+
 def token_nll(
     model: Any, group: Sequence[Example], rt: Runtime
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token negative log-likelihood of the labels (0 elsewhere) and the label mask."""
-    ids, mask, labels = collate(group, rt.pad_id, rt.device)
-    if torch.is_grad_enabled():
-        rt.work.grad_tokens += ids.numel()
-    else:
-        rt.work.nograd_tokens += ids.numel()
-    with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    targets = labels[:, 1:]
-    nll = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        targets.flatten(),
-        ignore_index=IGNORE,
-        reduction="none",
-    ).view(targets.shape)
-    return nll, targets != IGNORE
+    out = forward(model, group, rt)
+    return out.nll, out.labelled
 
 
 def sequence_logps(model: Any, group: Sequence[Example], rt: Runtime) -> torch.Tensor:
@@ -168,14 +196,23 @@ def sequence_logps(model: Any, group: Sequence[Example], rt: Runtime) -> torch.T
 
 
 @torch.no_grad()
-def score(model: Any, examples: Sequence[Example], rt: Runtime) -> list[tuple[float, int]]:
-    """(summed reply log-prob, reply tokens) of each example, in eval mode (no dropout)."""
+def score(
+    model: Any,
+    examples: Sequence[Example],
+    rt: Runtime,
+    keep: Callable[[Forward], None] | None = None,
+) -> list[tuple[float, int]]:
+    """(summed reply log-prob, reply tokens) of each example, in eval mode (no dropout);
+    ``keep`` sees each forward pass too (the anchor takes the base's top-K from it)."""
     was_training = model.training
     model.eval()
     out: list[tuple[float, int]] = []
     try:
         for group in micro_batches(examples):
-            nll, labelled = token_nll(model, group, rt)
+            passed = forward(model, group, rt)
+            if keep is not None:
+                keep(passed)
+            nll, labelled = passed.nll, passed.labelled
             out.extend(zip((-nll.sum(-1)).tolist(), labelled.sum(-1).tolist(), strict=True))
     finally:
         model.train(was_training)

@@ -47,7 +47,7 @@ from bot.learning.evaluation import Evaluation
 from bot.learning.protocol import Done, Error, Event, Phase, Start, TrainingSpec
 from bot.settings import TrainingSettings
 from bot.trainer.examples import NO_LIKED, Example, build_examples, load_rows
-from bot.trainer.flops import bf16_peak, linear_weights, utilisation
+from bot.trainer.flops import bf16_peak, head_weights, linear_weights, utilisation
 from bot.trainer.inputs import Prepared, data_report, prepare
 from bot.trainer.kto import kto_step, kto_weights, reference_items
 from bot.trainer.lm import lm_term
@@ -150,16 +150,19 @@ def _fit(
     if spec.method == "kto":
         liked = sum(1 for ex in data.train if ex.label)
         weights = kto_weights(liked, len(data.train) - liked)
-        items = reference_items(model, data.train, cfg.max_length, cfg.seed, rt, emit)
-        step = kto_step(model, rt, cfg.beta, weights, cfg.sft_weight)
+        anchor = cfg.anchor_weight > 0
+        items = reference_items(model, data.train, cfg.max_length, cfg.seed, rt, emit, anchor)
+        step = kto_step(model, rt, cfg.beta, weights, cfg.sft_weight, cfg.anchor_weight)
         numbers = {"desirable_weight": weights[0], "undesirable_weight": weights[1]}
     else:
         items, step = list(data.train), sft_step(model, rt)
     emit(Phase("training"))
     peak = bf16_peak(rt.device)
     rt.work.grad_tokens = rt.work.nograd_tokens = 0  # the steps' own work from here
+    rt.work.grad_headless = rt.work.nograd_headless = 0
     losses = optimize(model, items, cfg, total, step, emit, extra, rt.work)
-    return losses, numbers | utilisation(linear_weights(model), rt.work, peak)
+    weights = linear_weights(model), head_weights(model)
+    return losses, numbers | utilisation(*weights, rt.work, peak)
 
 
 def _extra_terms(

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from bot.engine.lora import lora_config, wrap_lora
 from bot.learning.protocol import Done, Event, Phase, Start, Step, TrainingSpec
 from bot.settings import LoraSettings, TrainingSettings
+from bot.trainer.anchor import anchor_kl
 from bot.trainer.examples import IGNORE, Example, build_examples
 from bot.trainer.kto import (
     kto_losses,
@@ -27,7 +28,7 @@ from bot.trainer.kto import (
     reference_items,
 )
 from bot.trainer.lm import build_lm_examples
-from bot.trainer.loop import Runtime, optimize, score, sequence_logps
+from bot.trainer.loop import Runtime, forward, optimize, score, sequence_logps
 from bot.trainer.run import main, train
 from tests.trainer.test_run import ROWS, row, run_trainer, write_spec
 
@@ -176,6 +177,55 @@ def test_kto_raises_liked_and_lowers_disliked_replies(tiny_model_dir: Path) -> N
     liked = [r for r, ex in zip(ratios, examples, strict=True) if ex.label]
     disliked = [r for r, ex in zip(ratios, examples, strict=True) if not ex.label]
     assert min(liked) > 0 > max(disliked)
+
+
+def _drift(model: Any, items: list[Any], rt: Runtime) -> float:
+    """Mean KL(base top-K ‖ adapter) per reply token over ``items`` (no grad)."""
+    with torch.no_grad():
+        out = forward(model.eval(), [i.example for i in items], rt)
+        model.train()
+        return float(anchor_kl(out, [i.anchor for i in items]) / out.labelled.sum())
+
+
+@QUIET
+def test_the_anchor_keeps_the_adapter_near_the_base_where_the_ratings_move_it(
+    tiny_model_dir: Path,
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples, _ = build_examples(tokenizer, rows(16), 64, liked_only=False)
+    rt = Runtime(CPU, tokenizer.pad_token_id, bf16=False)
+    drift, margin = {}, {}
+    for weight in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = wrap_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraSettings())
+        items = reference_items(model, examples, 64, 0, rt, lambda _: None, anchor=True)
+        assert all(i.anchor is not None and len(i.anchor.ids) for i in items)
+        assert _drift(model, items, rt) == pytest.approx(0.0, abs=1e-5)  # a fresh adapter: base
+        settings = TrainingSettings(batch_size=8, learning_rate=2e-2, epochs=6.0)
+        step = kto_step(model, rt, 0.5, kto_weights(8, 8), anchor_weight=weight)
+        optimize(model, items, settings, 12, step, lambda _: None)
+        drift[weight] = _drift(model, items, rt)
+        scores = score(model, examples, rt)
+        ratios = [s - i.ref_logp for (s, _), i in zip(scores, items, strict=True)]
+        liked = [r for r, ex in zip(ratios, examples, strict=True) if ex.label]
+        disliked = [r for r, ex in zip(ratios, examples, strict=True) if not ex.label]
+        margin[weight] = min(liked) - max(disliked)
+    assert drift[5.0] < 0.5 * drift[0.0]  # anchored: much closer to the base ...
+    assert margin[5.0] > 0  # ... and still ranking liked over disliked
+
+
+def test_an_anchored_step_needs_anchored_items(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples, _ = build_examples(tokenizer, rows(4), 64, liked_only=False)
+    rt = Runtime(CPU, tokenizer.pad_token_id, bf16=False)
+    model = wrap_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraSettings())
+    items = reference_items(model, examples, 64, 0, rt, lambda _: None)
+    with pytest.raises(ValueError, match="anchor=True"):
+        kto_step(model, rt, 0.5, kto_weights(2, 2), anchor_weight=1.0)(items)
 
 
 # --- the trainer with both signals ------------------------------------------------------

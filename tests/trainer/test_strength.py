@@ -64,10 +64,15 @@ def test_pairs_are_tokenized_with_their_shared_prompt(tokenizer: Any) -> None:
 
 def test_utilisation_counts_a_backward_as_a_second_forward() -> None:
     work = Work(grad_tokens=100, nograd_tokens=50, seconds=2.0)
-    numbers = utilisation(1000, work, peak=1e6)
+    numbers = utilisation(1000, 200, work, peak=1e6)
     # 2 · 1000 · (2 · 100 + 50) FLOPs in 2 s = 250 000 FLOP/s of a 1 000 000 peak
     assert numbers["mfu"] == pytest.approx(0.25)
-    assert utilisation(1000, Work(), 1e6) == {}
+    assert utilisation(1000, 200, Work(), 1e6) == {}
+    # the LM head (200 weights) skipped on 50 of the gradient steps' and 10 of the others' tokens
+    work = Work(grad_tokens=100, nograd_tokens=50, grad_headless=50, nograd_headless=10)
+    work.seconds = 2.0
+    flops = 2 * 1000 * (2 * 100 + 50) - 2 * 200 * (2 * 50 + 10)
+    assert utilisation(1000, 200, work, 1e6)["step_tflops"] == pytest.approx(flops / 2 / 1e12)
 
 
 @QUIET
