@@ -54,7 +54,7 @@ def save_random_lora(
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, scale)
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     return out
 
 
