@@ -21,7 +21,9 @@ PACKAGES = ("bot", "adapters", "storage", "migrations")
 # Third-party libraries and the only places that may import them.
 HEAVY: dict[str, tuple[str, ...]] = {
     "torch": ("bot/engine/", "bot/trainer/"),
-    "transformers": ("bot/engine/", "bot/trainer/"),
+    # bot/ggml: the tokenizer and chat template only (PreTrainedTokenizerFast, torch-free).
+    "transformers": ("bot/engine/", "bot/trainer/", "bot/ggml/"),
+    "llama_cpp": ("bot/ggml/",),
     "peft": ("bot/engine/", "bot/trainer/"),
     "trl": ("bot/trainer/",),
     "telegram": ("adapters/telegram/",),
@@ -54,6 +56,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "bot/commands/": (*_CORE, "bot.learning", "bot.chat", "bot.commands"),
     "bot/engine/": (*_BASE, "bot.settings", "bot.generation", "bot.engine"),
+    "bot/ggml/": (*_BASE, "bot.settings", "bot.generation", "bot.ggml"),
     "bot/trainer/": (
         *_BASE,
         "bot.settings",

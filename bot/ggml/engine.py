@@ -296,12 +296,15 @@ class LlamaEngine:
             for row in lane.rows:
                 deliver(row.request, error)
             lane.rows.clear()
-            lane.context.free()
-        self._lanes.clear()
-        for adapter in self._adapters.values():
-            adapter.free()
-        self._adapters.clear()
         self._slots.clear()
+        self._collect()  # with no slots and no rows: every context and adapter
+        self._fail_pending(error)
+        if self._batch is not None:
+            self._batch.free()
+        self._model.free()
+        self._note()
+
+    def _fail_pending(self, error: GenerationError) -> None:
         while True:  # what was queued before the stop flag was set
             try:
                 command = self._inbox.get_nowait()
@@ -315,10 +318,6 @@ class LlamaEngine:
             else:
                 deliver(pending, error)
         self._pending.clear()
-        if self._batch is not None:
-            self._batch.free()
-        self._model.free()
-        self._note()
 
 
 def _fail(request: Request, exc: Exception, what: str) -> None:

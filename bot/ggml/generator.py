@@ -86,7 +86,9 @@ class LlamaCppGenerator:
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot write a GGUF of {model_dir}: {exc}") from exc
         model = Model(gguf)
-        log.info("loaded %s from %s with llama.cpp (%s)", settings.name, gguf, settings.gguf_weights)
+        log.info(
+            "loaded %s from %s with llama.cpp (%s)", settings.name, gguf, settings.gguf_weights
+        )
         return cls(model, text, settings=settings, model_dir=model_dir)
 
     @property

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers.decoders import DecodeStream
-from transformers import PreTrainedTokenizerFast
+
+# The tokenizer class alone, which does not import torch (tests/test_layers.py allows it here).
+from transformers import PreTrainedTokenizerFast  # noqa: TID251
 
 from bot.errors import GenerationError, ModelLoadError
 from bot.types import Turn, messages

@@ -59,8 +59,8 @@ class ModelSettings(Section):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads for torch or llama.cpp (default: all cores but one, which runs the event "
-        "loop).",
+        description="CPU threads for torch or llama.cpp (default: all cores but one, which "
+        "runs the event loop).",
     )
 
     @field_validator("cache_dir")
