@@ -105,12 +105,14 @@ class ModelSettings(Section):
     engine: Literal["transformers", "llama.cpp"] = Field(
         "transformers",
         description="Local backend: 'transformers' (torch, any device) or 'llama.cpp' (ggml, "
-        "CPU only; the same model and tokenizer, converted to GGUF once into cache_dir).",
+        "CPU only; the same model and tokenizer, converted to GGUF once into cache_dir; "
+        "exact_batching does not apply: a greedy reply may change with its company).",
     )
     gguf_weights: Literal["bf16", "f32", "q8_0"] = Field(
         "bf16",
         description="llama.cpp engine: precision of the GGUF written from the model "
-        "(q8_0: 8-bit, about half the memory traffic of bf16, slightly different replies).",
+        "(q8_0: 8-bit, about half the memory traffic of bf16; its replies differ slightly and "
+        "vary more with the batch around them).",
     )
     kv_cache_tokens: int = Field(
         16384,
