@@ -27,10 +27,17 @@ _init_lock = threading.Lock()
 _initialized = False
 
 
+# With a unified KV cache llama.cpp compares the whole cache to the trained context and warns;
+# no row ever reaches past the context window (the engine caps it), so it is noise.
+_NOISE = ("possible training context overflow",)
+
+
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _log(level: int, text: bytes | None, _user: Any) -> None:
     if text:
-        log.log(_LEVELS.get(level, logging.DEBUG), "%s", text.decode(errors="replace").rstrip())
+        line = text.decode(errors="replace").rstrip()
+        noise = any(part in line for part in _NOISE)
+        log.log(logging.DEBUG if noise else _LEVELS.get(level, logging.DEBUG), "%s", line)
 
 
 def init_backend() -> None:
