@@ -6,7 +6,9 @@ embedding); the adapter a random PEFT LoRA on it (non-zero ``B``, so it changes 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,15 @@ class TinyGguf:
     model: Path  # its GGUF
     adapter_dir: Path  # PEFT: adapter_config.json, adapter_model.safetensors
     lora: Path  # its GGUF
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """peft probes transformers 5's deprecated ``is_gradient_checkpointing`` (a FutureWarning,
+    an error under the suite's warning filter) when it wraps a model."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        yield
 
 
 def save_random_lora(
@@ -49,7 +60,8 @@ def save_random_lora(
         use_rslora=use_rslora,
         task_type=TaskType.CAUSAL_LM,
     )
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config)
+    with peft_quietly():
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
