@@ -35,6 +35,11 @@ BATCH_TOKENS = 512
 A long prompt is read in chunks of what is left, so running replies wait at most one chunk."""
 
 
+PREFIXES = 8
+"""System turns (the default prompt, personas) each context keeps computed, oldest unused
+evicted first; ``model.prefix_cache_tokens`` caps their tokens."""
+
+
 class LlamaCppGenerator:
     """A :class:`bot.generation.Generator` on llama.cpp; build it with :meth:`load`."""
 
@@ -54,6 +59,8 @@ class LlamaCppGenerator:
             max_rows=settings.max_batch_size,
             batch_tokens=max(BATCH_TOKENS, settings.max_batch_size),
             threads=settings.threads or default_threads(),
+            prefixes=PREFIXES if settings.prefix_cache_tokens else 0,
+            prefix_tokens=settings.prefix_cache_tokens,
         )
         self._engine = LlamaEngine(model, text, shape, context_window=self._context_window)
         self._engine.start()
@@ -125,7 +132,7 @@ class LlamaCppGenerator:
             raise GenerationError("the model has been shut down")
         channel = Channel(asyncio.get_running_loop())
         frozen = tuple(turns)
-        request = Request(lambda: self._text.encode(frozen), params, channel.put, slot)
+        request = Request(lambda: self._text.prompt(frozen), params, channel.put, slot)
         self._engine.submit(request)  # synchronously: orders it against adapter swaps
         try:
             while (item := await channel.get()) is not None:

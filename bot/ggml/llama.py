@@ -89,12 +89,15 @@ class Adapter:
 
 @dataclass(frozen=True)
 class ContextShape:
-    """How a context is sized: KV cells shared by its rows, rows, tokens per decode call."""
+    """How a context is sized: KV cells shared by its rows, rows, tokens per decode call,
+    and the prompt prefixes (system turns) it keeps: their number and most tokens in all."""
 
     kv_tokens: int
     max_rows: int
     batch_tokens: int
     threads: int
+    prefixes: int = 0
+    prefix_tokens: int = 0
 
 
 class Context:
@@ -104,7 +107,7 @@ class Context:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = shape.kv_tokens
         params.n_batch = params.n_ubatch = shape.batch_tokens
-        params.n_seq_max = shape.max_rows
+        params.n_seq_max = shape.max_rows + shape.prefixes  # a prefix has a seq_id too
         params.n_threads = params.n_threads_batch = shape.threads
         params.kv_unified = True  # rows take cells as they need them (see the engine's budget)
         params.no_perf = True
@@ -136,6 +139,11 @@ class Context:
         if not pointer:
             raise GenerationError(f"llama.cpp has no logits for batch entry {index}")
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+
+    def share(self, source: int, target: int, length: int) -> None:
+        """Give row ``target`` the first ``length`` KV cells of row ``source`` (the unified cache
+        tags the same cells with both rows: nothing is copied)."""
+        llama_cpp.llama_memory_seq_cp(self._memory, source, target, 0, length)
 
     def forget(self, seq_id: int) -> None:
         """Free a row's KV cells."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ from transformers import PreTrainedTokenizerFast  # noqa: TID251
 
 from bot.errors import GenerationError, ModelLoadError
 from bot.types import Turn, messages
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt's token ids; the first ``shared`` of them (its system turn) may be shared."""
+
+    ids: list[int]
+    shared: int = 0
 
 
 class ChatText:
@@ -54,6 +63,23 @@ class ChatText:
             raise GenerationError(
                 f"cannot render the prompt ({type(exc).__name__}: {exc})"
             ) from exc
+
+    def prompt(self, turns: Sequence[Turn]) -> Prompt:
+        """The prompt's ids, and how many of them are its leading system turn (a prefix other
+        chats share), as the torch engine finds it; GenerationError if it cannot render."""
+        chat = messages(turns)
+        try:
+            with self._lock:
+                ids = chat_ids(self._tokenizer, chat, add_generation_prompt=True)
+                if not turns or turns[0].role != "system":
+                    return Prompt(ids)
+                head = chat_ids(self._tokenizer, chat[:1], add_generation_prompt=False)
+        except Exception as exc:  # the chat template's own errors (jinja, ValueError, …)
+            raise GenerationError(
+                f"cannot render the prompt ({type(exc).__name__}: {exc})"
+            ) from exc
+        # Templates that render the system turn differently in context share nothing.
+        return Prompt(ids, len(head) if ids[: len(head)] == head else 0)
 
     def decoder(self) -> TextStream:
         """A fresh incremental decoder for one reply."""

@@ -383,3 +383,38 @@ async def test_default_model_batched_replies_stay_close_to_alone() -> None:
         assert hi and gen.stats.tokens - before < 200  # it ended its turn by itself
     finally:
         await gen.aclose()
+
+
+SEA_CAPTAIN = Turn(
+    "system", "You are an old sea captain who tells stories about whales and storms."
+)
+
+
+async def test_a_system_turn_is_computed_once_and_shared(
+    tiny_model_dir: Path, cache_dir: Path
+) -> None:
+    chats = [[SEA_CAPTAIN, Turn("user", question)] for question in ("Hi", "What is a whale?")]
+    async with loaded(tiny_model_dir, cache_dir, prefix_cache_tokens=0) as plain:
+        expected = [await reply(plain, chat) for chat in chats]
+        assert plain.stats.prefix_hits == 0
+    async with loaded(tiny_model_dir, cache_dir) as gen:
+        assert [await reply(gen, chat) for chat in chats] == expected
+        assert gen.stats.prefix_hits == 1  # the second chat started from the first's cells
+        system_turn = gen._text.prompt(chats[0]).shared
+        assert system_turn > 10 and gen.stats.prefix_tokens == system_turn
+        together = await asyncio.gather(*(reply(gen, chat) for chat in chats * 4))
+        assert list(together) == expected * 4
+        assert gen.stats.prefix_hits == 9
+
+
+async def test_kept_prefixes_give_way_to_rows(tiny_model_dir: Path, cache_dir: Path) -> None:
+    """A kept system turn holds KV cells only while nothing else needs them."""
+    params = GenerationParams(max_new_tokens=150, temperature=0.0)
+    async with loaded(tiny_model_dir, cache_dir, kv_cache_tokens=256) as gen:
+        await reply(gen, [SEA_CAPTAIN, Turn("user", "Hi")])
+        assert len(gen._engine._lanes[None].prefixes) == 1
+        assert await reply(gen, [Turn("user", "whale " * 60)], params)  # ~220 cells
+        assert not gen._engine._lanes[None].prefixes
+    async with loaded(tiny_model_dir, cache_dir, prefix_cache_tokens=8) as gen:
+        await reply(gen, [SEA_CAPTAIN, Turn("user", "Hi")])  # longer than 8 tokens: not kept
+        assert not gen._engine._lanes[None].prefixes
