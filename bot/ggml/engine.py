@@ -11,21 +11,18 @@ llama.cpp applies adapters per context, so each adapter in use has its own lane;
 points the slot at a new lane while rows already running finish in theirs (never two adapters
 in one sequence). Lanes and adapters nobody uses any more are freed.
 
-KV cache: by default each row has a stream of cells of its own, as long as the context window
-(attention then reads only the row's cells). With ``shape.shared`` the rows of a context share
-one pool of ``kv_tokens`` cells instead: a row reserves room for its prompt plus its longest
-reply when it is admitted, a request that does not fit waits until running rows finish, and
-one that could never fit fails with a GenerationError. Either way ``llama_decode`` never runs
-out of cells, and no request fails halfway.
+KV cache: each context holds ``kv_tokens`` cells shared by its rows. A row reserves room for
+its prompt plus its longest reply when it is admitted; a request that does not fit waits until
+running rows finish, and one that could never fit fails with a GenerationError. So
+``llama_decode`` never runs out of cells, and no request ever fails halfway.
 
-Shared prefixes (shared pool only): once a row's prompt is computed, its system turn's cells
-are also kept under a seq_id of their own (``llama_memory_seq_cp``: the pool tags the same
-cells, nothing is copied); a later prompt with the same system turn starts from them and
-computes only the rest. Kept prefixes give their cells back (oldest unused first) when rows
-need the room.
+Shared prefixes: once a row's prompt is computed, its system turn's cells are also kept under a
+seq_id of their own (``llama_memory_seq_cp``: the unified cache tags the same cells, nothing is
+copied); a later prompt with the same system turn starts from them and computes only the rest.
+Kept prefixes give their cells back (oldest unused first) when rows need the room.
 
 Batching changes rounding: llama.cpp computes a row's matmuls differently with the batch around
-it, so a greedy reply may flip at a near-tie (measured on SmolLM2 bf16: 13 of 16 replies of 64
+it, so a greedy reply may flip at a near-tie (measured on SmolLM2 bf16: 15 of 16 replies of 64
 tokens identical alone and in a batch of 16; see tests/ggml/test_generator.py).
 """
 
@@ -189,10 +186,10 @@ class LlamaEngine:
         prompt = request.tokens
         limit = self._limit(request, prompt.ids)
         lane = self._lane(self._slots.get(request.slot))
-        if limit > lane.context.row_capacity:
+        if limit > lane.context.capacity:
             raise GenerationError(
-                f"the prompt and reply need {limit} tokens of KV cache, and a row may use "
-                f"{lane.context.row_capacity} (model.kv_cache_tokens)"
+                f"the prompt and reply need {limit} tokens of KV cache, and it holds "
+                f"{lane.context.capacity} (model.kv_cache_tokens)"
             )
         if not lane.fits(prompt, limit):
             return False

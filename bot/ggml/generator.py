@@ -54,12 +54,15 @@ class LlamaCppGenerator:
         self._paths: dict[str, Path | None] = {DEFAULT_SLOT: None}
         self._swap_lock = asyncio.Lock()
         self._closed = False
-        self._engine = LlamaEngine(
-            model,
-            text,
-            context_shape(settings, self._context_window),
-            context_window=self._context_window,
+        shape = ContextShape(
+            kv_tokens=settings.kv_cache_tokens,
+            max_rows=settings.max_batch_size,
+            batch_tokens=max(BATCH_TOKENS, settings.max_batch_size),
+            threads=settings.threads or default_threads(),
+            prefixes=PREFIXES if settings.prefix_cache_tokens else 0,
+            prefix_tokens=settings.prefix_cache_tokens,
         )
+        self._engine = LlamaEngine(model, text, shape, context_window=self._context_window)
         self._engine.start()
 
     @classmethod
@@ -175,24 +178,6 @@ class LlamaCppGenerator:
         streams end with a GenerationError."""
         self._closed = True
         await asyncio.to_thread(self._engine.stop)
-
-
-def context_shape(settings: ModelSettings, context_window: int) -> ContextShape:
-    """How each llama.cpp context is sized for ``settings``: per-row streams as long as the
-    context window (padded as llama.cpp pads them), or with ``model.shared_kv`` one pool of
-    ``model.kv_cache_tokens`` cells that also keeps system turns for reuse."""
-    rows = settings.max_batch_size
-    shared = settings.shared_kv
-    keep = settings.prefix_cache_tokens if shared else 0
-    return ContextShape(
-        kv_tokens=settings.kv_cache_tokens if shared else rows * -(-context_window // 256) * 256,
-        max_rows=rows,
-        batch_tokens=max(BATCH_TOKENS, rows),
-        threads=settings.threads or default_threads(),
-        shared=shared,
-        prefixes=PREFIXES if keep else 0,
-        prefix_tokens=keep,
-    )
 
 
 def model_gguf_path(settings: ModelSettings, model_dir: Path) -> Path:

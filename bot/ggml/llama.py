@@ -89,15 +89,13 @@ class Adapter:
 
 @dataclass(frozen=True)
 class ContextShape:
-    """How a context is sized: KV cells in all, rows, tokens per decode call, threads, whether
-    rows share one pool of cells, and the prompt prefixes (system turns) it keeps (shared
-    pool only): their number and most tokens in all."""
+    """How a context is sized: KV cells shared by its rows, rows, tokens per decode call,
+    and the prompt prefixes (system turns) it keeps: their number and most tokens in all."""
 
     kv_tokens: int
     max_rows: int
     batch_tokens: int
     threads: int
-    shared: bool = False  # one pool of cells for every row, else a stream of its own per row
     prefixes: int = 0
     prefix_tokens: int = 0
 
@@ -111,17 +109,14 @@ class Context:
         params.n_batch = params.n_ubatch = shape.batch_tokens
         params.n_seq_max = shape.max_rows + shape.prefixes  # a prefix has a seq_id too
         params.n_threads = params.n_threads_batch = shape.threads
-        # Per-row streams: a row's attention reads its own cells only (measured 1.3-1.65× the
-        # decoding speed of one shared pool for 16 rows of SmolLM2, 64-1000 tokens each).
-        params.kv_unified = shape.shared
+        params.kv_unified = True  # rows take cells as they need them (see the engine's budget)
         params.no_perf = True
         handle = llama_cpp.llama_init_from_model(model.handle, params)
         if not handle:
             raise GenerationError(f"llama.cpp cannot create a context of {shape.kv_tokens} tokens")
         self.handle: Any = handle
         self.n_vocab = model.n_vocab
-        self.capacity = int(llama_cpp.llama_n_ctx(handle))  # cells in all
-        self.row_capacity = int(llama_cpp.llama_n_ctx_seq(handle))  # cells one row may use
+        self.capacity = int(llama_cpp.llama_n_ctx(handle))
         self._memory = llama_cpp.llama_get_memory(handle)
         if adapter is not None:
             adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter.handle)

@@ -114,19 +114,12 @@ class ModelSettings(Section):
         "(q8_0: 8-bit, about half the memory traffic of bf16; its replies differ slightly and "
         "vary more with the batch around them).",
     )
-    shared_kv: bool = Field(
-        False,
-        description="llama.cpp engine: the rows of a context (one context per adapter in use) "
-        "share one pool of kv_cache_tokens cells, and chats with the same system prompt share "
-        "its cells (prefix_cache_tokens). Off: each row has cells for a whole context window "
-        "of its own (more memory; measured 1.3-1.65x faster decoding for 16 rows).",
-    )
     kv_cache_tokens: int = Field(
         16384,
         ge=256,
-        description="llama.cpp engine with shared_kv: KV cache cells per context. A request "
-        "reserves its prompt plus max_new_tokens; one that does not fit waits for running "
-        "replies to finish, one larger than the cache fails.",
+        description="llama.cpp engine: KV cache cells per context (one context per adapter in "
+        "use), shared by its rows. A request reserves its prompt plus max_new_tokens; one that "
+        "does not fit waits for running replies to finish, one larger than the cache fails.",
     )
 
     @model_validator(mode="after")
