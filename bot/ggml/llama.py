@@ -109,7 +109,12 @@ class Context:
         params.n_batch = params.n_ubatch = shape.batch_tokens
         params.n_seq_max = shape.max_rows + shape.prefixes  # a prefix has a seq_id too
         params.n_threads = params.n_threads_batch = shape.threads
-        params.kv_unified = True  # rows take cells as they need them (see the engine's budget)
+        # One pool of cells for every row (they take cells as they need them, see the engine's
+        # budget). A stream per row (kv_unified off) lets attention read only the row's cells,
+        # 1.3-1.65x faster for 16 rows that start and end together, but llama.cpp then splits a
+        # step into one graph run per run of consecutive seq_ids: once replies end at different
+        # times, 16 chat replies took 5.2 s instead of 1.7 s (measured, SmolLM2 bf16).
+        params.kv_unified = True
         params.no_perf = True
         handle = llama_cpp.llama_init_from_model(model.handle, params)
         if not handle:
