@@ -87,10 +87,8 @@ def lora_gguf(adapter_dir: Path, out: Path, *, base_dir: Path | None = None) -> 
 
     The base model's ``config.json`` (its heads, for the permutation, and its shapes) comes from
     ``base_dir``, by default from the adapter's ``base_model_name_or_path``."""
-    config_file, weights = (
-        adapter_dir / "adapter_config.json",
-        adapter_dir / "adapter_model.safetensors",
-    )
+    config_file = adapter_dir / "adapter_config.json"
+    weights = adapter_dir / "adapter_model.safetensors"
     if not adapter_dir.is_dir():
         raise LoraError(f"adapter directory {adapter_dir} does not exist")
     config = _adapter_config(config_file)

@@ -313,3 +313,17 @@ def test_the_conversion_loads_neither_torch_nor_transformers() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_default_model_f32_gguf_and_a_lora_equal_peft(tmp_path: Path) -> None:
+    """Its 9 query heads over 3 KV heads: the Q/K permutations of the base and of LoRA B."""
+    model_dir = resolve_model(ModelSettings(), progress=False)
+    adapter = save_random_lora(model_dir, tmp_path / "lora", r=8, alpha=16, scale=0.02)
+    ids = [1, 9690, 198, 19556, 314, 253, 1345, 47, 2, 198, 1, 520, 9531, 198]
+    expected = hf_logits(model_dir, adapter, ids)
+    assert relative_error(expected, hf_logits(model_dir, None, ids)) > 0.01
+    for llama in loaded(model_gguf(model_dir, tmp_path / "m.gguf", dtype="f32")):
+        llama.use(llama.lora(lora_gguf(adapter, tmp_path / "l.gguf")))
+        got = llama.logits(ids)
+    assert relative_error(got, expected) < 1e-4
