@@ -4,8 +4,11 @@ Why not llama.cpp's sampler chain: its repetition penalty looks at a window of t
 ``penalty_last_n`` tokens it was fed, not at prompt + reply as transformers'
 ``RepetitionPenaltyLogitsProcessor`` does, and its top-k/top-p differ on ties; a row's
 sampling here is a handful of vector operations on one logits row (a greedy step is an argmax
-over a view of llama.cpp's buffer, no copy), measured at microseconds against a decode step's
-milliseconds. Order as in ``generate()``: repetition penalty, temperature, top-k, top-p.
+over a view of llama.cpp's buffer, no copy). Measured per row on SmolLM2's 49152 logits with
+800 tokens seen: 3 µs greedy, 19 µs with the penalty, 72 µs with the default settings
+(top-k 50), ~6 ms with top_k = 0 (top-p then sorts the whole vocabulary), against a 16-row
+decoding step's ~35 ms. Order as in ``generate()``: repetition penalty, temperature, top-k,
+top-p.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def penalize(logits: Logits, seen: Sequence[int], penalty: float) -> Logits:
     """transformers' RepetitionPenaltyLogitsProcessor: every token already in the text has its
     logit divided by ``penalty`` when positive, multiplied when negative (a copy)."""
     scores = logits.copy()
-    ids = np.unique(np.asarray(seen, dtype=np.intp))
+    ids = np.asarray(seen, dtype=np.intp)  # repeats are harmless: each reads the original
     picked = scores[ids]
     scores[ids] = np.where(picked < 0, picked * penalty, picked / penalty)
     return scores
