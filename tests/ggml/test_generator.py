@@ -418,3 +418,17 @@ async def test_kept_prefixes_give_way_to_rows(tiny_model_dir: Path, cache_dir: P
     async with loaded(tiny_model_dir, cache_dir, prefix_cache_tokens=8) as gen:
         await reply(gen, [SEA_CAPTAIN, Turn("user", "Hi")])  # longer than 8 tokens: not kept
         assert not gen._engine._lanes[None].prefixes
+
+
+async def test_the_bench_runs_fixed_rows_to_their_length(generator: LlamaCppGenerator) -> None:
+    """bench/serving.py's llama.cpp system: fixed rows ignore the end of turn, chats keep it."""
+    from bench.serving_systems import llama_engine_stream
+    from bench.serving_workloads import measure, workload
+
+    generator._text.stop_ids = frozenset(range(1000))  # every token would end a chat reply
+    stream = llama_engine_stream(generator)
+    before = generator.stats.tokens
+    fixed = await measure(stream, workload("fixed", 4, 4, 8, "S"))
+    assert not fixed.errors and generator.stats.tokens - before == 4 * 8
+    chat = await measure(stream, workload("chat", 2, 2, 8, "S"))
+    assert [served.text for served in chat.served] == ["", ""]  # the stop ids are back
