@@ -7,7 +7,8 @@ Run it alone on the machine (other benchmarks take the same lock)::
 Systems, each on the same requests with the same greedy settings and token accounting (see
 :mod:`bench.serving_workloads`):
 
-- selftune's local engine through the Generator contract;
+- selftune's local engines through the Generator contract: torch, and llama.cpp in process
+  (``model.engine = "llama.cpp"``, the same GGUF precision as ``--engine-gguf``);
 - ``llama-server`` built from llama.cpp's source with native CPU flags (built once into
   ``~/.cache/selftune/llama.cpp``, see :mod:`bench.serving_llama_server`), with BF16, Q8_0 and
   the shipped Q4_1 GGUF, 1 and 2 threads, ``-np 16`` (``-np 32`` for 32 chats): anchors;
@@ -48,7 +49,12 @@ from bench.serving_report import (
     target_lines,
     workload_table,
 )
-from bench.serving_systems import engine_stream, generator_stream, http_stream
+from bench.serving_systems import (
+    engine_stream,
+    generator_stream,
+    http_stream,
+    llama_engine_stream,
+)
 from bench.serving_workloads import (
     StreamFn,
     Summary,
@@ -62,10 +68,13 @@ from bot.engine.generator import TransformersGenerator
 from bot.engine.runtime import default_threads
 from bot.generation.openai_api import OpenAIGenerator
 from bot.generation.source import default_gguf_path, resolve_model
+from bot.ggml.generator import LlamaCppGenerator
+from bot.ggml.generator import default_threads as llama_default_threads
 from bot.settings import BackendSettings, LoraSettings, ModelSettings
 from bot.settings.serving import ChatSettings
 
 ENGINE = "selftune engine (Generator)"
+LLAMA_ENGINE = "selftune engine (llama.cpp)"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -170,6 +179,30 @@ async def bench_engine(
         await gen.aclose()
 
 
+async def bench_llama_engine(
+    args: argparse.Namespace, loads: dict[str, Workload], count: Counter
+) -> SystemResult:
+    """The in-process llama.cpp engine, on the same requests and token accounting."""
+    settings = ModelSettings(
+        engine="llama.cpp",
+        gguf_weights=args.engine_gguf,
+        threads=args.threads,
+        max_batch_size=32,
+    )
+    gen = await LlamaCppGenerator.load(settings, LoraSettings())
+    threads = settings.threads or llama_default_threads()
+    result = SystemResult(LLAMA_ENGINE, anchor=False)
+    result.note = f"{args.engine_gguf} GGUF, {threads} thread(s), max batch 32"
+    try:
+        with PeakMemory() as memory:
+            stream = llama_engine_stream(gen)
+            result.summaries = await run_system(LLAMA_ENGINE, stream, loads, args.runs, count)
+        result.peak_mb = memory.peak_mb
+        return result
+    finally:
+        await gen.aclose()
+
+
 async def bench_llama(
     args: argparse.Namespace, loads: dict[str, Workload], count: Counter, logs: Path
 ) -> list[SystemResult]:
@@ -257,6 +290,8 @@ async def main(args: argparse.Namespace) -> None:
     profile, weight_bytes = "", 0
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
+        if not args.skip_llama_engine:  # first: its peak memory is not the torch engine's
+            systems.append(await bench_llama_engine(args, loads, count))
         if not args.skip_engine:
             engine, weight_bytes, profile = await bench_engine(args, loads, count)
             systems.append(engine)
@@ -333,6 +368,10 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--formats", nargs="+", default=list(serving_gguf.FORMATS))
     parser.add_argument("--llama-threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-engine", action="store_true")
+    parser.add_argument("--skip-llama-engine", action="store_true")
+    parser.add_argument(
+        "--engine-gguf", default="bf16", choices=["bf16", "f32", "q8_0"], help="llama.cpp engine"
+    )
     parser.add_argument("--skip-llama", action="store_true")
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--no-profile", action="store_true")

@@ -1,7 +1,7 @@
 """The systems ``bench/serving.py`` compares, each as a :data:`~bench.serving_workloads.StreamFn`.
 
-- selftune's local engine and its OpenAI backend, through the product's Generator contract
-  (``stream(turns, params)``);
+- selftune's local engines (torch, llama.cpp) and its OpenAI backend, through the product's
+  Generator contract (``stream(turns, params)``);
 - an OpenAI-compatible server driven directly over HTTP (llama-server, vLLM): the anchors, with
   ``ignore_eos`` for the fixed-length rows and the server's own token count.
 """
@@ -39,6 +39,21 @@ def engine_stream(gen: Any) -> StreamFn:
 
     async def stream(load: Workload, turns: tuple[Turn, ...]) -> AsyncIterator[Piece]:
         engine._stop_ids = frozenset() if load.ignore_eos else stops  # read on the engine thread
+        async for piece in inner(load, turns):
+            yield piece
+
+    return stream
+
+
+def llama_engine_stream(gen: Any) -> StreamFn:
+    """The llama.cpp engine (a LlamaCppGenerator) as a system, with the fixed-length rows run
+    exactly as :func:`engine_stream` runs them (its stop ids emptied for them)."""
+    text = gen._text
+    stops = text.stop_ids
+    inner = generator_stream(gen)
+
+    async def stream(load: Workload, turns: tuple[Turn, ...]) -> AsyncIterator[Piece]:
+        text.stop_ids = frozenset() if load.ignore_eos else stops  # read on the engine thread
         async for piece in inner(load, turns):
             yield piece
 

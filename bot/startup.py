@@ -7,7 +7,7 @@ advisory lock the database releases when its holder exits or crashes).
 
 Used by the composition root (``bot.app``) and by the subcommands that do not serve
 (``bot.cli.maintenance``). torch is imported only inside ``load_generator``, and only for
-``backend.kind = "local"``.
+``backend.kind = "local"`` with ``model.engine = "transformers"``.
 """
 
 from __future__ import annotations
@@ -196,7 +196,8 @@ async def _upgrade_alone(engine: AsyncEngine) -> str | None:
 async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[Generator, Path]:
     """The configured generator and the directory of its model (training loads it from there).
 
-    ``backend.kind = "local"``: the transformers generator (imports torch). ``"openai"``: an
+    ``backend.kind = "local"``: the transformers generator (imports torch), or with
+    ``model.engine = "llama.cpp"`` the llama.cpp one (no torch). ``"openai"``: an
     OpenAI-compatible server generates; the local model directory is still resolved, for
     training and for counting tokens with the same tokenizer.
     """
@@ -212,6 +213,11 @@ async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[
                 adapters_dir=settings.adapters_dir,
             )
             return remote, model_dir
+        if settings.model.engine == "llama.cpp":
+            from bot.ggml.generator import LlamaCppGenerator
+
+            llama = await LlamaCppGenerator.load(settings.model, settings.lora, progress=progress)
+            return llama, llama.model_dir
         from bot.engine.generator import TransformersGenerator
 
         generator = await TransformersGenerator.load(

@@ -1,7 +1,9 @@
 """The house rules on imports, checked on every module's syntax tree (no import is executed).
 
-- torch, transformers, peft and trl live only under ``bot/engine/`` and ``bot/trainer/``; each
-  platform SDK only in its adapter package; matplotlib only in the chart module. Lazy imports
+- torch, transformers, peft and trl live only under ``bot/engine/`` and ``bot/trainer/``
+  (transformers' torch-free tokenizer also in ``bot/ggml/``); llama.cpp's bindings only under
+  ``bot/ggml/`` (which never loads torch); each platform SDK only in its adapter package;
+  matplotlib only in the chart module. Lazy imports
   (inside a function) count too: they load the library all the same.
 - Each layer imports only the first-party layers above it (shared/LAYOUT.md's table). The few
   places that may reach into the torch packages do it lazily, so the core starts without torch.
@@ -21,9 +23,11 @@ PACKAGES = ("bot", "adapters", "storage", "migrations")
 # Third-party libraries and the only places that may import them.
 HEAVY: dict[str, tuple[str, ...]] = {
     "torch": ("bot/engine/", "bot/trainer/"),
-    "transformers": ("bot/engine/", "bot/trainer/"),
+    # bot/ggml: the tokenizer and chat template only (PreTrainedTokenizerFast, torch-free).
+    "transformers": ("bot/engine/", "bot/trainer/", "bot/ggml/"),
     "peft": ("bot/engine/", "bot/trainer/"),
     "trl": ("bot/trainer/",),
+    "llama_cpp": ("bot/ggml/",),
     "telegram": ("adapters/telegram/",),
     "discord": ("adapters/discord/",),
     "matplotlib": ("bot/commands/charts.py",),
@@ -54,6 +58,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "bot/commands/": (*_CORE, "bot.learning", "bot.chat", "bot.commands"),
     "bot/engine/": (*_BASE, "bot.settings", "bot.generation", "bot.engine"),
+    # The llama.cpp engine: no torch, so none of bot.engine (its tokenizer loads torch too).
+    "bot/ggml/": (*_BASE, "bot.settings", "bot.generation", "bot.ggml"),
     "bot/trainer/": (
         *_BASE,
         "bot.settings",
@@ -169,6 +175,7 @@ def test_every_module_has_a_layer() -> None:
     ("source", "expected"),
     [
         ("import torch\n", ["imports torch"]),
+        ("import llama_cpp\n", ["imports llama_cpp"]),
         ("def f():\n    import torch\n", ["imports torch"]),
         ("from bot.engine.generator import X\n", ["torch zone"]),
         ("from storage.repository import Repository\n", []),

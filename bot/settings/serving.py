@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from bot.settings.base import DEFAULT_MODEL, Section, known_device, xdg
 
@@ -59,8 +59,8 @@ class ModelSettings(Section):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads for torch (default: all cores but one, which runs the event "
-        "loop).",
+        description="CPU threads for torch or llama.cpp (default: all cores but one, which "
+        "runs the event loop).",
     )
 
     @field_validator("cache_dir")
@@ -102,6 +102,35 @@ class ModelSettings(Section):
         "attention, but their matmuls may still differ in the last bits with the batch size. "
         "Off: faster alone and in float32 batches, but replies may vary with their company.",
     )
+    engine: Literal["transformers", "llama.cpp"] = Field(
+        "transformers",
+        description="Local backend: 'transformers' (torch, any device) or 'llama.cpp' (ggml, "
+        "CPU only; the same model and tokenizer, converted to GGUF once into cache_dir; "
+        "exact_batching does not apply: a greedy reply may change with its company).",
+    )
+    gguf_weights: Literal["bf16", "f32", "q8_0"] = Field(
+        "bf16",
+        description="llama.cpp engine: precision of the GGUF written from the model "
+        "(q8_0: 8-bit, about half the memory traffic of bf16; its replies differ slightly and "
+        "vary more with the batch around them).",
+    )
+    kv_cache_tokens: int = Field(
+        16384,
+        ge=256,
+        description="llama.cpp engine: KV cache cells per context (one context per adapter in "
+        "use), shared by its rows. A request reserves its prompt plus max_new_tokens; one that "
+        "does not fit waits for running replies to finish, one larger than the cache fails.",
+    )
+
+    @model_validator(mode="after")
+    def _llama_cpp_on_cpu(self) -> ModelSettings:
+        if self.engine == "llama.cpp" and self.device not in ("auto", "cpu"):
+            raise ValueError(
+                f"model.engine 'llama.cpp' runs on the CPU (this build has no GPU backend), "
+                f"but model.device is {self.device!r}: set device to 'cpu' or 'auto', or use "
+                "engine 'transformers'"
+            )
+        return self
 
 
 class BackendSettings(Section):

@@ -69,6 +69,15 @@ def test_make_installs_the_pinned_torch_from_torch_index_url_first() -> None:
     assert torch_line < project_line
 
 
+def test_make_builds_the_pinned_llama_cpp_natively_before_the_project() -> None:
+    commands = _make_dry_run().splitlines()
+    pin = re.search(r"llama-cpp-python==[0-9.]+", (ROOT / "pyproject.toml").read_text())
+    assert pin is not None
+    llama_line = next(i for i, line in enumerate(commands) if f"'{pin.group(0)}'" in line)
+    assert commands[llama_line].startswith('CMAKE_ARGS="-DGGML_NATIVE=ON" ')
+    assert llama_line < next(i for i, line in enumerate(commands) if "install -e" in line)
+
+
 def _env_example() -> dict[str, str]:
     lines = (DEPLOY / "selftune.env.example").read_text(encoding="utf-8").splitlines()
     pairs = (line.partition("=") for line in lines if line.strip() and not line.startswith("#"))

@@ -1,0 +1,196 @@
+"""The llama.cpp Generator: the transformers model served by llama.cpp (ggml) in this process.
+
+The model directory is the same as the torch engine's (training reads the base from it); its
+GGUF is written once next to the other converted models (``model.cache_dir``), and each LoRA
+adapter's GGUF once per adapter directory. Prompts and text go through the model's own
+transformers tokenizer and chat template (:mod:`bot.ggml.text`), decoding through
+:class:`bot.ggml.engine.LlamaEngine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+import os
+from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
+
+from bot.errors import GenerationError, LoraError, ModelLoadError
+from bot.generation import DEFAULT_SLOT
+from bot.generation.source import model_display_name, resolve_model
+from bot.ggml import convert
+from bot.ggml.engine import EngineStats, LlamaEngine
+from bot.ggml.llama import ContextShape, Model
+from bot.ggml.rows import Channel, Request
+from bot.ggml.text import ChatText
+from bot.settings import LoraSettings, ModelSettings
+from bot.types import GenerationParams, Turn
+
+log = logging.getLogger(__name__)
+
+BATCH_TOKENS = 512
+"""Most tokens one llama_decode takes: every running row's next token plus prompt chunks.
+A long prompt is read in chunks of what is left, so running replies wait at most one chunk."""
+
+
+PREFIXES = 8
+"""System turns (the default prompt, personas) each context keeps computed, oldest unused
+evicted first; ``model.prefix_cache_tokens`` caps their tokens."""
+
+
+class LlamaCppGenerator:
+    """A :class:`bot.generation.Generator` on llama.cpp; build it with :meth:`load`."""
+
+    def __init__(
+        self, model: Model, text: ChatText, *, settings: ModelSettings, model_dir: Path
+    ) -> None:
+        self.model_dir = model_dir  # the transformers weights: training loads the base here
+        self._text = text
+        self._name = model_display_name(settings)
+        self._cache = settings.cache_dir
+        self._context_window = min(model.n_ctx_train or 1 << 30, settings.max_context_tokens)
+        self._paths: dict[str, Path | None] = {DEFAULT_SLOT: None}
+        self._swap_lock = asyncio.Lock()
+        self._closed = False
+        shape = ContextShape(
+            kv_tokens=settings.kv_cache_tokens,
+            max_rows=settings.max_batch_size,
+            batch_tokens=max(BATCH_TOKENS, settings.max_batch_size),
+            threads=settings.threads or default_threads(),
+            prefixes=PREFIXES if settings.prefix_cache_tokens else 0,
+            prefix_tokens=settings.prefix_cache_tokens,
+        )
+        self._engine = LlamaEngine(model, text, shape, context_window=self._context_window)
+        self._engine.start()
+
+    @classmethod
+    async def load(
+        cls, settings: ModelSettings, lora: LoraSettings, *, progress: bool = False
+    ) -> LlamaCppGenerator:
+        """Resolve the model, write its GGUF if needed and load it, in a worker thread."""
+        return await asyncio.to_thread(cls.load_sync, settings, lora, progress=progress)
+
+    @classmethod
+    def load_sync(
+        cls, settings: ModelSettings, lora: LoraSettings, *, progress: bool = False
+    ) -> LlamaCppGenerator:
+        """Blocking form of :meth:`load` (scripts, benchmarks). Raises ModelLoadError."""
+        del lora  # adapters come as GGUF files converted from their own config
+        if settings.device.startswith("cuda"):
+            raise ModelLoadError(
+                f"model.engine 'llama.cpp' runs on the CPU here (this llama.cpp build has no "
+                f"CUDA), but model.device is {settings.device!r}: set it to 'cpu' or 'auto', or "
+                "use model.engine 'transformers'"
+            )
+        model_dir = resolve_model(settings, progress=progress)
+        text = ChatText.load(model_dir)
+        gguf = model_gguf_path(settings, model_dir)
+        try:
+            gguf.parent.mkdir(parents=True, exist_ok=True)
+            convert.model_gguf(model_dir, gguf, dtype=settings.gguf_weights)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot write a GGUF of {model_dir}: {exc}") from exc
+        model = Model(gguf)
+        log.info(
+            "loaded %s from %s with llama.cpp (%s)", settings.name, gguf, settings.gguf_weights
+        )
+        return cls(model, text, settings=settings, model_dir=model_dir)
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window
+
+    @property
+    def active_lora(self) -> Path | None:
+        """The default slot's adapter: requests submitted from now on get it (None: zero)."""
+        return self._paths[DEFAULT_SLOT]
+
+    @property
+    def stats(self) -> EngineStats:
+        """Engine counters: steps, tokens sampled, running and largest batch, contexts."""
+        return self._engine.stats
+
+    async def count_tokens(self, turns: Sequence[Turn]) -> int:
+        return len(await asyncio.to_thread(self._text.encode, turns))
+
+    def slot_lora(self, slot: str) -> Path | None:
+        """The adapter ``slot`` serves from now on (None: zero adapter, or a slot never filled)."""
+        return self._paths.get(slot)
+
+    async def stream(
+        self, turns: Sequence[Turn], params: GenerationParams, *, slot: str = DEFAULT_SLOT
+    ) -> AsyncGenerator[str, None]:
+        """Yield reply text as it is decoded, with the adapter in ``slot``; closing the
+        generator stops generation."""
+        if self._closed or not self._engine.alive:
+            raise GenerationError("the model has been shut down")
+        channel = Channel(asyncio.get_running_loop())
+        frozen = tuple(turns)
+        request = Request(lambda: self._text.prompt(frozen), params, channel.put, slot)
+        self._engine.submit(request)  # synchronously: orders it against adapter swaps
+        try:
+            while (item := await channel.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            request.cancel()  # a no-op when finished; stops the engine's work when abandoned
+
+    async def swap_lora(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
+        """Serve ``slot`` with the PEFT adapter at ``path`` (None: the base model) from the next
+        request on; running sequences finish with the one they started with.
+
+        The adapter is converted to GGUF in a worker thread (once per adapter directory) and
+        loaded between two decoding steps; a LoraError leaves the slot as it was.
+        """
+        async with self._swap_lock:
+            gguf = None if path is None else await asyncio.to_thread(self._lora_gguf, Path(path))
+            future = self._engine.swap(slot, gguf)
+
+            def served(done: concurrent.futures.Future[None]) -> None:
+                # On the engine thread as the swap takes effect: true even if the caller left.
+                if not done.cancelled() and done.exception() is None:
+                    self._paths[slot] = path
+
+            future.add_done_callback(served)
+            try:
+                await asyncio.shield(asyncio.wrap_future(future))
+            except (GenerationError, LoraError):
+                raise
+            except Exception as exc:  # e.g. the context for the adapter could not be made
+                raise LoraError(f"cannot serve adapter {path}: {exc}") from exc
+        log.info("slot %s serves adapter %s", slot, path or "none (base model)")
+
+    def _lora_gguf(self, adapter_dir: Path) -> Path:
+        # Converted once per adapter directory (lora_gguf skips a GGUF newer than the adapter).
+        out = self._cache / "gguf-lora" / f"{_digest(adapter_dir)}.gguf"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return convert.lora_gguf(adapter_dir, out, base_dir=self.model_dir)
+
+    async def aclose(self) -> None:
+        """Stop the engine and free the model, contexts and adapters; running and queued
+        streams end with a GenerationError."""
+        self._closed = True
+        await asyncio.to_thread(self._engine.stop)
+
+
+def model_gguf_path(settings: ModelSettings, model_dir: Path) -> Path:
+    """Where the GGUF of ``model_dir`` at the configured precision is cached."""
+    name = f"{model_dir.name}-{_digest(model_dir)}-{settings.gguf_weights}.gguf"
+    return settings.cache_dir / "gguf" / name
+
+
+def default_threads() -> int:
+    """Threads when ``model.threads`` is unset: every core but one, which runs the event loop
+    (as the torch engine)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]

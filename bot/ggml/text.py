@@ -1,0 +1,136 @@
+"""Prompts in and text out with the model's own transformers tokenizer, without torch.
+
+The llama.cpp engine only sees token ids: prompts are rendered by the chat template and
+tokenized exactly as the torch engine does (same tokenizer files, same ``apply_chat_template``
+call), and it stops on the same ids. ``PreTrainedTokenizerFast`` loads the tokenizer without
+importing torch (``AutoTokenizer`` would). Replies are detokenized incrementally with
+``tokenizers``' own ``DecodeStream``, which holds a piece back while it is an incomplete
+UTF-8 character.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizers.decoders import DecodeStream
+
+# The tokenizer class alone, which does not import torch (tests/test_layers.py allows it here).
+from transformers import PreTrainedTokenizerFast  # noqa: TID251
+
+from bot.errors import GenerationError, ModelLoadError
+from bot.types import Turn, messages
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt's token ids; the first ``shared`` of them (its system turn) may be shared."""
+
+    ids: list[int]
+    shared: int = 0
+
+
+class ChatText:
+    """A chat model's tokenizer and chat template, safe to call from any thread."""
+
+    def __init__(self, tokenizer: Any, stop_ids: frozenset[int]) -> None:
+        self._tokenizer = tokenizer
+        self.stop_ids = stop_ids
+        # Rust tokenizers refuse concurrent use ("Already borrowed"): one lock for every call.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ChatText:
+        """Read the tokenizer of ``model_dir`` (blocking). Raises ModelLoadError."""
+        try:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelLoadError(f"{model_dir} has no chat template; selftune needs a chat model")
+        return cls(tokenizer, stop_ids(tokenizer, model_dir))
+
+    def encode(self, turns: Sequence[Turn]) -> list[int]:
+        """The prompt's ids with the generation prompt; GenerationError if it cannot render."""
+        try:
+            with self._lock:
+                return chat_ids(self._tokenizer, messages(turns), add_generation_prompt=True)
+        except Exception as exc:  # the chat template's own errors (jinja, ValueError, …)
+            raise GenerationError(
+                f"cannot render the prompt ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def prompt(self, turns: Sequence[Turn]) -> Prompt:
+        """The prompt's ids, and how many of them are its leading system turn (a prefix other
+        chats share), as the torch engine finds it; GenerationError if it cannot render."""
+        chat = messages(turns)
+        try:
+            with self._lock:
+                ids = chat_ids(self._tokenizer, chat, add_generation_prompt=True)
+                if not turns or turns[0].role != "system":
+                    return Prompt(ids)
+                head = chat_ids(self._tokenizer, chat[:1], add_generation_prompt=False)
+        except Exception as exc:  # the chat template's own errors (jinja, ValueError, …)
+            raise GenerationError(
+                f"cannot render the prompt ({type(exc).__name__}: {exc})"
+            ) from exc
+        # Templates that render the system turn differently in context share nothing.
+        return Prompt(ids, len(head) if ids[: len(head)] == head else 0)
+
+    def decoder(self) -> TextStream:
+        """A fresh incremental decoder for one reply."""
+        return TextStream(self._tokenizer.backend_tokenizer, self._lock)
+
+
+class TextStream:
+    """One reply's text, piece by piece; never splits a character."""
+
+    def __init__(self, backend: Any, lock: threading.Lock) -> None:
+        self._backend = backend
+        self._lock = lock
+        self._stream = DecodeStream(skip_special_tokens=True)
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text it completes (possibly empty)."""
+        with self._lock:
+            piece = self._stream.step(self._backend, token)
+        return piece or ""
+
+
+def chat_ids(
+    tokenizer: Any, chat: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
+) -> list[int]:
+    """Token ids of ``chat`` rendered by the tokenizer's own chat template (as
+    ``bot.engine.runtime.chat_ids``, which imports torch)."""
+    ids = tokenizer.apply_chat_template(
+        [dict(m) for m in chat],
+        add_generation_prompt=add_generation_prompt,
+        tokenize=True,
+        return_dict=False,
+    )
+    if isinstance(ids, Mapping):  # some tokenizers return a BatchEncoding regardless
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
+def stop_ids(tokenizer: Any, model_dir: Path) -> frozenset[int]:
+    """End-of-sequence ids as the torch engine has them: the generation config's, the
+    tokenizer's, and ChatML's end of turn."""
+    ids: set[int] = set()
+    # transformers' generation config: generation_config.json, else config.json's ids.
+    for name in ("generation_config.json", "config.json"):
+        config = model_dir / name
+        if config.is_file():
+            eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+            ids.update([eos] if isinstance(eos, int) else (eos or []))
+            break
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return frozenset(ids)
