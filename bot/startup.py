@@ -213,7 +213,7 @@ async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[
                 adapters_dir=settings.adapters_dir,
             )
             return remote, model_dir
-        if settings.model.engine == "llama.cpp":
+        if local_engine(settings.model.engine, settings.model.device) == "llama.cpp":
             from bot.ggml.generator import LlamaCppGenerator
 
             llama = await LlamaCppGenerator.load(settings.model, settings.lora, progress=progress)
@@ -226,6 +226,22 @@ async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[
     except ModelLoadError as exc:
         raise StartupError(str(exc)) from None
     return generator, generator.model_dir
+
+
+def local_engine(engine: str, device: str) -> str:
+    """The engine ``model.engine`` names; ``auto``: llama.cpp on a CPU (its kernels decode
+    about twice as fast there, bench/serving.py), transformers where a GPU is asked for or, with
+    ``device = "auto"``, visible (torch is imported only to ask when a GPU driver is there)."""
+    if engine != "auto":
+        return engine
+    if device.startswith(("cuda", "mps")):
+        return "transformers"
+    if device == "auto" and Path("/dev/nvidiactl").exists():
+        import torch
+
+        if torch.cuda.is_available():
+            return "transformers"
+    return "llama.cpp"
 
 
 async def resolve_model_dir(settings: Settings, *, progress: bool = True) -> Path:

@@ -102,11 +102,12 @@ class ModelSettings(Section):
         "attention, but their matmuls may still differ in the last bits with the batch size. "
         "Off: faster alone and in float32 batches, but replies may vary with their company.",
     )
-    engine: Literal["transformers", "llama.cpp"] = Field(
+    engine: Literal["auto", "transformers", "llama.cpp"] = Field(
         "transformers",
         description="Local backend: 'transformers' (torch, any device) or 'llama.cpp' (ggml, "
         "CPU only; the same model and tokenizer, converted to GGUF once into cache_dir; "
-        "exact_batching does not apply: a greedy reply may change with its company).",
+        "exact_batching does not apply: a greedy reply may change with its company); 'auto': "
+        "llama.cpp on a CPU, transformers on a GPU.",
     )
     gguf_weights: Literal["bf16", "f32", "q8_0"] = Field(
         "bf16",

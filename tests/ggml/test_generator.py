@@ -432,3 +432,16 @@ async def test_the_bench_runs_fixed_rows_to_their_length(generator: LlamaCppGene
     assert not fixed.errors and generator.stats.tokens - before == 4 * 8
     chat = await measure(stream, workload("chat", 2, 2, 8, "S"))
     assert [served.text for served in chat.served] == ["", ""]  # the stop ids are back
+
+
+def test_auto_picks_llama_cpp_on_a_cpu_and_transformers_for_a_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot import startup
+
+    assert startup.local_engine("auto", "cpu") == "llama.cpp"
+    assert startup.local_engine("auto", "cuda:1") == "transformers"
+    assert startup.local_engine("transformers", "cpu") == "transformers"
+    assert startup.local_engine("llama.cpp", "auto") == "llama.cpp"
+    monkeypatch.setattr(startup, "Path", lambda _: type("P", (), {"exists": lambda self: False})())
+    assert startup.local_engine("auto", "auto") == "llama.cpp"  # no GPU driver here
