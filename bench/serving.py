@@ -343,7 +343,7 @@ def report(
         lines += workload_table(systems, key, label)
     alone = {s.name: s.summaries["fixed-1"].decode for s in systems if "fixed-1" in s.summaries}
     lines += bandwidth_lines(bandwidth, alone)
-    lines += target_lines(systems, ENGINE)
+    lines += target_lines(systems, LLAMA_ENGINE) + target_lines(systems, ENGINE)
     if profile:
         lines += [
             "### Profile of one 16-chat decoding step (selftune engine)",

@@ -108,7 +108,7 @@ def target_lines(systems: list[SystemResult], ours: str) -> list[str]:
     engine = next((s for s in systems if s.name == ours), None)
     if engine is None:
         return []
-    lines = ["### Targets (issue 14)", ""]
+    lines = [f"### Targets (issue 14): {ours}", ""]
     for key in ("fixed-16", "chat-16"):
         best, row = best_anchor(systems, key), engine.summaries.get(key)
         if best is None or row is None:

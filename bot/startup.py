@@ -7,7 +7,8 @@ advisory lock the database releases when its holder exits or crashes).
 
 Used by the composition root (``bot.app``) and by the subcommands that do not serve
 (``bot.cli.maintenance``). torch is imported only inside ``load_generator``, and only for
-``backend.kind = "local"`` with ``model.engine = "transformers"``.
+``backend.kind = "local"`` with the transformers engine (``model.engine``: ``auto`` picks it
+where a GPU is).
 """
 
 from __future__ import annotations

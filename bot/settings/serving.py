@@ -103,7 +103,7 @@ class ModelSettings(Section):
         "Off: faster alone and in float32 batches, but replies may vary with their company.",
     )
     engine: Literal["auto", "transformers", "llama.cpp"] = Field(
-        "transformers",
+        "auto",
         description="Local backend: 'transformers' (torch, any device) or 'llama.cpp' (ggml, "
         "CPU only; the same model and tokenizer, converted to GGUF once into cache_dir; "
         "exact_batching does not apply: a greedy reply may change with its company); 'auto': "
