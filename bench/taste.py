@@ -47,6 +47,15 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--today-tastes", type=int, default=4, help="per seed")
     parser.add_argument("--ratings", type=int, default=200)
     parser.add_argument("--json", type=Path, default=None, help="write every run here")
+    parser.add_argument(
+        "--today-only", action="store_true", help="only today's code, on the --data already there"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="keep the rated data in DIR/<taste>-<seed> and reuse what is there",
+    )
     return parser.parse_args()
 
 
@@ -67,6 +76,14 @@ def one(code: Path | None, taste: str, seed: int, ratings: int, data: Path, reus
     if done.returncode != 0:
         return {"taste": taste, "seed": seed, "error": f"exit {done.returncode}"}
     return json.loads(out.read_text())
+
+
+def _data_dir(root: Path | None, taste: str, seed: int) -> tuple[Path, bool]:
+    """Where a run's rated data goes, and whether it is there already (then reused)."""
+    if root is None:
+        return Path(tempfile.mkdtemp(prefix="selftune-ratings-")), False
+    data = root / f"{taste}-{seed}"
+    return data, (data / "before.json").exists()
 
 
 def known_by(data: Path, code: Path) -> Path:
@@ -140,8 +157,11 @@ def main() -> None:
     for seed in range(args.seeds):
         saved = []
         for taste in tastes:
-            data = Path(tempfile.mkdtemp(prefix="selftune-ratings-"))
-            record("ours", one(None, taste, seed, args.ratings, data, reuse=False))
+            data, reuse = _data_dir(args.data, taste, seed)
+            if args.today_only and reuse:
+                saved.append((taste, data))
+                continue
+            record("ours", one(None, taste, seed, args.ratings, data, reuse=reuse))
             if "error" not in runs[-1][1]:
                 saved.append((taste, data))
         # Today's code after this seed's runs of ours (it is slow), on the same ratings.

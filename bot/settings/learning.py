@@ -56,14 +56,14 @@ class TrainingSettings(Section):
         0.1, gt=0.0, le=10.0, description="KTO's beta: how far the adapter may move from the base."
     )
     sft_weight: float = Field(
-        1.0,
+        3.0,
         ge=0.0,
         le=10.0,
         description="Weight of the 👍 replies' NLL next to KTO's loss in a KTO run (0 = KTO "
         "alone): the liked replies are imitated, the disliked pushed down.",
     )
     anchor_weight: float = Field(
-        0.0,
+        1.0,
         ge=0.0,
         le=100.0,
         description="Weight of the anchor in a KTO run: the KL from the base model's next-token "
