@@ -145,6 +145,15 @@ class _Llama:
         return None
 
 
+def unsupported(model_dir: Path) -> str | None:
+    """Why :func:`model_gguf` cannot convert the model in ``model_dir`` (None: it can)."""
+    try:
+        _llama(model_dir / "config.json", ModelLoadError)
+    except ModelLoadError as exc:
+        return str(exc)
+    return None
+
+
 def _llama(config_file: Path, error: type[ModelLoadError]) -> _Llama:
     """The hyperparameters of a transformers llama's config.json; ``error`` if it is none."""
     config = _json_object(config_file, error)

@@ -23,7 +23,7 @@ from bot.ggml.generator import LlamaCppGenerator
 from bot.ggml.llama import ContextShape
 from bot.ggml.rows import Lane, Prefix, Request, Row
 from bot.ggml.text import ChatText, Prompt
-from bot.settings import LoraSettings
+from bot.settings import LoraSettings, Settings
 from bot.types import GenerationParams, Turn
 from tests.ggml.helpers import GREEDY, HELLO, eventually, loaded, make_adapter, reply, tiny_settings
 
@@ -253,3 +253,47 @@ async def test_a_row_that_fails_to_sample_fails_alone(
     )
     assert results[0] == alone
     assert isinstance(results[1], GenerationError)
+
+
+@pytest.mark.parametrize("name", ["generation_config.json", "config.json"])
+async def test_a_malformed_model_config_is_a_model_load_error(
+    name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / name).write_text("{not json", encoding="utf-8")
+    if name == "config.json":
+        (broken / "generation_config.json").unlink()  # stop ids then come from config.json
+    with pytest.raises(ModelLoadError, match=name):
+        ChatText.load(broken)
+    settings = tiny_settings(broken, tmp_path / "cache")
+    with pytest.raises(ModelLoadError, match=name):
+        await LlamaCppGenerator.load(settings, LoraSettings())
+
+
+def test_auto_picks_transformers_for_a_model_llama_cpp_cannot_convert(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bot import startup
+
+    assert startup.local_engine("auto", "cpu", tiny_model_dir) == "llama.cpp"
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "gpt2"}', encoding="utf-8")
+    with caplog.at_level("INFO", logger="bot.startup"):
+        assert startup.local_engine("auto", "cpu", other) == "transformers"
+    assert "model_type 'gpt2'" in caplog.text
+    assert startup.local_engine("llama.cpp", "cpu", other) == "llama.cpp"  # asked for: its error
+
+
+async def test_startup_with_auto_serves_a_llama_with_llama_cpp_on_a_cpu(
+    settings: Settings, tiny_model_dir: Path, cache_dir: Path
+) -> None:
+    from bot.startup import load_generator
+
+    model = tiny_settings(tiny_model_dir, cache_dir, engine="auto", device="cpu")
+    gen, model_dir = await load_generator(settings.model_copy(update={"model": model}))
+    try:
+        assert isinstance(gen, LlamaCppGenerator) and model_dir == tiny_model_dir
+    finally:
+        await gen.aclose()
