@@ -303,14 +303,16 @@ class LlamaEngine:
                 self._lane(adapter)  # fails here, before the slot changes, if it cannot apply
         except BaseException as exc:  # handed to the caller, who decides what it means
             swap.future.set_exception(exc)
-        else:
-            with self._lock:  # from here on, submitted requests get the new adapter
-                if swap.path is None and swap.slot != DEFAULT_SLOT:
-                    self._served.slots.pop(swap.slot, None)  # empty: no context of its own
-                else:
-                    self._served.slots[swap.slot] = (adapter, swap.source)
-            swap.future.set_result(None)
+            self._collect()  # an adapter loaded for a context that could not be made
+            return
+        with self._lock:  # from here on, submitted requests get the new adapter
+            if swap.path is None and swap.slot != DEFAULT_SLOT:
+                self._served.slots.pop(swap.slot, None)  # empty: no context of its own
+            else:
+                self._served.slots[swap.slot] = (adapter, swap.source)
         self._collect()
+        self._note()  # the caller sees the lanes as they are now
+        swap.future.set_result(None)
 
     def _adapter(self, path: Path) -> Adapter:
         key = (path, path.stat().st_mtime_ns)
