@@ -745,3 +745,33 @@ async def test_slot_lora_names_the_adapter_of_the_next_stream_under_load(
         assert await after == (tuned if recorded == random_adapter else base)
         assert await waiting == base  # submitted before the swap
         assert gen.slot_lora("default") == random_adapter
+
+
+async def test_a_queued_request_keeps_its_adapter_weights_across_swaps(
+    tiny_model_dir: Path, random_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swaps reuse pooled adapters no slot holds: never one a queued request is bound to."""
+    from bot.engine.core import DecodeEngine
+
+    second = make_adapter(tiny_model_dir, tmp_path / "second", LoraSettings(), scale=0.3)
+    third = make_adapter(tiny_model_dir, tmp_path / "third", LoraSettings(), scale=0.8)
+    async with loaded(tiny_model_dir, max_batch_size=1) as gen:
+        await gen.swap_lora(random_adapter)
+        tuned = await reply(gen, HELLO)
+        step = DecodeEngine._step
+
+        def slow(self: DecodeEngine) -> None:
+            time.sleep(0.02)
+            step(self)
+
+        monkeypatch.setattr(DecodeEngine, "_step", slow)
+        long = GenerationParams(max_new_tokens=150, temperature=0.0)
+        running = gen.stream(HELLO, long, slot="candidate")  # the zero adapter
+        await anext(running)
+        waiting = asyncio.create_task(reply(gen, HELLO))  # bound to random_adapter's weights
+        await eventually(lambda: gen.stats.waiting == 1)
+        await gen.swap_lora(second)
+        await gen.swap_lora(third)  # would reuse the first adapter's pool entry if it were free
+        await running.aclose()
+        assert await waiting == tuned
+        assert gen.slot_lora("default") == third
