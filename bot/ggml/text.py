@@ -100,6 +100,7 @@ class TextStream:
         self._stream = DecodeStream(skip_special_tokens=True)
         self._ids: list[int] = []
         self._sent = 0  # characters handed out so far
+        self._held = 0  # tokens pushed since the last piece: text may be held back
 
     def push(self, token: int) -> str:
         """Add one token; return the text it completes (possibly empty)."""
@@ -107,11 +108,15 @@ class TextStream:
         with self._lock:
             piece = self._stream.step(self._backend, token) or ""
         self._sent += len(piece)
+        self._held = 0 if piece else self._held + 1
         return piece
 
     def flush(self) -> str:
         """The text still held back at the end of the reply (an incomplete character decodes
         as U+FFFD), as the torch engine's stream ends."""
+        if not self._held:  # every token's text is out already
+            return ""
+        self._held = 0
         with self._lock:
             text = str(self._backend.decode(self._ids, skip_special_tokens=True))
         rest = text[self._sent :]
