@@ -214,7 +214,9 @@ async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[
                 adapters_dir=settings.adapters_dir,
             )
             return remote, model_dir
-        if local_engine(settings.model.engine, settings.model.device) == "llama.cpp":
+        auto = settings.model.engine == "auto"
+        source = await resolve_model_dir(settings, progress=progress) if auto else None
+        if local_engine(settings.model.engine, settings.model.device, source) == "llama.cpp":
             from bot.ggml.generator import LlamaCppGenerator
 
             llama = await LlamaCppGenerator.load(settings.model, settings.lora, progress=progress)
@@ -229,18 +231,30 @@ async def load_generator(settings: Settings, *, progress: bool = True) -> tuple[
     return generator, generator.model_dir
 
 
-def local_engine(engine: str, device: str) -> str:
+def local_engine(engine: str, device: str, model_dir: Path | None = None) -> str:
     """The engine ``model.engine`` names; ``auto``: llama.cpp on a CPU (its kernels decode
     about twice as fast there, bench/serving.py), transformers where a GPU is asked for or, with
-    ``device = "auto"``, visible (torch is imported only to ask when a GPU driver is there)."""
+    ``device = "auto"``, visible (torch is imported only to ask when a GPU driver is there), or
+    where the model in ``model_dir`` cannot be converted to GGUF (not a llama)."""
     if engine != "auto":
         return engine
+    picked = _auto_device_engine(device)
+    if picked == "llama.cpp" and model_dir is not None:
+        from bot.ggml.convert import unsupported
+
+        if (why := unsupported(model_dir)) is not None:
+            log.info("model.engine auto: transformers, as llama.cpp cannot serve it: %s", why)
+            return "transformers"
+    return picked
+
+
+def _auto_device_engine(device: str) -> str:
     if device.startswith(("cuda", "mps")):
         return "transformers"
     if device == "auto" and Path("/dev/nvidiactl").exists():
-        import torch
+        from bot.engine.runtime import pick_device  # torch, in its zone
 
-        if torch.cuda.is_available():
+        if pick_device("auto").type == "cuda":
             return "transformers"
     return "llama.cpp"
 

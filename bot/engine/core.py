@@ -3,15 +3,18 @@
 Requests from many chats arrive on a queue. Between decoding steps the engine admits new
 requests (each prompt is prefilled alone, then its KV cache joins the running batch), drops
 finished and cancelled sequences, and applies adapter swaps. A swap fills a pooled adapter no
-running sequence uses (:mod:`bot.engine.slots`), so no sequence ever sees two adapters and no
-swap waits for the batch to drain. Every step feeds one token per sequence through the model
-in a single forward pass (continuous batching); each row adds its own slot's adapter.
+running or queued sequence uses (:mod:`bot.engine.slots`), so no sequence ever sees two
+adapters and no swap waits for the batch to drain. Every step feeds one token per sequence
+through the model in a single forward pass (continuous batching); each row adds its own slot's
+adapter.
 
 The model should use :data:`bot.engine.attention.ROWWISE_ATTENTION`, so a sequence decodes
 to exactly the same tokens whether it runs alone or in a batch.
 
-Commands are handled in arrival order: a request submitted after a swap is served with the new
-adapter, one submitted before it with the old one.
+A request is bound to its slot's adapter when it is submitted, and a swap changes what a slot
+serves only once the weights are copied, under the same lock: a request submitted after the
+swap took effect (:meth:`DecodeEngine.slot_source` names the new adapter) is served with it,
+one submitted before with the old one, however long either waits in the queue.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,11 +54,18 @@ class EngineStats:
 class _Swap:
     slot: str
     weights: Weights | None  # None: empty the slot (the zero adapter)
+    source: Path | None  # what the slot is said to serve (the adapter directory)
     future: concurrent.futures.Future[None]
 
 
+@dataclass
+class _Queued:
+    request: EngineRequest
+    adapter: str | None  # the pooled adapter its slot served when it was submitted
+
+
 _STOP = object()
-_Command = EngineRequest | _Swap | object
+_Command = _Queued | _Swap | object
 
 
 class DecodeEngine:
@@ -85,27 +96,43 @@ class DecodeEngine:
         self._max_batch = max_batch_size
         self._device = device
         self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
-        self._pending: collections.deque[EngineRequest | _Swap] = collections.deque()
+        self._pending: collections.deque[_Queued] = collections.deque()
+        # Under self._lock: each slot's pooled adapter and source as requests are bound to
+        # them, and how many queued requests hold each adapter (its weights stay).
+        self._served: dict[str, tuple[str | None, Path | None]] = {}
+        self._queued: collections.Counter[str | None] = collections.Counter()
         self._batch = Batch(min_rows, slots.router)
         self._prefiller = Prefiller(model, device, prefix_cache_tokens, prefill_threads)
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="selftune-decode", daemon=True)
-        self._lock = threading.Lock()  # orders submit/swap against stop
+        self._lock = threading.Lock()  # orders submit/swap against stop; guards _served
         self._stopped = False
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, request: EngineRequest) -> None:
-        """Queue a request; its sink gets pieces, then None (or an exception)."""
+        """Queue a request, bound now to the adapter its slot serves (:meth:`slot_source`);
+        its sink gets pieces, then None (or an exception)."""
         with self._lock:
             if self._stopped:
                 deliver(request, GenerationError("the model is shutting down"))
                 return
-            self._inbox.put(request)
+            adapter = self._served.get(request.slot, (None, None))[0]
+            self._queued[adapter] += 1
+            self._inbox.put(_Queued(request, adapter))
 
-    def swap(self, slot: str, weights: Weights | None) -> concurrent.futures.Future[None]:
-        """Serve ``slot`` with ``weights`` (None: the zero adapter) from the next request on.
+    def slot_source(self, slot: str) -> Path | None:
+        """What ``slot`` serves: the next request submitted for it gets this adapter."""
+        with self._lock:
+            return self._served.get(slot, (None, None))[1]
+
+    def swap(
+        self, slot: str, weights: Weights | None, source: Path | None = None
+    ) -> concurrent.futures.Future[None]:
+        """Serve ``slot`` with ``weights`` (None: the zero adapter) once they are copied,
+        between two steps (not behind queued requests: they keep the adapter they were bound
+        to); ``source`` is what :meth:`slot_source` names then.
 
         The future fails (the slot unchanged) if the weights do not fit the model, or at once
         once the engine is stopping.
@@ -115,7 +142,7 @@ class DecodeEngine:
             if self._stopped:
                 future.set_exception(GenerationError("the model is shutting down"))
             else:
-                self._inbox.put(_Swap(slot, weights, future))
+                self._inbox.put(_Swap(slot, weights, source, future))
         return future
 
     def stop(self, timeout: float | None = None) -> None:
@@ -151,46 +178,51 @@ class DecodeEngine:
             self._shutdown()
 
     def _receive(self, *, block: bool) -> bool:
-        """Move commands from the inbox to the pending queue; False once stop was requested."""
+        """Apply swaps and move requests from the inbox to the pending queue; False once stop
+        was requested."""
         try:
             command = self._inbox.get(block=block)
             while True:
                 if command is _STOP:
                     return False
-                assert isinstance(command, EngineRequest | _Swap)
-                self._pending.append(command)
+                if isinstance(command, _Swap):
+                    self._run_swap(command)
+                else:
+                    assert isinstance(command, _Queued)
+                    self._pending.append(command)
                 command = self._inbox.get_nowait()
         except queue.Empty:
             return True
 
     def _admit(self) -> None:
         while self._pending:
-            head = self._pending[0]
-            if isinstance(head, _Swap):
-                self._pending.popleft()
-                self._run_swap(head)
-                continue
             if len(self._batch.rows) >= self._max_batch:
                 return
-            self._pending.popleft()
-            if not head.cancelled.is_set():
-                self._start(head)
+            head = self._pending.popleft()
+            with self._lock:
+                self._queued[head.adapter] -= 1
+            if not head.request.cancelled.is_set():
+                self._start(head.request, head.adapter)
 
     def _run_swap(self, swap: _Swap) -> None:
-        in_use = [seq.adapter for seq in self._batch.rows]
+        with self._lock:  # queued requests' adapters keep their weights too
+            queued = [adapter for adapter, count in self._queued.items() if count]
+        in_use = [*(seq.adapter for seq in self._batch.rows), *queued]
         try:
             self._slots.load(swap.slot, swap.weights, in_use)
         except BaseException as exc:  # handed to the caller, who decides what it means
             swap.future.set_exception(exc)
         else:
+            with self._lock:  # from here on, submitted requests are bound to the new adapter
+                self._served[swap.slot] = (self._slots.resolve(swap.slot), swap.source)
             swap.future.set_result(None)
 
-    def _start(self, request: EngineRequest) -> None:
+    def _start(self, request: EngineRequest, adapter: str | None) -> None:
         """Prefill one prompt alone, sample its first token, and join it to the batch."""
         try:
             prompt = request.prompt()
             seq = self._sequence(request, prompt.ids)
-            seq.adapter = self._slots.resolve(request.slot)
+            seq.adapter = adapter
             self._slots.router.route_all(seq.adapter)
             with torch.inference_mode():
                 logits, cache = self._prefiller.prefill(
@@ -251,7 +283,7 @@ class DecodeEngine:
     def _note_batch(self) -> None:
         self.stats.active = len(self._batch.rows)
         self.stats.max_batch = max(self.stats.max_batch, self.stats.active)
-        self.stats.waiting = sum(isinstance(item, EngineRequest) for item in self._pending)
+        self.stats.waiting = len(self._pending)
 
     def _shutdown(self) -> None:
         with self._lock:  # also when the thread ends abnormally: nothing more is queued
@@ -266,14 +298,12 @@ class DecodeEngine:
                 command = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(command, EngineRequest | _Swap):
+            if isinstance(command, _Swap):
+                command.future.set_exception(error)
+            elif isinstance(command, _Queued):
                 self._pending.append(command)
         while self._pending:
-            pending = self._pending.popleft()
-            if isinstance(pending, _Swap):
-                pending.future.set_exception(error)
-            else:
-                deliver(pending, error)
+            deliver(self._pending.popleft().request, error)
 
 
 def _cpu_float(logits: torch.Tensor) -> torch.Tensor:

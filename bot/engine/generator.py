@@ -10,7 +10,6 @@ every chat, a second one (e.g. "candidate" for an A/B test) to the requests that
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import threading
@@ -90,7 +89,6 @@ class TransformersGenerator:
         # Rust tokenizers refuse concurrent use ("Already borrowed"): one lock for every call.
         self._tokenizer_lock = threading.Lock()
         self._shapes = {k: v.shape for k, v in lora_state(model).items()}
-        self._paths: dict[str, Path | None] = {DEFAULT_SLOT: None}
         self._slots = SlotTable(model, lora)  # owned by the engine thread once it starts
         self._swap_lock = asyncio.Lock()
         self._closed = False
@@ -184,7 +182,7 @@ class TransformersGenerator:
     @property
     def active_lora(self) -> Path | None:
         """The default slot's adapter: requests submitted from now on get it (None: zero)."""
-        return self._paths[DEFAULT_SLOT]
+        return self._engine.slot_source(DEFAULT_SLOT)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -232,8 +230,9 @@ class TransformersGenerator:
         return self._engine.prefix_stats
 
     def slot_lora(self, slot: str) -> Path | None:
-        """The adapter ``slot`` serves from now on (None: zero adapter, or a slot never filled)."""
-        return self._paths.get(slot)
+        """The adapter the next ``stream(slot=slot)`` is served with (None: the zero adapter,
+        or a slot never filled): requests are bound to their slot's adapter when submitted."""
+        return self._engine.slot_source(slot)
 
     async def stream(
         self, turns: Sequence[Turn], params: GenerationParams, *, slot: str = DEFAULT_SLOT
@@ -245,7 +244,7 @@ class TransformersGenerator:
         channel = Channel(asyncio.get_running_loop())
         frozen = tuple(turns)
         request = EngineRequest(lambda: self.encode(frozen), params, channel.put, slot)
-        self._engine.submit(request)  # synchronously: orders it against adapter swaps
+        self._engine.submit(request)  # bound to the adapter slot_lora(slot) names now
         try:
             while (item := await channel.get()) is not None:
                 if isinstance(item, BaseException):
@@ -265,15 +264,7 @@ class TransformersGenerator:
             weights = None
             if path is not None:
                 weights = await asyncio.to_thread(read_lora, Path(path), self._lora, self._shapes)
-            future = self._engine.swap(slot, weights)
-
-            def served(done: concurrent.futures.Future[None]) -> None:
-                # On the engine thread, as the swap takes effect: slot_lora stays true even
-                # when the caller was cancelled meanwhile (the swap still happens).
-                if not done.cancelled() and done.exception() is None:
-                    self._paths[slot] = path
-
-            future.add_done_callback(served)
+            future = self._engine.swap(slot, weights, path)  # slot_lora names it once served
             try:
                 await asyncio.shield(asyncio.wrap_future(future))
             except (GenerationError, LoraError):

@@ -145,6 +145,15 @@ class _Llama:
         return None
 
 
+def unsupported(model_dir: Path) -> str | None:
+    """Why :func:`model_gguf` cannot convert the model in ``model_dir`` (None: it can)."""
+    try:
+        _llama(model_dir / "config.json", ModelLoadError)
+    except ModelLoadError as exc:
+        return str(exc)
+    return None
+
+
 def _llama(config_file: Path, error: type[ModelLoadError]) -> _Llama:
     """The hyperparameters of a transformers llama's config.json; ``error`` if it is none."""
     config = _json_object(config_file, error)
@@ -234,6 +243,11 @@ class _Stored:
             raw = (raw.astype(np.uint32) << 16).view(np.float32)
         return raw.astype(np.float32, copy=False).reshape(self.shape)
 
+    @property
+    def end(self) -> int:
+        """The byte just past its data."""
+        return self.offset + math.prod(self.shape) * _SAFETENSORS_DTYPES[self.dtype].itemsize
+
 
 def _header(file: Path, error: type[ModelLoadError]) -> dict[str, _Stored]:
     """The tensors of a safetensors file (its JSON header: dtype, shape, byte offsets)."""
@@ -248,11 +262,14 @@ def _header(file: Path, error: type[ModelLoadError]) -> dict[str, _Stored]:
             for name, info in header.items()
             if name != "__metadata__"
         }
+        length = file.stat().st_size
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise error(f"cannot read {file} as safetensors: {exc!r}") from None
     for name, tensor in tensors.items():
         if tensor.dtype not in _SAFETENSORS_DTYPES:
             raise error(f"{file}: {name} is {tensor.dtype}; only F32, F16 and BF16 convert")
+        if tensor.end > length:  # a copy cut short: its data is not all there
+            raise error(f"{file} is truncated: {name} ends at byte {tensor.end} of {length}")
     return tensors
 
 
@@ -491,6 +508,8 @@ def _atomic_write(out: Path, write: Callable[[Path], None], error: type[ModelLoa
         os.replace(temp, out)
     except OSError as exc:
         raise error(f"cannot write {out}: {exc}") from None
+    except ValueError as exc:  # a source that changed or is malformed under us
+        raise error(f"cannot convert to {out}: {exc}") from None
     finally:
         temp.unlink(missing_ok=True)
 

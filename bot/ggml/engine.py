@@ -1,15 +1,19 @@
 """The llama.cpp decode engine: one thread owns the model, its contexts and every running row.
 
-Requests from many chats arrive on a queue and are handled in arrival order, adapter swaps
-included: a request submitted after a swap gets the new adapter. Every step builds, per lane
-(a context with one adapter), one ``llama_batch`` holding the next token of every running row
-plus chunks of prompts still being read (chunked prefill: at most ``batch_tokens`` tokens per
-call, so running replies never stall behind a long prompt), runs one ``llama_decode`` and
-samples each row that reached the end of its tokens from its own logits.
+Requests from many chats arrive on a queue and are admitted in arrival order. A request is
+bound to its slot's adapter when it is submitted (:meth:`LlamaEngine.submit`), and a swap
+changes a slot only once its adapter and context are ready, under the same lock: what
+:meth:`LlamaEngine.slot_source` names is what the next request gets, however long the queue.
+Every step builds, per lane (a context with one adapter), one ``llama_batch`` holding the next
+token of every running row plus chunks of prompts still being read (chunked prefill: at most
+``batch_tokens`` tokens per call, so running replies never stall behind a long prompt), runs
+one ``llama_decode`` and samples each row that reached the end of its tokens from its own
+logits.
 
 llama.cpp applies adapters per context, so each adapter in use has its own lane; a swap
-points the slot at a new lane while rows already running finish in theirs (never two adapters
-in one sequence). Lanes and adapters nobody uses any more are freed.
+points the slot at a new lane while rows already running (or queued) finish in theirs (never
+two adapters in one sequence). Lanes and adapters nobody uses any more are freed; emptying a
+slot other than the default frees its lane (an empty slot is the base model's).
 
 KV cache: each context holds ``kv_tokens`` cells shared by its rows. A row reserves room for
 its prompt plus its longest reply when it is admitted; a request that does not fit waits until
@@ -36,7 +40,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.errors import GenerationError
+import llama_cpp
+
+from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
 from bot.ggml.llama import Adapter, Batch, Context, ContextShape, Model
 from bot.ggml.rows import Lane, Request, Row, deliver
@@ -62,8 +68,27 @@ class EngineStats:
 @dataclass
 class _Swap:
     slot: str
-    path: Path | None  # a GGUF LoRA; None: empty the slot (the base model)
+    path: Path | None  # a GGUF LoRA; None: the base model (a slot other than the default: empty)
+    source: Path | None  # what the slot is said to serve (the adapter directory it came from)
     future: concurrent.futures.Future[None]
+
+
+class _Served:
+    """Each slot's adapter and where it came from, and how many queued requests are bound to
+    each adapter: written under the engine's lock, so a request is bound to what
+    :meth:`LlamaEngine.slot_source` names at that moment."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, tuple[Adapter | None, Path | None]] = {DEFAULT_SLOT: (None, None)}
+        self.queued: collections.Counter[Adapter | None] = collections.Counter()
+
+    def resolve(self, slot: str) -> Adapter | None:
+        """An empty slot is the base model."""
+        return self.slots.get(slot, (None, None))[0]
+
+    def pinned(self) -> set[Adapter | None]:
+        """Adapters a slot serves or a queued request is bound to: their lanes stay."""
+        return {a for a, _ in self.slots.values()} | {a for a, n in self.queued.items() if n}
 
 
 _STOP = object()
@@ -84,42 +109,79 @@ class LlamaEngine:
         self._shape = shape
         self._context_window = context_window
         self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
-        self._pending: collections.deque[Request | _Swap] = collections.deque()
-        self._slots: dict[str, Adapter | None] = {DEFAULT_SLOT: None}
+        self._pending: collections.deque[Request] = collections.deque()
+        self._served = _Served()  # under self._lock
         self._adapters: dict[tuple[Path, int], Adapter] = {}  # loaded, by file and mtime
         self._lanes: dict[Adapter | None, Lane] = {}
         self._batch: Batch | None = None
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="selftune-llama", daemon=True)
-        self._lock = threading.Lock()  # orders submit/swap against stop
+        self._lock = threading.Lock()  # orders submit/swap against stop; guards _served
         self._stopped = False
 
     def start(self) -> None:
-        self._batch = Batch(self._shape.batch_tokens)
+        """Create the base model's context and start the thread; ModelLoadError (the model
+        freed) if llama.cpp cannot create a context of this shape."""
+        try:
+            self._check_shape()
+            self._batch = Batch(self._shape.batch_tokens)
+            capacity = self._lane(None).context.capacity
+        except (GenerationError, LoraError) as exc:
+            self._shutdown()
+            raise ModelLoadError(f"cannot create a llama.cpp context: {exc}") from exc
+        # No row may outgrow one context: longer conversations are trimmed (fit_prompt).
+        self._context_window = min(self._context_window, capacity)
+        self._note()
         self._thread.start()
+
+    def _check_shape(self) -> None:
+        rows, most = self._shape.max_rows + self._shape.prefixes, max_sequences()
+        if rows > most:
+            raise GenerationError(
+                f"{self._shape.max_rows} rows (model.max_batch_size) and "
+                f"{self._shape.prefixes} kept prompt prefixes need {rows} sequences, and "
+                f"llama.cpp allows {most}: lower model.max_batch_size"
+            )
+
+    @property
+    def context_window(self) -> int:
+        """The most tokens one row (prompt and reply) may reach: the model's window, capped
+        at what one context holds."""
+        return self._context_window
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def slot_source(self, slot: str) -> Path | None:
+        """What ``slot`` serves: the next request submitted for it gets this adapter."""
+        with self._lock:
+            return self._served.slots.get(slot, (None, None))[1]
+
     def submit(self, request: Request) -> None:
-        """Queue a request; its sink gets pieces, then None (or an exception)."""
+        """Queue a request, bound to its slot's adapter now; its sink gets pieces, then None
+        (or an exception)."""
         with self._lock:
             if self._stopped:
                 deliver(request, GenerationError("the model is shutting down"))
                 return
+            request.adapter = self._served.resolve(request.slot)
+            self._served.queued[request.adapter] += 1
             self._inbox.put(request)
 
-    def swap(self, slot: str, path: Path | None) -> concurrent.futures.Future[None]:
-        """Serve ``slot`` with the GGUF adapter at ``path`` (None: the base model) from the next
-        request on. The future fails with LoraError (the slot unchanged) if llama.cpp cannot
-        load or apply it."""
+    def swap(
+        self, slot: str, path: Path | None, source: Path | None = None
+    ) -> concurrent.futures.Future[None]:
+        """Serve ``slot`` with the GGUF adapter at ``path`` (None: the base model; a slot other
+        than the default is emptied) once it and its context are ready, between two steps;
+        ``source`` is what :meth:`slot_source` names then. The future fails with LoraError (the
+        slot unchanged) if llama.cpp cannot load or apply it."""
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         with self._lock:
             if self._stopped:
                 future.set_exception(GenerationError("the model is shutting down"))
             else:
-                self._inbox.put(_Swap(slot, path, future))
+                self._inbox.put(_Swap(slot, path, source, future))
         return future
 
     def stop(self, timeout: float | None = None) -> None:
@@ -132,29 +194,42 @@ class LlamaEngine:
 
     def _run(self) -> None:
         try:
-            while self._receive(block=not self._running() and not self._pending):
-                self._admit()
-                for lane in list(self._lanes.values()):
-                    if lane.rows:
-                        self._step(lane)
-                self._note()
-        except Exception:  # a bug in the schedule itself: fail everything, never hang
-            log.exception("the llama.cpp engine failed")
+            while True:
+                try:
+                    if not self._receive(block=not self._running() and not self._pending):
+                        return
+                    self._iterate()
+                except Exception as exc:  # a bug: fail what is running, keep serving
+                    log.exception("a step of the llama.cpp engine failed")
+                    for lane in list(self._lanes.values()):
+                        self._fail_lane(lane, exc)
         finally:
             self._shutdown()
+
+    def _iterate(self) -> None:
+        """Admit what fits, then one step per lane; a lane that fails fails only its rows."""
+        self._admit()
+        for lane in list(self._lanes.values()):
+            if lane.rows:
+                self._step(lane)
+        self._note()
 
     def _running(self) -> int:
         return sum(len(lane.rows) for lane in self._lanes.values())
 
     def _receive(self, *, block: bool) -> bool:
-        """Move commands from the inbox to the pending queue; False once stop was requested."""
+        """Apply swaps and move requests from the inbox to the pending queue; False once stop
+        was requested."""
         try:
             command = self._inbox.get(block=block)
             while True:
                 if command is _STOP:
                     return False
-                assert isinstance(command, Request | _Swap)
-                self._pending.append(command)
+                if isinstance(command, _Swap):
+                    self._run_swap(command)  # not behind waiting requests: they are bound
+                else:
+                    assert isinstance(command, Request)
+                    self._pending.append(command)
                 command = self._inbox.get_nowait()
         except queue.Empty:
             return True
@@ -163,12 +238,8 @@ class LlamaEngine:
         """Start pending requests in order while there are free rows and KV room."""
         while self._pending:
             head = self._pending[0]
-            if isinstance(head, _Swap):
-                self._pending.popleft()
-                self._run_swap(head)
-                continue
             if head.cancelled.is_set():
-                self._pending.popleft()
+                self._take()
                 continue
             if self._running() >= self._shape.max_rows:
                 return
@@ -177,15 +248,23 @@ class LlamaEngine:
                     return  # waits for KV room: later requests keep their turn behind it
             except Exception as exc:
                 _fail(head, exc, "starting a request failed")
-            self._pending.popleft()
+            self._take()
+
+    def _take(self) -> Request:
+        """The first pending request leaves the queue: its adapter is no longer pinned by it."""
+        request = self._pending.popleft()
+        with self._lock:
+            self._served.queued[request.adapter] -= 1
+        return request
 
     def _start(self, request: Request) -> bool:
-        """Open a row for ``request`` in its slot's lane; False when its KV room is not free yet."""
+        """Open a row for ``request`` in its adapter's lane; False when its KV room is not free
+        yet."""
         if request.tokens is None:
             request.tokens = request.prompt()
         prompt = request.tokens
         limit = self._limit(request, prompt.ids)
-        lane = self._lane(self._slots.get(request.slot))
+        lane = self._lane(request.adapter)
         if limit > lane.context.capacity:
             raise GenerationError(
                 f"the prompt and reply need {limit} tokens of KV cache, and it holds "
@@ -220,13 +299,20 @@ class LlamaEngine:
     def _run_swap(self, swap: _Swap) -> None:
         try:
             adapter = None if swap.path is None else self._adapter(swap.path)
-            self._lane(adapter)  # fails here, not for the next request, if it cannot apply
+            if swap.path is not None or swap.slot == DEFAULT_SLOT:
+                self._lane(adapter)  # fails here, before the slot changes, if it cannot apply
         except BaseException as exc:  # handed to the caller, who decides what it means
             swap.future.set_exception(exc)
-        else:
-            self._slots[swap.slot] = adapter
-            swap.future.set_result(None)
+            self._collect()  # an adapter loaded for a context that could not be made
+            return
+        with self._lock:  # from here on, submitted requests get the new adapter
+            if swap.path is None and swap.slot != DEFAULT_SLOT:
+                self._served.slots.pop(swap.slot, None)  # empty: no context of its own
+            else:
+                self._served.slots[swap.slot] = (adapter, swap.source)
         self._collect()
+        self._note()  # the caller sees the lanes as they are now
+        swap.future.set_result(None)
 
     def _adapter(self, path: Path) -> Adapter:
         key = (path, path.stat().st_mtime_ns)
@@ -236,14 +322,16 @@ class LlamaEngine:
         return adapter
 
     def _collect(self) -> None:
-        """Free lanes with no rows whose adapter no slot serves, then unused adapters."""
-        served = set(self._slots.values())
+        """Free lanes with no rows whose adapter neither a slot nor a queued request holds,
+        then unused adapters."""
+        with self._lock:
+            pinned = self._served.pinned()
         for adapter, lane in list(self._lanes.items()):
-            if not lane.rows and adapter not in served:
+            if not lane.rows and adapter not in pinned:
                 lane.context.free()
                 del self._lanes[adapter]
         for key, adapter in list(self._adapters.items()):
-            if adapter not in served and adapter not in self._lanes:
+            if adapter not in pinned and adapter not in self._lanes:
                 adapter.free()
                 del self._adapters[key]
 
@@ -257,15 +345,21 @@ class LlamaEngine:
             outputs = self._fill(lane, batch)
             if batch.size:
                 lane.context.decode(batch)
-                self._sample(lane, outputs)
                 self.stats.steps += 1
         except Exception as exc:
-            log.exception("decoding failed; failing %d rows", len(lane.rows))
-            for row in list(lane.rows):
-                deliver(row.request, _as_generation_error(exc))
-                lane.close(row)
+            log.exception("decoding failed")
+            self._fail_lane(lane, exc)
+        else:
+            self._sample(lane, outputs)
         if not lane.rows:
             self._collect()
+
+    def _fail_lane(self, lane: Lane, exc: Exception) -> None:
+        if lane.rows:
+            log.error("failing %d rows: %s", len(lane.rows), exc)
+        for row in list(lane.rows):
+            deliver(row.request, _as_generation_error(exc))
+            lane.close(row)
 
     @staticmethod
     def _fill(lane: Lane, batch: Batch) -> list[tuple[Row, int]]:
@@ -285,23 +379,34 @@ class LlamaEngine:
         return outputs
 
     def _sample(self, lane: Lane, outputs: list[tuple[Row, int]]) -> None:
-        stop_ids = self._text.stop_ids
+        """Each row's next token from its logits; a row that fails here ends alone."""
         for row, index in outputs:
             if row.request.cancelled.is_set():
                 lane.close(row)
                 continue
-            token = row.sampler.sample(lane.context.logits(index), row.tokens)
-            self.stats.tokens += 1
-            if row.publish:  # its prompt is in the cache now, system turn included
-                lane.publish(row)
-            if row.advance(token, stop_ids):
-                deliver(row.request, None)
+            try:
+                done = self._next(lane, row, index)
+            except Exception as exc:
+                _fail(row.request, exc, "sampling a reply failed")
+                done = True
+            if done:
                 lane.close(row)
+
+    def _next(self, lane: Lane, row: Row, index: int) -> bool:
+        """Sample and hand on one token of ``row``; whether its reply is complete (and told)."""
+        token = row.sampler.sample(lane.context.logits(index), row.tokens)
+        self.stats.tokens += 1
+        if row.publish:  # its prompt is in the cache now, system turn included
+            lane.publish(row)
+        if row.advance(token, self._text.stop_ids):
+            row.finish()
+            return True
+        return False
 
     def _note(self) -> None:
         self.stats.active = self._running()
         self.stats.max_batch = max(self.stats.max_batch, self.stats.active)
-        self.stats.waiting = sum(isinstance(item, Request) for item in self._pending)
+        self.stats.waiting = len(self._pending)
         self.stats.lanes = len(self._lanes)
 
     def _shutdown(self) -> None:
@@ -312,9 +417,13 @@ class LlamaEngine:
             for row in lane.rows:
                 deliver(row.request, error)
             lane.rows.clear()
-        self._slots.clear()
-        self._collect()  # with no slots and no rows: every context and adapter
         self._fail_pending(error)
+        for lane in self._lanes.values():
+            lane.context.free()
+        for adapter in self._adapters.values():
+            adapter.free()
+        self._lanes.clear()
+        self._adapters.clear()
         if self._batch is not None:
             self._batch.free()
         self._model.free()
@@ -326,14 +435,20 @@ class LlamaEngine:
                 command = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(command, Request | _Swap):
+            if isinstance(command, _Swap):
+                command.future.set_exception(error)
+            elif isinstance(command, Request):
                 self._pending.append(command)
         for pending in self._pending:
-            if isinstance(pending, _Swap):
-                pending.future.set_exception(error)
-            else:
-                deliver(pending, error)
+            deliver(pending, error)
         self._pending.clear()
+        with self._lock:
+            self._served.queued.clear()
+
+
+def max_sequences() -> int:
+    """The most sequences (rows and kept prefixes) one llama.cpp context may have."""
+    return int(llama_cpp.llama_max_parallel_sequences())
 
 
 def _fail(request: Request, exc: Exception, what: str) -> None:

@@ -10,7 +10,6 @@ transformers tokenizer and chat template (:mod:`bot.ggml.text`), decoding throug
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import logging
 import os
@@ -50,8 +49,7 @@ class LlamaCppGenerator:
         self._text = text
         self._name = model_display_name(settings)
         self._cache = settings.cache_dir
-        self._context_window = min(model.n_ctx_train or 1 << 30, settings.max_context_tokens)
-        self._paths: dict[str, Path | None] = {DEFAULT_SLOT: None}
+        window = min(model.n_ctx_train or 1 << 30, settings.max_context_tokens)
         self._swap_lock = asyncio.Lock()
         self._closed = False
         shape = ContextShape(
@@ -62,8 +60,9 @@ class LlamaCppGenerator:
             prefixes=PREFIXES if settings.prefix_cache_tokens else 0,
             prefix_tokens=settings.prefix_cache_tokens,
         )
-        self._engine = LlamaEngine(model, text, shape, context_window=self._context_window)
-        self._engine.start()
+        self._engine = LlamaEngine(model, text, shape, context_window=window)
+        self._engine.start()  # ModelLoadError (the model freed) if no context can be made
+        self._context_window = self._engine.context_window  # what one context holds, at most
 
     @classmethod
     async def load(
@@ -104,12 +103,14 @@ class LlamaCppGenerator:
 
     @property
     def context_window(self) -> int:
+        """The model's window, capped at one context's KV cells (``model.kv_cache_tokens``),
+        so that the chat trims history to what can be served."""
         return self._context_window
 
     @property
     def active_lora(self) -> Path | None:
         """The default slot's adapter: requests submitted from now on get it (None: zero)."""
-        return self._paths[DEFAULT_SLOT]
+        return self._engine.slot_source(DEFAULT_SLOT)
 
     @property
     def stats(self) -> EngineStats:
@@ -120,8 +121,9 @@ class LlamaCppGenerator:
         return len(await asyncio.to_thread(self._text.encode, turns))
 
     def slot_lora(self, slot: str) -> Path | None:
-        """The adapter ``slot`` serves from now on (None: zero adapter, or a slot never filled)."""
-        return self._paths.get(slot)
+        """The adapter the next ``stream(slot=slot)`` is served with (None: the base model, or
+        an empty slot): requests are bound to their slot's adapter when submitted."""
+        return self._engine.slot_source(slot)
 
     async def stream(
         self, turns: Sequence[Turn], params: GenerationParams, *, slot: str = DEFAULT_SLOT
@@ -133,7 +135,7 @@ class LlamaCppGenerator:
         channel = Channel(asyncio.get_running_loop())
         frozen = tuple(turns)
         request = Request(lambda: self._text.prompt(frozen), params, channel.put, slot)
-        self._engine.submit(request)  # synchronously: orders it against adapter swaps
+        self._engine.submit(request)  # bound to the adapter slot_lora(slot) names now
         try:
             while (item := await channel.get()) is not None:
                 if isinstance(item, BaseException):
@@ -143,22 +145,17 @@ class LlamaCppGenerator:
             request.cancel()  # a no-op when finished; stops the engine's work when abandoned
 
     async def swap_lora(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
-        """Serve ``slot`` with the PEFT adapter at ``path`` (None: the base model) from the next
-        request on; running sequences finish with the one they started with.
+        """Serve ``slot`` with the PEFT adapter at ``path`` from the next request on (None: the
+        base model; a slot other than the default is emptied, freeing its context); running
+        and queued requests finish with the adapter they were submitted with.
 
-        The adapter is converted to GGUF in a worker thread (once per adapter directory) and
-        loaded between two decoding steps; a LoraError leaves the slot as it was.
+        The adapter is converted to GGUF in a worker thread (once per adapter directory), then
+        loaded and its context created between two decoding steps; only then does the slot
+        change. Any failure is a LoraError and leaves the slot as it was.
         """
         async with self._swap_lock:
-            gguf = None if path is None else await asyncio.to_thread(self._lora_gguf, Path(path))
-            future = self._engine.swap(slot, gguf)
-
-            def served(done: concurrent.futures.Future[None]) -> None:
-                # On the engine thread as the swap takes effect: true even if the caller left.
-                if not done.cancelled() and done.exception() is None:
-                    self._paths[slot] = path
-
-            future.add_done_callback(served)
+            gguf = None if path is None else await self._convert(Path(path))
+            future = self._engine.swap(slot, gguf, path)
             try:
                 await asyncio.shield(asyncio.wrap_future(future))
             except (GenerationError, LoraError):
@@ -166,6 +163,15 @@ class LlamaCppGenerator:
             except Exception as exc:  # e.g. the context for the adapter could not be made
                 raise LoraError(f"cannot serve adapter {path}: {exc}") from exc
         log.info("slot %s serves adapter %s", slot, path or "none (base model)")
+
+    async def _convert(self, adapter_dir: Path) -> Path:
+        try:
+            return await asyncio.to_thread(self._lora_gguf, adapter_dir)
+        except LoraError:
+            raise
+        except Exception as exc:  # a conversion bug or a malformed file it did not foresee
+            log.exception("converting the adapter %s failed", adapter_dir)
+            raise LoraError(f"cannot convert the adapter {adapter_dir}: {exc}") from exc
 
     def _lora_gguf(self, adapter_dir: Path) -> Path:
         # Converted once per adapter directory (lora_gguf skips a GGUF newer than the adapter).

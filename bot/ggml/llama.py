@@ -118,7 +118,11 @@ class Context:
         params.no_perf = True
         handle = llama_cpp.llama_init_from_model(model.handle, params)
         if not handle:
-            raise GenerationError(f"llama.cpp cannot create a context of {shape.kv_tokens} tokens")
+            raise GenerationError(
+                f"llama.cpp cannot create a context of {shape.kv_tokens} KV cells for "
+                f"{params.n_seq_max} sequences (model.kv_cache_tokens, model.max_batch_size; "
+                "see the log for why)"
+            )
         self.handle: Any = handle
         self.n_vocab = model.n_vocab
         self.capacity = int(llama_cpp.llama_n_ctx(handle))

@@ -31,7 +31,8 @@ class Request:
     prompt: Callable[[], Prompt]
     params: GenerationParams
     sink: Sink
-    slot: str = DEFAULT_SLOT  # resolved to an adapter when admitted
+    slot: str = DEFAULT_SLOT
+    adapter: Adapter | None = None  # the slot's adapter, bound when submitted
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: Prompt | None = None  # the prompt, once tokenized (it may wait for KV room)
 
@@ -95,6 +96,13 @@ class Row:
             deliver(self.request, piece)
         return len(self.tokens) >= self.limit
 
+    def finish(self) -> None:
+        """End the reply: the text still held back (an incomplete character), then None."""
+        rest = self.text.flush()
+        if rest:
+            deliver(self.request, rest)
+        deliver(self.request, None)
+
 
 @dataclass
 class Prefix:
@@ -132,16 +140,24 @@ class Lane:
 
     def fits(self, prompt: Prompt, limit: int) -> bool:
         """Whether a row for ``prompt`` reaching ``limit`` tokens has its KV cells, after
-        evicting unused prefixes (oldest first; never the one it would share)."""
+        evicting unused prefixes (oldest first; never the one it would share). Prefixes are
+        evicted only when that makes it fit: a request that must wait anyway keeps them."""
         keep = self._cached(prompt)
         need = limit - (len(keep.ids) if keep is not None else 0)
+        if self.room() + self._evictable(keep) < need:
+            return False
         while self.room() < need and self._evict_one(keep):
             pass
-        return self.room() >= need
+        return True
 
     def open(self, request: Request, prompt: Prompt, limit: int, text: TextStream) -> Row:
         """A row for ``request``: with a kept prefix's cells when its system turn has one."""
-        row = Row(request, prompt.ids, limit, self._free_ids.pop(), text)
+        seq_id = self._free_ids.pop()
+        try:
+            row = Row(request, prompt.ids, limit, seq_id, text)
+        except BaseException:
+            self._free_ids.append(seq_id)  # the id is free again: no row has it
+            raise
         prefix = self._cached(prompt)
         if prefix is not None:
             self.context.share(prefix.seq_id, row.seq_id, len(prefix.ids))
@@ -187,11 +203,17 @@ class Lane:
         self._clock += 1
         prefix.used = self._clock
 
+    def _evictable(self, keep: Prefix | None) -> int:
+        return sum(len(p.ids) for p in self._unused(keep))
+
+    def _unused(self, keep: Prefix | None) -> list[Prefix]:
+        return [p for p in self.prefixes.values() if p.users == 0 and p is not keep]
+
     def _held(self) -> int:
         return sum(len(ids) for ids in self.prefixes)
 
     def _evict_one(self, keep: Prefix | None) -> bool:
-        unused = [p for p in self.prefixes.values() if p.users == 0 and p is not keep]
+        unused = self._unused(keep)
         if not unused:
             return False
         oldest = min(unused, key=lambda p: p.used)

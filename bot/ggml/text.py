@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
 # The tokenizer class alone, which does not import torch (tests/test_layers.py allows it here).
@@ -42,6 +43,10 @@ class ChatText:
         self.stop_ids = stop_ids
         # Rust tokenizers refuse concurrent use ("Already borrowed"): one lock for every call.
         self._lock = threading.Lock()
+        # Replies are detokenized by a copy of their own, so the engine thread's per-token
+        # decoding never waits behind a chat template rendering for count_tokens.
+        self._stream_backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self._stream_lock = threading.Lock()
 
     @classmethod
     def load(cls, model_dir: Path) -> ChatText:
@@ -83,7 +88,7 @@ class ChatText:
 
     def decoder(self) -> TextStream:
         """A fresh incremental decoder for one reply."""
-        return TextStream(self._tokenizer.backend_tokenizer, self._lock)
+        return TextStream(self._stream_backend, self._stream_lock)
 
 
 class TextStream:
@@ -93,12 +98,30 @@ class TextStream:
         self._backend = backend
         self._lock = lock
         self._stream = DecodeStream(skip_special_tokens=True)
+        self._ids: list[int] = []
+        self._sent = 0  # characters handed out so far
+        self._held = 0  # tokens pushed since the last piece: text may be held back
 
     def push(self, token: int) -> str:
         """Add one token; return the text it completes (possibly empty)."""
+        self._ids.append(token)
         with self._lock:
-            piece = self._stream.step(self._backend, token)
-        return piece or ""
+            piece = self._stream.step(self._backend, token) or ""
+        self._sent += len(piece)
+        self._held = 0 if piece else self._held + 1
+        return piece
+
+    def flush(self) -> str:
+        """The text still held back at the end of the reply (an incomplete character decodes
+        as U+FFFD), as the torch engine's stream ends."""
+        if not self._held:  # every token's text is out already
+            return ""
+        self._held = 0
+        with self._lock:
+            text = str(self._backend.decode(self._ids, skip_special_tokens=True))
+        rest = text[self._sent :]
+        self._sent = len(text)
+        return rest
 
 
 def chat_ids(
@@ -125,7 +148,7 @@ def stop_ids(tokenizer: Any, model_dir: Path) -> frozenset[int]:
     for name in ("generation_config.json", "config.json"):
         config = model_dir / name
         if config.is_file():
-            eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+            eos = _json(config).get("eos_token_id")
             ids.update([eos] if isinstance(eos, int) else (eos or []))
             break
     if tokenizer.eos_token_id is not None:
@@ -134,3 +157,14 @@ def stop_ids(tokenizer: Any, model_dir: Path) -> frozenset[int]:
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
         ids.add(im_end)
     return frozenset(ids)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    """A model config file as a JSON object; ModelLoadError if it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path} is not a JSON object")
+    return value

@@ -710,3 +710,68 @@ async def test_requests_beyond_a_full_batch_are_counted_as_waiting(tiny_model_di
             watcher.cancel()
         assert max(seen) >= 1
         assert gen.stats.waiting == 0 and gen.stats.max_batch == 1
+
+
+async def test_slot_lora_names_the_adapter_of_the_next_stream_under_load(
+    tiny_model_dir: Path, random_adapter: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A swap sent while a request waits for a batch row: whatever slot_lora says just before
+    a stream starts (what the chat service records with the reply) is what serves it, and
+    the waiting request keeps the adapter it was submitted to."""
+    from bot.engine.core import DecodeEngine
+
+    async with loaded(tiny_model_dir, max_batch_size=1) as gen:
+        base = await reply(gen, HELLO)
+        await gen.swap_lora(random_adapter)
+        tuned = await reply(gen, HELLO)
+        await gen.swap_lora(None)
+        step = DecodeEngine._step
+
+        def slow(self: DecodeEngine) -> None:
+            time.sleep(0.02)
+            step(self)
+
+        monkeypatch.setattr(DecodeEngine, "_step", slow)
+        running = gen.stream(HELLO, GenerationParams(max_new_tokens=150, temperature=0.0))
+        await anext(running)  # the only row is taken for ~3 s
+        waiting = asyncio.create_task(reply(gen, HELLO))
+        await eventually(lambda: gen.stats.waiting == 1)
+        swap = asyncio.create_task(gen.swap_lora(random_adapter))
+        await asyncio.sleep(0.3)  # the swap is done, or not yet: either way, slot_lora is right
+        recorded = gen.slot_lora("default")
+        after = asyncio.create_task(reply(gen, HELLO))
+        await running.aclose()
+        await swap
+        assert await after == (tuned if recorded == random_adapter else base)
+        assert await waiting == base  # submitted before the swap
+        assert gen.slot_lora("default") == random_adapter
+
+
+async def test_a_queued_request_keeps_its_adapter_weights_across_swaps(
+    tiny_model_dir: Path, random_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swaps reuse pooled adapters no slot holds: never one a queued request is bound to."""
+    from bot.engine.core import DecodeEngine
+
+    second = make_adapter(tiny_model_dir, tmp_path / "second", LoraSettings(), scale=0.3)
+    third = make_adapter(tiny_model_dir, tmp_path / "third", LoraSettings(), scale=0.8)
+    async with loaded(tiny_model_dir, max_batch_size=1) as gen:
+        await gen.swap_lora(random_adapter)
+        tuned = await reply(gen, HELLO)
+        step = DecodeEngine._step
+
+        def slow(self: DecodeEngine) -> None:
+            time.sleep(0.02)
+            step(self)
+
+        monkeypatch.setattr(DecodeEngine, "_step", slow)
+        long = GenerationParams(max_new_tokens=150, temperature=0.0)
+        running = gen.stream(HELLO, long, slot="candidate")  # the zero adapter
+        await anext(running)
+        waiting = asyncio.create_task(reply(gen, HELLO))  # bound to random_adapter's weights
+        await eventually(lambda: gen.stats.waiting == 1)
+        await gen.swap_lora(second)
+        await gen.swap_lora(third)  # would reuse the first adapter's pool entry if it were free
+        await running.aclose()
+        assert await waiting == tuned
+        assert gen.slot_lora("default") == third

@@ -5,17 +5,13 @@ model (SmolLM2-135M) as the engine serves it (bf16 GGUF)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bot.engine.lora import wrap_lora
 from bot.engine.runtime import chat_ids, stop_token_ids
 from bot.errors import GenerationError, LoraError, StartupError
 from bot.generation import Generator
@@ -24,87 +20,15 @@ from bot.ggml.generator import LlamaCppGenerator
 from bot.settings import LoraSettings, ModelSettings, Settings
 from bot.startup import load_generator
 from bot.types import GenerationParams, Turn
-
-GREEDY = GenerationParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
-HELLO = [Turn("user", "Hello! Tell me about the sea.")]
-PROMPTS = [
-    [Turn("user", "Hi")],
-    [Turn("system", "Be brief."), Turn("user", "What is a whale?")],
-    [Turn("user", "Tell me a long story about the deep blue sea and a small boat " * 3)],
-    [Turn("user", "why"), Turn("assistant", "because"), Turn("user", "why not?")],
-]
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One GGUF cache per module: the tiny model is converted once."""
-    return tmp_path_factory.mktemp("gguf-cache")
-
-
-def make_adapter(model_dir: Path, out: Path, *, seed: int) -> Path:
-    """A PEFT adapter of the deployment's shape (LoraSettings) with random B matrices."""
-    torch.manual_seed(seed)
-    model = wrap_lora(AutoModelForCausalLM.from_pretrained(model_dir), LoraSettings())
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    model.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "lora", seed=1)
-
-
-def tiny_settings(model_dir: Path, cache_dir: Path, **overrides: Any) -> ModelSettings:
-    values: dict[str, Any] = {
-        "engine": "llama.cpp",
-        "gguf_weights": "f32",
-        "max_batch_size": 16,
-        "kv_cache_tokens": 4096,
-        "cache_dir": cache_dir,
-        **overrides,
-    }
-    return ModelSettings(name=str(model_dir), **values)
-
-
-@contextlib.asynccontextmanager
-async def loaded(
-    model_dir: Path, cache_dir: Path, **overrides: Any
-) -> AsyncIterator[LlamaCppGenerator]:
-    settings = tiny_settings(model_dir, cache_dir, **overrides)
-    gen = await LlamaCppGenerator.load(settings, LoraSettings())
-    try:
-        yield gen
-    finally:
-        await gen.aclose()
-
-
-@pytest.fixture
-async def generator(tiny_model_dir: Path, cache_dir: Path) -> AsyncIterator[LlamaCppGenerator]:
-    async with loaded(tiny_model_dir, cache_dir) as gen:
-        yield gen
-
-
-async def reply(
-    gen: Generator, turns: Sequence[Turn], params: GenerationParams = GREEDY, slot: str = "default"
-) -> str:
-    return "".join([piece async for piece in gen.stream(turns, params, slot=slot)])
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = 5.0) -> None:
-    for _ in range(int(within_s / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not met in time")
+from tests.ggml.helpers import (
+    GREEDY,
+    HELLO,
+    PROMPTS,
+    eventually,
+    loaded,
+    reply,
+    tiny_settings,
+)
 
 
 def test_generator_matches_protocol(generator: LlamaCppGenerator) -> None:
