@@ -119,7 +119,8 @@ def test_preference_pairs_train_with_dpo_next_to_the_ratings(
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_kto_runs_add_the_liked_nll_by_default() -> None:
+def test_kto_runs_add_the_liked_nll_and_the_anchor_by_default() -> None:
     settings = TrainingSettings()
-    assert settings.sft_weight == 1.0 and settings.schedule == "constant"
+    assert settings.sft_weight == 3.0 and settings.schedule == "constant"
+    assert settings.anchor_weight == 1.0
     assert settings.pair_weight > 0
