@@ -28,8 +28,9 @@ _initialized = False
 
 
 # With a unified KV cache llama.cpp compares the whole cache to the trained context and warns;
-# no row ever reaches past the context window (the engine caps it), so it is noise.
-_NOISE = ("possible training context overflow",)
+# no row ever reaches past the context window (the engine caps it), so it is noise. The GGUF's
+# vocabulary is a placeholder on purpose (token ids only, bot/ggml/convert.py): also noise.
+_NOISE = ("possible training context overflow", "dummy tokens")
 
 
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
