@@ -10,7 +10,6 @@ the like), not sliding windows.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +29,10 @@ from transformers import (
 from bot.engine.kv_cache import RowCache
 from bot.engine.slots import LoraRouter
 from bot.generation import DEFAULT_SLOT
+from bot.generation.channel import Sink, deliver
 from bot.types import GenerationParams
 
 Decode = Callable[[Sequence[int]], str]
-Sink = Callable[[str | BaseException | None], None]
 """Gets text pieces, then None at the end (or an exception instead); runs on the engine thread."""
 
 
@@ -64,21 +63,6 @@ class EngineRequest:
     def cancel(self) -> None:
         """Stop generating; safe from any thread. Takes effect before the next step."""
         self.cancelled.set()
-
-
-class Channel:
-    """Carries engine output (a request's sink) to one consumer on the event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-
-    def put(self, item: str | BaseException | None) -> None:
-        """Thread-safe; raises RuntimeError once the loop is closed (the engine then cancels)."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-    async def get(self) -> str | BaseException | None:
-        return await self._queue.get()
 
 
 class IncrementalDecoder:
@@ -177,15 +161,6 @@ class SequenceState:
         if rest:
             deliver(self.request, rest)
         deliver(self.request, None)
-
-
-def deliver(request: EngineRequest, item: str | BaseException | None) -> None:
-    """Hand ``item`` (text, an error, or None at the end) to the request's consumer; cancel the
-    request if the consumer is gone."""
-    try:
-        request.sink(item)
-    except Exception:  # the consumer is gone (e.g. its event loop closed): stop working for it
-        request.cancel()
 
 
 class Batch:

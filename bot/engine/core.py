@@ -30,11 +30,12 @@ from typing import Any
 
 import torch
 
-from bot.engine.batch import Batch, Decode, EngineRequest, SequenceState, deliver
+from bot.engine.batch import Batch, Decode, EngineRequest, SequenceState
 from bot.engine.lora import Weights
 from bot.engine.prefill import Prefiller, PrefixStats
 from bot.engine.slots import SlotTable
 from bot.errors import GenerationError
+from bot.generation.channel import deliver
 
 log = logging.getLogger(__name__)
 

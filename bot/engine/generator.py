@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.engine.attention import BATCHED_ATTENTION, ROWWISE_ATTENTION
-from bot.engine.batch import Channel, EngineRequest, Prompt
+from bot.engine.batch import EngineRequest, Prompt
 from bot.engine.convert import transformers_progress
 from bot.engine.core import DecodeEngine, EngineStats
 from bot.engine.lora import lora_config, lora_state, read_lora, wrap_lora
@@ -39,6 +39,7 @@ from bot.engine.runtime import (
 from bot.engine.slots import SlotTable
 from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
+from bot.generation.channel import Channel
 from bot.generation.source import model_display_name, resolve_model
 from bot.settings import LoraSettings, ModelSettings
 from bot.types import GenerationParams, Turn, messages

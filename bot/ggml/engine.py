@@ -44,8 +44,9 @@ import llama_cpp
 
 from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
+from bot.generation.channel import deliver
 from bot.ggml.llama import Adapter, Batch, Context, ContextShape, Model
-from bot.ggml.rows import Lane, Request, Row, deliver
+from bot.ggml.rows import Lane, Request, Row
 from bot.ggml.text import ChatText
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
+from bot.generation.channel import Channel
 from bot.generation.source import model_display_name, resolve_model
 from bot.ggml import convert
 from bot.ggml.engine import EngineStats, LlamaEngine
 from bot.ggml.llama import ContextShape, Model
-from bot.ggml.rows import Channel, Request
+from bot.ggml.rows import Request
 from bot.ggml.text import ChatText
 from bot.settings import LoraSettings, ModelSettings
 from bot.types import GenerationParams, Turn

@@ -8,18 +8,17 @@ does each prompt prefix (system turn) the lane keeps for later rows.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.generation import DEFAULT_SLOT
+from bot.generation.channel import Sink, deliver
 from bot.ggml.llama import Adapter, Context, ContextShape
 from bot.ggml.sampling import Sampler
 from bot.ggml.text import Prompt, TextStream
 from bot.types import GenerationParams
 
-Sink = Callable[[str | BaseException | None], None]
 """Gets text pieces, then None at the end (or an exception instead); runs on the engine thread."""
 
 
@@ -39,29 +38,6 @@ class Request:
     def cancel(self) -> None:
         """Stop generating; safe from any thread. Takes effect before the next step."""
         self.cancelled.set()
-
-
-class Channel:
-    """Carries engine output (a request's sink) to one consumer on the event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-
-    def put(self, item: str | BaseException | None) -> None:
-        """Thread-safe; raises RuntimeError once the loop is closed (the engine then cancels)."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-    async def get(self) -> str | BaseException | None:
-        return await self._queue.get()
-
-
-def deliver(request: Request, item: str | BaseException | None) -> None:
-    """Hand ``item`` to the request's consumer; cancel the request if the consumer is gone."""
-    try:
-        request.sink(item)
-    except Exception:  # the consumer is gone (e.g. its event loop closed): stop working for it
-        request.cancel()
 
 
 class Row:

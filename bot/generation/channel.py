@@ -1,0 +1,44 @@
+"""From an engine thread to the event loop: what both local engines (``bot.engine``, torch, and
+``bot.ggml``, llama.cpp) hand each reply's pieces through. No torch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+Item = str | BaseException | None  # a piece of text, the error that ended it, or None: done
+Sink = Callable[[Item], None]  # where a request's items go (a Channel's put)
+
+
+class Receiver(Protocol):
+    """A request as the engines deliver to it: its consumer's sink, and a way to stop it."""
+
+    @property
+    def sink(self) -> Sink: ...
+
+    def cancel(self) -> None: ...
+
+
+class Channel:
+    """Carries engine output (a request's sink) to one consumer on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[Item] = asyncio.Queue()
+
+    def put(self, item: Item) -> None:
+        """Thread-safe; raises RuntimeError once the loop is closed (the engine then cancels)."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def get(self) -> Item:
+        return await self._queue.get()
+
+
+def deliver(request: Receiver, item: Item) -> None:
+    """Hand ``item`` (text, an error, or None at the end) to the request's consumer; cancel the
+    request if the consumer is gone."""
+    try:
+        request.sink(item)
+    except Exception:  # the consumer is gone (e.g. its event loop closed): stop working for it
+        request.cancel()
