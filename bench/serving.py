@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import sys
@@ -41,6 +42,7 @@ import torch
 
 from bench import serving_gguf, serving_llama_server
 from bench.serving_chats import PeakMemory
+from bench.serving_perf import Perf
 from bench.serving_report import (
     Bandwidth,
     Counter,
@@ -75,6 +77,7 @@ from bot.settings.serving import ChatSettings
 
 ENGINE = "selftune engine (Generator)"
 LLAMA_ENGINE = "selftune engine (llama.cpp)"
+PROFILED = "fixed-16"  # the workload the profiles run
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -180,9 +183,10 @@ async def bench_engine(
 
 
 async def bench_llama_engine(
-    args: argparse.Namespace, loads: dict[str, Workload], count: Counter
-) -> SystemResult:
-    """The in-process llama.cpp engine, on the same requests and token accounting."""
+    args: argparse.Namespace, loads: dict[str, Workload], count: Counter, logs: Path
+) -> tuple[SystemResult, str]:
+    """The in-process llama.cpp engine, on the same requests and token accounting; and the
+    profile of its 16-row steps."""
     settings = ModelSettings(
         engine="llama.cpp",
         gguf_weights=args.engine_gguf,
@@ -198,18 +202,41 @@ async def bench_llama_engine(
             stream = llama_engine_stream(gen)
             result.summaries = await run_system(LLAMA_ENGINE, stream, loads, args.runs, count)
         result.peak_mb = memory.peak_mb
-        return result
+        profile = ""
+        if not args.no_profile and PROFILED in loads:
+            profile = await llama_engine_profile(gen, stream, loads[PROFILED], logs)
+        return result, profile
     finally:
         await gen.aclose()
 
 
+async def llama_engine_profile(gen: Any, stream: StreamFn, load: Workload, logs: Path) -> str:
+    """One more run of ``load``: the engine's step time split into llama_decode and the rest,
+    and perf's samples of the whole process (the event loop's thread too)."""
+    before = dataclasses.replace(gen.stats)
+    with Perf(os.getpid(), logs / "perf-engine.data") as perf:
+        await measure(stream, load)
+    after = gen.stats
+    steps = after.steps - before.steps
+    step = (after.step_seconds - before.step_seconds) / max(steps, 1) * 1000
+    decode = (after.decode_seconds - before.decode_seconds) / max(steps, 1) * 1000
+    return (
+        f"{LLAMA_ENGINE}, {load.concurrency} fixed rows: {steps} steps of {step:.1f} ms: "
+        f"llama_decode {decode:.1f} ms ({decode / step:.0%}), the rest {step - decode:.1f} ms "
+        "(admitting, filling the batch, sampling, text, handing pieces on)\n\n"
+        f"perf, the whole process:\n{perf.table()}"
+    )
+
+
 async def bench_llama(
     args: argparse.Namespace, loads: dict[str, Workload], count: Counter, logs: Path
-) -> list[SystemResult]:
-    """llama-server per weight format and thread count; -np 32 for the 32-chat workload."""
+) -> tuple[list[SystemResult], str]:
+    """llama-server per weight format and thread count; -np 32 for the 32-chat workload; and
+    perf's profile of the first format at the most threads on the 16 fixed rows."""
     program = serving_llama_server.binary()
     cache = serving_llama_server.cache_dir() / "gguf"
     results = []
+    profile = ""
     for fmt in args.formats:
         gguf = serving_gguf.weights(default_gguf_path(), cache, fmt)
         for threads in args.llama_threads:
@@ -218,17 +245,32 @@ async def bench_llama(
                 chosen = {k: loads[k] for k in keys if k in loads}
                 log = logs / f"llama-{fmt}-{threads}-{slots}.log"
                 server = serving_llama_server.LlamaServer(program, gguf, threads, slots, log)
-                summaries, peak = await _served(server, chosen, args.runs, count, result.name)
+                profiled = (
+                    not args.no_profile
+                    and slots == 16
+                    and (fmt, threads) == (args.formats[0], max(args.llama_threads))
+                )
+                summaries, peak, table = await _served(
+                    server, chosen, args.runs, count, result.name, logs if profiled else None
+                )
                 result.summaries.update(summaries)
                 result.peak_mb = max(result.peak_mb, peak)
+                if table:
+                    profile = f"{result.name}, -np 16, 16 fixed rows, perf:\n{table}"
             results.append(result)
-    return results
+    return results, profile
 
 
 async def _served(
-    server: Any, loads: dict[str, Workload], runs: int, count: Counter, name: str
-) -> tuple[dict[str, Summary], float]:
-    """Start ``server``, run ``loads`` on it over HTTP, stop it; (medians, peak memory)."""
+    server: Any,
+    loads: dict[str, Workload],
+    runs: int,
+    count: Counter,
+    name: str,
+    profile_to: Path | None = None,
+) -> tuple[dict[str, Summary], float, str]:
+    """Start ``server``, run ``loads`` on it over HTTP, stop it; (medians, peak memory, and
+    with ``profile_to`` perf's table of one more run of the 16 fixed rows)."""
     await asyncio.to_thread(server.start)
     try:
         import httpx
@@ -236,7 +278,13 @@ async def _served(
         with PeakMemory(server.process.pid, tree=True) as memory:
             async with httpx.AsyncClient(base_url=server.base_url, timeout=300.0) as client:
                 stream = http_stream(client, "smollm2")
-                return await run_system(name, stream, loads, runs, count), memory.peak_mb
+                summaries = await run_system(name, stream, loads, runs, count)
+                table = ""
+                if profile_to is not None and PROFILED in loads:
+                    with Perf(server.process.pid, profile_to / "perf-server.data") as perf:
+                        await measure(stream, loads[PROFILED])
+                    table = perf.table()
+                return summaries, memory.peak_mb, table
     finally:
         await asyncio.to_thread(server.stop)
 
@@ -286,27 +334,41 @@ async def main(args: argparse.Namespace) -> None:
     band = [bandwidth_gbs(1), bandwidth_gbs(decoding)]
     loads = workloads(args)
     count = Counter(resolve_model(ModelSettings(), progress=False))
-    systems: list[SystemResult] = []
-    profile, weight_bytes = "", 0
-    with tempfile.TemporaryDirectory() as tmp:
-        logs = Path(tmp)
-        if not args.skip_llama_engine:  # first: its peak memory is not the torch engine's
-            systems.append(await bench_llama_engine(args, loads, count))
-        if not args.skip_engine:
-            engine, weight_bytes, profile = await bench_engine(args, loads, count)
-            systems.append(engine)
-        if not args.skip_llama:
-            systems.extend(await bench_llama(args, loads, count, logs))
-        if not args.skip_vllm:
-            systems.extend(await _optional_vllm(args, loads, count, logs))
+    systems, profiles, weight_bytes = await run_systems(args, loads, count)
     band = [max(band[0], bandwidth_gbs(1)), max(band[1], bandwidth_gbs(decoding))]
     bandwidth = Bandwidth(band[0], band[1], decoding, weight_bytes or 269_000_000)
-    text = report(args, systems, bandwidth, profile, (started, load_before, os.getloadavg()))
+    text = report(args, systems, bandwidth, profiles, (started, load_before, os.getloadavg()))
     print("\n" + text)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"serving-{time.strftime('%Y%m%d-%H%M')}.md"
     path.write_text(text)
     print(f"saved to {path}")
+
+
+async def run_systems(
+    args: argparse.Namespace, loads: dict[str, Workload], count: Counter
+) -> tuple[list[SystemResult], dict[str, str], int]:
+    """Every system the arguments keep, one after the other: their results, their profiles
+    by name and the torch engine's bf16 weight bytes (0 without it)."""
+    systems: list[SystemResult] = []
+    profiles: dict[str, str] = {}
+    weight_bytes = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        if not args.skip_llama_engine:  # first: its peak memory is not the torch engine's
+            llama_engine, profiles[LLAMA_ENGINE] = await bench_llama_engine(
+                args, loads, count, logs
+            )
+            systems.append(llama_engine)
+        if not args.skip_engine:
+            engine, weight_bytes, profiles[ENGINE] = await bench_engine(args, loads, count)
+            systems.append(engine)
+        if not args.skip_llama:
+            servers, profiles["llama-server"] = await bench_llama(args, loads, count, logs)
+            systems.extend(servers)
+        if not args.skip_vllm:
+            systems.extend(await _optional_vllm(args, loads, count, logs))
+    return systems, profiles, weight_bytes
 
 
 async def _optional_vllm(
@@ -324,7 +386,7 @@ def report(
     args: argparse.Namespace,
     systems: list[SystemResult],
     bandwidth: Bandwidth,
-    profile: str,
+    profiles: dict[str, str],
     when: tuple[str, tuple[float, ...], tuple[float, ...]],
 ) -> str:
     """The whole markdown report."""
@@ -344,15 +406,10 @@ def report(
     alone = {s.name: s.summaries["fixed-1"].decode for s in systems if "fixed-1" in s.summaries}
     lines += bandwidth_lines(bandwidth, alone)
     lines += target_lines(systems, LLAMA_ENGINE) + target_lines(systems, ENGINE)
-    if profile:
-        lines += [
-            "### Profile of one 16-chat decoding step (selftune engine)",
-            "",
-            "```",
-            profile,
-            "```",
-            "",
-        ]
+    for name, profile in profiles.items():
+        if profile:
+            title = f"### Profile of 16-row decoding steps: {name}"
+            lines += [title, "", "```", profile, "```", ""]
     return "\n".join(lines)
 
 

@@ -37,6 +37,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,8 @@ class EngineStats:
     lanes: int = 0  # llama.cpp contexts alive
     prefix_hits: int = 0  # rows that started from a kept system turn's KV cells
     prefix_tokens: int = 0  # prompt tokens those rows did not compute
+    step_seconds: float = 0.0  # time in steps (admitting, batching, decoding, sampling)
+    decode_seconds: float = 0.0  # the part of it inside llama_decode (llama.cpp's kernels)
 
 
 @dataclass
@@ -209,11 +212,13 @@ class LlamaEngine:
 
     def _iterate(self) -> None:
         """Admit what fits, then one step per lane; a lane that fails fails only its rows."""
+        started = time.perf_counter()
         self._admit()
         for lane in list(self._lanes.values()):
             if lane.rows:
                 self._step(lane)
         self._note()
+        self.stats.step_seconds += time.perf_counter() - started
 
     def _running(self) -> int:
         return sum(len(lane.rows) for lane in self._lanes.values())
@@ -345,7 +350,9 @@ class LlamaEngine:
         try:
             outputs = self._fill(lane, batch)
             if batch.size:
+                started = time.perf_counter()
                 lane.context.decode(batch)
+                self.stats.decode_seconds += time.perf_counter() - started
                 self.stats.steps += 1
         except Exception as exc:
             log.exception("decoding failed")

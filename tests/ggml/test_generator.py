@@ -122,6 +122,20 @@ async def test_stops_at_max_new_tokens(generator: LlamaCppGenerator) -> None:
     assert long.startswith(short)
 
 
+async def test_stats_time_the_steps_and_their_decoding(generator: LlamaCppGenerator) -> None:
+    steps, step_s, decode_s = (
+        generator.stats.steps,
+        generator.stats.step_seconds,
+        generator.stats.decode_seconds,
+    )
+    await reply(generator, HELLO, GREEDY)
+    await eventually(lambda: generator.stats.active == 0)
+    stats = generator.stats
+    assert stats.steps - steps >= GREEDY.max_new_tokens  # a prompt step, then one per token
+    decoded = stats.decode_seconds - decode_s
+    assert 0 < decoded < stats.step_seconds - step_s  # decoding is a part of the steps
+
+
 async def test_stops_at_a_stop_token(generator: LlamaCppGenerator) -> None:
     """Every token ends the turn: the reply is empty and the stream ends cleanly."""
     generator._text.stop_ids = frozenset(range(1000))
