@@ -38,8 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bot.app import Core, build_core
 from bot.engine.generator import resolve_model
-from bot.engine.runtime import chat_ids
 from bot.generation import ScriptedGenerator
+from bot.generation.template import chat_ids
 from bot.learning.evaluation import RowScore, preference_accuracy
 from bot.settings import Settings, load_settings
 from bot.types import Incoming, Reply, Vote

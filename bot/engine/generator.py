@@ -28,7 +28,6 @@ from bot.engine.lora import lora_config, lora_state, read_lora, wrap_lora
 from bot.engine.packed import pack_linears, packing_supported
 from bot.engine.prefill import PrefixStats
 from bot.engine.runtime import (
-    chat_ids,
     cpu_bf16_supported,
     default_threads,
     invariant_rows,
@@ -39,8 +38,9 @@ from bot.engine.runtime import (
 from bot.engine.slots import SlotTable
 from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
-from bot.generation.channel import Channel
+from bot.generation.channel import Channel, swapped
 from bot.generation.source import model_display_name, resolve_model
+from bot.generation.template import chat_ids
 from bot.settings import LoraSettings, ModelSettings
 from bot.types import GenerationParams, Turn, messages
 
@@ -247,10 +247,8 @@ class TransformersGenerator:
         request = EngineRequest(lambda: self.encode(frozen), params, channel.put, slot)
         self._engine.submit(request)  # bound to the adapter slot_lora(slot) names now
         try:
-            while (item := await channel.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while (piece := await channel.piece()) is not None:
+                yield piece
         finally:
             request.cancel()  # a no-op when finished; stops the engine's work when abandoned
 
@@ -265,13 +263,8 @@ class TransformersGenerator:
             weights = None
             if path is not None:
                 weights = await asyncio.to_thread(read_lora, Path(path), self._lora, self._shapes)
-            future = self._engine.swap(slot, weights, path)  # slot_lora names it once served
-            try:
-                await asyncio.shield(asyncio.wrap_future(future))
-            except (GenerationError, LoraError):
-                raise
-            except Exception as exc:  # the copy failed on the engine thread (e.g. out of memory)
-                raise LoraError(f"cannot serve adapter {path}: {exc}") from exc
+            # slot_lora names it once served
+            await swapped(self._engine.swap(slot, weights, path), path)
         log.info("slot %s serves adapter %s", slot, path or "none (base model)")
 
     async def aclose(self) -> None:

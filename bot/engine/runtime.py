@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from bot.errors import ModelLoadError
+from bot.generation.template import stop_ids
 
 
 def cpu_bf16_supported() -> bool:
@@ -59,21 +59,6 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_bf16_supported() else torch.float32
 
 
-def chat_ids(
-    tokenizer: Any, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
-) -> list[int]:
-    """Token ids of ``messages`` rendered by the tokenizer's own chat template."""
-    ids = tokenizer.apply_chat_template(
-        [dict(m) for m in messages],
-        add_generation_prompt=add_generation_prompt,
-        tokenize=True,
-        return_dict=False,
-    )
-    if isinstance(ids, Mapping):  # some tokenizers return a BatchEncoding regardless
-        ids = ids["input_ids"]
-    return [int(i) for i in ids]
-
-
 def invariant_rows(model: Any, device: torch.device) -> int:
     """Rows per decoding step that make a sequence's result independent of the batch.
 
@@ -88,12 +73,4 @@ def invariant_rows(model: Any, device: torch.device) -> int:
 
 def stop_token_ids(tokenizer: Any, model: Any) -> frozenset[int]:
     """End-of-sequence ids: the generation config's, the tokenizer's, and ChatML's end of turn."""
-    ids: set[int] = set()
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    ids.update([eos] if isinstance(eos, int) else (eos or []))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    return frozenset(ids)
+    return stop_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))

@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from bot.engine.runtime import chat_ids
 from bot.errors import ModelLoadError
+from bot.generation.template import chat_ids
 from bot.types import Turn, messages
 
 

@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
+
+from bot.errors import GenerationError, LoraError
 
 Item = str | BaseException | None  # a piece of text, the error that ended it, or None: done
 Sink = Callable[[Item], None]  # where a request's items go (a Channel's put)
@@ -31,8 +35,25 @@ class Channel:
         """Thread-safe; raises RuntimeError once the loop is closed (the engine then cancels)."""
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
-    async def get(self) -> Item:
-        return await self._queue.get()
+    async def piece(self) -> str | None:
+        """The next piece of text; None once the reply is complete; raises the error that
+        ended it instead."""
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+async def swapped(future: concurrent.futures.Future[None], path: Path | None) -> None:
+    """Wait until an engine thread has served ``path`` (the future of its swap). Shielded: a
+    caller that gives up does not stop the swap half-way. LoraError and GenerationError pass
+    as they are; any other failure there (e.g. out of memory) is a LoraError."""
+    try:
+        await asyncio.shield(asyncio.wrap_future(future))
+    except (GenerationError, LoraError):
+        raise
+    except Exception as exc:
+        raise LoraError(f"cannot serve adapter {path}: {exc}") from exc
 
 
 def deliver(request: Receiver, item: Item) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
-from bot.generation.channel import Channel
+from bot.generation.channel import Channel, swapped
 from bot.generation.source import model_display_name, resolve_model
 from bot.ggml import convert
 from bot.ggml.engine import EngineStats, LlamaEngine
@@ -138,10 +138,8 @@ class LlamaCppGenerator:
         request = Request(lambda: self._text.prompt(frozen), params, channel.put, slot)
         self._engine.submit(request)  # bound to the adapter slot_lora(slot) names now
         try:
-            while (item := await channel.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while (piece := await channel.piece()) is not None:
+                yield piece
         finally:
             request.cancel()  # a no-op when finished; stops the engine's work when abandoned
 
@@ -156,13 +154,7 @@ class LlamaCppGenerator:
         """
         async with self._swap_lock:
             gguf = None if path is None else await self._convert(Path(path))
-            future = self._engine.swap(slot, gguf, path)
-            try:
-                await asyncio.shield(asyncio.wrap_future(future))
-            except (GenerationError, LoraError):
-                raise
-            except Exception as exc:  # e.g. the context for the adapter could not be made
-                raise LoraError(f"cannot serve adapter {path}: {exc}") from exc
+            await swapped(self._engine.swap(slot, gguf, path), path)
         log.info("slot %s serves adapter %s", slot, path or "none (base model)")
 
     async def _convert(self, adapter_dir: Path) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from tokenizers.decoders import DecodeStream
 from transformers import PreTrainedTokenizerFast  # noqa: TID251
 
 from bot.errors import GenerationError, ModelLoadError
+from bot.generation.template import chat_ids, stop_ids
 from bot.types import Turn, messages
 
 
@@ -57,7 +58,7 @@ class ChatText:
             raise ModelLoadError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
         if not getattr(tokenizer, "chat_template", None):
             raise ModelLoadError(f"{model_dir} has no chat template; selftune needs a chat model")
-        return cls(tokenizer, stop_ids(tokenizer, model_dir))
+        return cls(tokenizer, config_stop_ids(tokenizer, model_dir))
 
     def encode(self, turns: Sequence[Turn]) -> list[int]:
         """The prompt's ids with the generation prompt; GenerationError if it cannot render."""
@@ -124,39 +125,14 @@ class TextStream:
         return rest
 
 
-def chat_ids(
-    tokenizer: Any, chat: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
-) -> list[int]:
-    """Token ids of ``chat`` rendered by the tokenizer's own chat template (as
-    ``bot.engine.runtime.chat_ids``, which imports torch)."""
-    ids = tokenizer.apply_chat_template(
-        [dict(m) for m in chat],
-        add_generation_prompt=add_generation_prompt,
-        tokenize=True,
-        return_dict=False,
-    )
-    if isinstance(ids, Mapping):  # some tokenizers return a BatchEncoding regardless
-        ids = ids["input_ids"]
-    return [int(i) for i in ids]
-
-
-def stop_ids(tokenizer: Any, model_dir: Path) -> frozenset[int]:
-    """End-of-sequence ids as the torch engine has them: the generation config's, the
-    tokenizer's, and ChatML's end of turn."""
-    ids: set[int] = set()
-    # transformers' generation config: generation_config.json, else config.json's ids.
+def config_stop_ids(tokenizer: Any, model_dir: Path) -> frozenset[int]:
+    """End-of-sequence ids as the torch engine has them, with the generation config read from
+    ``model_dir`` as transformers reads it: generation_config.json, else config.json."""
     for name in ("generation_config.json", "config.json"):
         config = model_dir / name
         if config.is_file():
-            eos = _json(config).get("eos_token_id")
-            ids.update([eos] if isinstance(eos, int) else (eos or []))
-            break
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    return frozenset(ids)
+            return stop_ids(tokenizer, _json(config).get("eos_token_id"))
+    return stop_ids(tokenizer, None)
 
 
 def _json(path: Path) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.engine.runtime import chat_ids
 from bot.errors import TrainingError
+from bot.generation.template import chat_ids
 
 IGNORE = -100  # label of tokens that carry no loss (the prompt, padding)
 NO_LIKED = "no liked exchanges to learn from"

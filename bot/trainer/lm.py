@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from bot.engine.runtime import chat_ids
+from bot.generation.template import chat_ids
 from bot.trainer.examples import IGNORE, Example
 from bot.trainer.loop import Runtime, batches, micro_batches, token_nll
 

@@ -17,10 +17,10 @@ from pydantic import SecretStr, ValidationError
 from transformers import AutoTokenizer
 
 from bot.app import build_core
-from bot.engine.runtime import chat_ids
 from bot.errors import ConfigError, GenerationError, LoraError, ModelLoadError, StartupError
 from bot.generation import DEFAULT_SLOT, Generator
 from bot.generation.openai_api import OpenAIGenerator
+from bot.generation.template import chat_ids
 from bot.logs import RedactSecrets, settings_secrets
 from bot.settings import BackendSettings, ModelSettings, Settings, load_settings
 from bot.startup import load_generator

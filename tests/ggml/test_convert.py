@@ -24,9 +24,9 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bot.engine.runtime import chat_ids
 from bot.errors import LoraError, ModelLoadError
 from bot.generation.source import resolve_model
+from bot.generation.template import chat_ids
 from bot.ggml.convert import Dtype, lora_gguf, model_gguf
 from bot.settings import ModelSettings
 from tests.support.tiny_gguf import TinyGguf, build_tiny_gguf, peft_quietly, save_random_lora

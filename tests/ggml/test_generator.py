@@ -12,9 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bot.engine.runtime import chat_ids, stop_token_ids
+from bot.engine.runtime import stop_token_ids
 from bot.errors import GenerationError, LoraError, StartupError
 from bot.generation import Generator
+from bot.generation.template import chat_ids
 from bot.ggml import convert
 from bot.ggml.generator import LlamaCppGenerator
 from bot.settings import LoraSettings, ModelSettings, Settings
