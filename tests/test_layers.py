@@ -67,6 +67,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bot.learning.evaluation",
         "bot.engine.runtime",
         "bot.engine.lora",
+        "bot.generation.template",
         "bot.trainer",
     ),
     "adapters/": (*_BASE, "bot.settings", "bot.commands.table", "adapters"),
