@@ -211,12 +211,14 @@ async def bench_llama_engine(
 
 
 async def llama_engine_profile(gen: Any, stream: StreamFn, load: Workload, logs: Path) -> str:
-    """One more run of ``load``: the engine's step time split into llama_decode and the rest,
-    and perf's samples of the whole process (the event loop's thread too)."""
+    """Two more runs of ``load``: the engine's step time split into llama_decode and the rest
+    (perf slows a step down, so without it), then perf's samples of the whole process (the
+    event loop's thread too)."""
     before = dataclasses.replace(gen.stats)
+    await measure(stream, load)
+    after = dataclasses.replace(gen.stats)
     with Perf(os.getpid(), logs / "perf-engine.data") as perf:
         await measure(stream, load)
-    after = gen.stats
     steps = after.steps - before.steps
     step = (after.step_seconds - before.step_seconds) / max(steps, 1) * 1000
     decode = (after.decode_seconds - before.decode_seconds) / max(steps, 1) * 1000
