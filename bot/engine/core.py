@@ -124,8 +124,10 @@ class DecodeEngine:
 
     def _run(self) -> None:
         try:
+            # The swap is looked up when one arrives (tests hold it to pause a swap).
             while self._inbox.receive(
-                self._run_swap, block=not self._batch.rows and not self._inbox.pending
+                lambda swap: self._run_swap(swap),
+                block=not self._batch.rows and not self._inbox.pending,
             ):
                 try:
                     self._admit()

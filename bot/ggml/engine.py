@@ -151,7 +151,8 @@ class LlamaEngine:
             while True:
                 try:
                     idle = not self._running() and not self._inbox.pending
-                    if not self._inbox.receive(self._run_swap, block=idle):
+                    # The swap is looked up when one arrives (tests hold it to pause a swap).
+                    if not self._inbox.receive(lambda swap: self._run_swap(swap), block=idle):
                         return
                     self._iterate()
                 except Exception as exc:  # a bug: fail what is running, keep serving
