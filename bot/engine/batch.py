@@ -10,9 +10,8 @@ the like), not sliding windows.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -28,8 +27,8 @@ from transformers import (
 
 from bot.engine.kv_cache import RowCache
 from bot.engine.slots import LoraRouter
-from bot.generation import DEFAULT_SLOT
-from bot.generation.channel import Sink, deliver
+from bot.generation.channel import deliver
+from bot.generation.inbox import Request
 from bot.types import GenerationParams
 
 Decode = Callable[[Sequence[int]], str]
@@ -45,24 +44,7 @@ class Prompt:
     shared: int = 0
 
 
-@dataclass
-class EngineRequest:
-    """One sequence to generate: a prompt in, text pieces out through ``sink``.
-
-    ``prompt`` returns the prompt (token ids); the engine calls it on its own thread when it
-    admits the request, so tokenizing never blocks the event loop and requests keep the order
-    in which they were submitted.
-    """
-
-    prompt: Callable[[], Prompt]
-    params: GenerationParams
-    sink: Sink
-    slot: str = DEFAULT_SLOT  # the adapter slot it is served with (resolved when admitted)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        """Stop generating; safe from any thread. Takes effect before the next step."""
-        self.cancelled.set()
+EngineRequest = Request[Prompt]
 
 
 class IncrementalDecoder:

@@ -165,7 +165,7 @@ class DecodeEngine:
     def _start(self, request: EngineRequest, adapter: str | None) -> None:
         """Prefill one prompt alone, sample its first token, and join it to the batch."""
         try:
-            prompt = request.prompt()
+            prompt = request.tokens()
             seq = self._sequence(request, prompt.ids)
             seq.adapter = adapter
             self._slots.router.route_all(seq.adapter)

@@ -16,13 +16,43 @@ import concurrent.futures
 import queue
 import threading
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from bot.errors import GenerationError
 from bot.generation import DEFAULT_SLOT
-from bot.generation.channel import Receiver, deliver
+from bot.generation.channel import Receiver, Sink, deliver
+from bot.types import GenerationParams
+
+P = TypeVar("P")  # an engine's prompt (token ids and what the engine keeps with them)
+
+
+@dataclass
+class Request(Generic[P]):
+    """One reply to generate: a prompt in, text pieces out through ``sink``, with the adapter
+    slot it asks for.
+
+    ``prompt`` is called on the engine thread when the request is admitted (:meth:`tokens`), so
+    tokenizing never blocks the event loop and requests keep the order they were submitted in.
+    """
+
+    prompt: Callable[[], P]
+    params: GenerationParams
+    sink: Sink
+    slot: str = DEFAULT_SLOT
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    _tokens: P | None = field(default=None, init=False, repr=False)
+
+    def cancel(self) -> None:
+        """Stop generating; safe from any thread. Takes effect before the next step."""
+        self.cancelled.set()
+
+    def tokens(self) -> P:
+        """The prompt, made once (a request that waits for room is not tokenized again)."""
+        if self._tokens is None:
+            self._tokens = self.prompt()
+        return self._tokens
 
 
 class Slotted(Receiver, Protocol):

@@ -195,9 +195,7 @@ class LlamaEngine:
         """Open a row for the request in its adapter's lane; False when its KV room is not free
         yet."""
         request = queued.request
-        if request.tokens is None:
-            request.tokens = request.prompt()
-        prompt = request.tokens
+        prompt = request.tokens()
         limit = self._limit(request, prompt.ids)
         lane = self._lane(queued.adapter)
         if limit > lane.context.capacity:

@@ -8,35 +8,15 @@ does each prompt prefix (system turn) the lane keeps for later rows.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from bot.generation import DEFAULT_SLOT
-from bot.generation.channel import Sink, deliver
+from bot.generation.channel import deliver
+from bot.generation.inbox import Request as InboxRequest
 from bot.ggml.llama import Adapter, Context, ContextShape
 from bot.ggml.sampling import Sampler
 from bot.ggml.text import Prompt, TextStream
-from bot.types import GenerationParams
 
-"""Gets text pieces, then None at the end (or an exception instead); runs on the engine thread."""
-
-
-@dataclass
-class Request:
-    """One reply to generate: ``prompt`` (called on the engine thread when the request is
-    admitted, so tokenizing never blocks the event loop) in, text pieces out through ``sink``."""
-
-    prompt: Callable[[], Prompt]
-    params: GenerationParams
-    sink: Sink
-    slot: str = DEFAULT_SLOT
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    tokens: Prompt | None = None  # the prompt, once tokenized (it may wait for KV room)
-
-    def cancel(self) -> None:
-        """Stop generating; safe from any thread. Takes effect before the next step."""
-        self.cancelled.set()
+Request = InboxRequest[Prompt]  # prompts with the system turn's length, for the KV prefixes
 
 
 class Row:
