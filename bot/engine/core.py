@@ -33,7 +33,7 @@ from bot.engine.lora import Weights
 from bot.engine.prefill import Prefiller, PrefixStats
 from bot.engine.slots import SlotTable
 from bot.errors import GenerationError
-from bot.generation.channel import deliver
+from bot.generation.channel import as_generation_error, deliver, fail
 from bot.generation.inbox import Inbox, Swap
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class DecodeEngine:
                 except Exception as exc:  # the engine outlives any one failure
                     log.exception("decoding failed; failing %d sequences", len(self._batch.rows))
                     for seq in self._batch.rows:
-                        deliver(seq.request, _as_generation_error(exc))
+                        deliver(seq.request, as_generation_error(exc))
                     self._batch.reset()
                     self._note_batch()
         finally:
@@ -175,7 +175,7 @@ class DecodeEngine:
                 )
                 done = seq.advance(_cpu_float(logits), self._stop_ids)
         except Exception as exc:
-            self._fail_one(request, exc, "prefill failed")
+            fail(request, exc, "prefill failed")
             return
         self.stats.tokens += 1
         if done:
@@ -184,26 +184,11 @@ class DecodeEngine:
         try:  # leaves the running batch as it was when it fails (e.g. out of memory)
             self._batch.join(seq, cache, len(prompt.ids))
         except Exception as exc:
-            self._fail_one(request, exc, "joining the batch failed")
+            fail(request, exc, "joining the batch failed")
         self._note_batch()
 
-    @staticmethod
-    def _fail_one(request: EngineRequest, exc: Exception, what: str) -> None:
-        """This request ends with an error; the others go on."""
-        if not isinstance(exc, GenerationError):
-            log.exception(what)
-        deliver(request, _as_generation_error(exc))
-
     def _sequence(self, request: EngineRequest, prompt_ids: list[int]) -> SequenceState:
-        if request.params.max_new_tokens < 1:
-            raise GenerationError("max_new_tokens must be at least 1")
-        room = self._context_window - len(prompt_ids)
-        if room <= 0 or not prompt_ids:
-            raise GenerationError(
-                f"the conversation is too long for the model: {len(prompt_ids)} tokens, "
-                f"and the context window holds {self._context_window}"
-            )
-        limit = len(prompt_ids) + min(request.params.max_new_tokens, room)
+        limit = request.limit(len(prompt_ids), self._context_window)
         return SequenceState(request, prompt_ids, limit, self._decode)
 
     def _step(self) -> None:
@@ -244,9 +229,3 @@ def _cpu_float(logits: torch.Tensor) -> torch.Tensor:
     # Sampling is a few vector ops per row: on the CPU, in float32, it costs microseconds, and
     # seeded draws come out the same whatever device and precision run the model.
     return logits.float().cpu()
-
-
-def _as_generation_error(exc: Exception) -> GenerationError:
-    if isinstance(exc, GenerationError):
-        return exc
-    return GenerationError(f"the model failed to generate ({type(exc).__name__}: {exc})")

@@ -10,6 +10,7 @@ every chat, a second one (e.g. "candidate" for an A/B test) to the requests that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -21,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.engine.attention import BATCHED_ATTENTION, ROWWISE_ATTENTION
-from bot.engine.batch import EngineRequest, Prompt
+from bot.engine.batch import Prompt
 from bot.engine.convert import transformers_progress
 from bot.engine.core import DecodeEngine, EngineStats
 from bot.engine.lora import lora_config, lora_state, read_lora, wrap_lora
@@ -38,7 +39,8 @@ from bot.engine.runtime import (
 from bot.engine.slots import SlotTable
 from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
-from bot.generation.channel import Channel, swapped
+from bot.generation.channel import swapped
+from bot.generation.inbox import reply_pieces
 from bot.generation.source import model_display_name, resolve_model
 from bot.generation.template import chat_ids
 from bot.settings import LoraSettings, ModelSettings
@@ -242,15 +244,12 @@ class TransformersGenerator:
         zero adapter); closing the generator stops generation."""
         if self._closed or not self._engine.alive:
             raise GenerationError("the model has been shut down")
-        channel = Channel(asyncio.get_running_loop())
         frozen = tuple(turns)
-        request = EngineRequest(lambda: self.encode(frozen), params, channel.put, slot)
-        self._engine.submit(request)  # bound to the adapter slot_lora(slot) names now
-        try:
-            while (piece := await channel.piece()) is not None:
+        # Bound to the adapter slot_lora(slot) names now; tokenized on the engine thread.
+        pieces = reply_pieces(self._engine.submit, lambda: self.encode(frozen), params, slot)
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
                 yield piece
-        finally:
-            request.cancel()  # a no-op when finished; stops the engine's work when abandoned
 
     async def swap_lora(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
         """Serve ``slot`` with the adapter at ``path`` (None: the zero adapter, i.e. an empty

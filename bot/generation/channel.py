@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from bot.errors import GenerationError, LoraError
+
+log = logging.getLogger(__name__)
 
 Item = str | BaseException | None  # a piece of text, the error that ended it, or None: done
 Sink = Callable[[Item], None]  # where a request's items go (a Channel's put)
@@ -63,3 +66,18 @@ def deliver(request: Receiver, item: Item) -> None:
         request.sink(item)
     except Exception:  # the consumer is gone (e.g. its event loop closed): stop working for it
         request.cancel()
+
+
+def fail(request: Receiver, exc: Exception, what: str) -> None:
+    """This request ends with ``exc`` as a GenerationError; the others go on. An unexpected
+    error (a bug) is logged with ``what`` and its traceback."""
+    if not isinstance(exc, GenerationError):
+        log.exception(what)
+    deliver(request, as_generation_error(exc))
+
+
+def as_generation_error(exc: Exception) -> GenerationError:
+    """``exc`` as the error a reply's consumer gets."""
+    if isinstance(exc, GenerationError):
+        return exc
+    return GenerationError(f"the model failed to generate ({type(exc).__name__}: {exc})")

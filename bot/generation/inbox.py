@@ -11,18 +11,19 @@ answered.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncGenerator, Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from bot.errors import GenerationError
 from bot.generation import DEFAULT_SLOT
-from bot.generation.channel import Receiver, Sink, deliver
+from bot.generation.channel import Channel, Receiver, Sink, deliver
 from bot.types import GenerationParams
 
 P = TypeVar("P")  # an engine's prompt (token ids and what the engine keeps with them)
@@ -47,6 +48,19 @@ class Request(Generic[P]):
     def cancel(self) -> None:
         """Stop generating; safe from any thread. Takes effect before the next step."""
         self.cancelled.set()
+
+    def limit(self, prompt_tokens: int, context_window: int) -> int:
+        """The most tokens (prompt and reply) its row may reach: the prompt plus
+        ``max_new_tokens``, within the context window. GenerationError when nothing fits."""
+        if self.params.max_new_tokens < 1:
+            raise GenerationError("max_new_tokens must be at least 1")
+        room = context_window - prompt_tokens
+        if room <= 0 or not prompt_tokens:
+            raise GenerationError(
+                f"the conversation is too long for the model: {prompt_tokens} tokens, "
+                f"and the context window holds {context_window}"
+            )
+        return prompt_tokens + min(self.params.max_new_tokens, room)
 
     def tokens(self) -> P:
         """The prompt, made once (a request that waits for room is not tokenized again)."""
@@ -204,3 +218,22 @@ class Inbox(Generic[R, A, W]):
         with self._lock:
             self._queued.clear()
         return requests
+
+
+async def reply_pieces(
+    submit: Callable[[Request[P]], None],
+    prompt: Callable[[], P],
+    params: GenerationParams,
+    slot: str,
+) -> AsyncGenerator[str, None]:
+    """A reply's text as an engine thread makes it: a Request for ``prompt`` goes to ``submit``
+    (bound there to the adapter ``slot`` serves now); closing the generator stops the engine's
+    work for it."""
+    channel = Channel(asyncio.get_running_loop())
+    request = Request(prompt, params, channel.put, slot)
+    submit(request)
+    try:
+        while (piece := await channel.piece()) is not None:
+            yield piece
+    finally:
+        request.cancel()  # a no-op when finished; stops the engine's work when abandoned

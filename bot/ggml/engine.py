@@ -43,7 +43,7 @@ import llama_cpp
 
 from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
-from bot.generation.channel import deliver
+from bot.generation.channel import as_generation_error, deliver, fail
 from bot.generation.inbox import Inbox, Queued, Swap
 from bot.ggml.llama import Adapter, Batch, Context, ContextShape, Model
 from bot.ggml.rows import Lane, Request, Row
@@ -188,7 +188,7 @@ class LlamaEngine:
                 if not self._start(head):
                     return  # waits for KV room: later requests keep their turn behind it
             except Exception as exc:
-                _fail(head.request, exc, "starting a request failed")
+                fail(head.request, exc, "starting a request failed")
             self._inbox.take()
 
     def _start(self, queued: Queued[Request, Adapter]) -> bool:
@@ -196,7 +196,7 @@ class LlamaEngine:
         yet."""
         request = queued.request
         prompt = request.tokens()
-        limit = self._limit(request, prompt.ids)
+        limit = request.limit(len(prompt.ids), self._context_window)
         lane = self._lane(queued.adapter)
         if limit > lane.context.capacity:
             raise GenerationError(
@@ -210,17 +210,6 @@ class LlamaEngine:
             self.stats.prefix_hits += 1
             self.stats.prefix_tokens += row.fed
         return True
-
-    def _limit(self, request: Request, ids: list[int]) -> int:
-        if request.params.max_new_tokens < 1:
-            raise GenerationError("max_new_tokens must be at least 1")
-        room = self._context_window - len(ids)
-        if room <= 0 or not ids:
-            raise GenerationError(
-                f"the conversation is too long for the model: {len(ids)} tokens, "
-                f"and the context window holds {self._context_window}"
-            )
-        return len(ids) + min(request.params.max_new_tokens, room)
 
     def _lane(self, adapter: Adapter | None) -> Lane:
         lane = self._lanes.get(adapter)
@@ -292,7 +281,7 @@ class LlamaEngine:
         if lane.rows:
             log.error("failing %d rows: %s", len(lane.rows), exc)
         for row in list(lane.rows):
-            deliver(row.request, _as_generation_error(exc))
+            deliver(row.request, as_generation_error(exc))
             lane.close(row)
 
     @staticmethod
@@ -321,7 +310,7 @@ class LlamaEngine:
             try:
                 done = self._next(lane, row, index)
             except Exception as exc:
-                _fail(row.request, exc, "sampling a reply failed")
+                fail(row.request, exc, "sampling a reply failed")
                 done = True
             if done:
                 lane.close(row)
@@ -366,16 +355,3 @@ class LlamaEngine:
 def max_sequences() -> int:
     """The most sequences (rows and kept prefixes) one llama.cpp context may have."""
     return int(llama_cpp.llama_max_parallel_sequences())
-
-
-def _fail(request: Request, exc: Exception, what: str) -> None:
-    """This request ends with an error; the others go on."""
-    if not isinstance(exc, GenerationError):
-        log.exception(what)
-    deliver(request, _as_generation_error(exc))
-
-
-def _as_generation_error(exc: Exception) -> GenerationError:
-    if isinstance(exc, GenerationError):
-        return exc
-    return GenerationError(f"the model failed to generate ({type(exc).__name__}: {exc})")

@@ -10,6 +10,7 @@ transformers tokenizer and chat template (:mod:`bot.ggml.text`), decoding throug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -18,12 +19,12 @@ from pathlib import Path
 
 from bot.errors import GenerationError, LoraError, ModelLoadError
 from bot.generation import DEFAULT_SLOT
-from bot.generation.channel import Channel, swapped
+from bot.generation.channel import swapped
+from bot.generation.inbox import reply_pieces
 from bot.generation.source import model_display_name, resolve_model
 from bot.ggml import convert
 from bot.ggml.engine import EngineStats, LlamaEngine
 from bot.ggml.llama import ContextShape, Model
-from bot.ggml.rows import Request
 from bot.ggml.text import ChatText
 from bot.settings import LoraSettings, ModelSettings
 from bot.types import GenerationParams, Turn
@@ -133,15 +134,12 @@ class LlamaCppGenerator:
         generator stops generation."""
         if self._closed or not self._engine.alive:
             raise GenerationError("the model has been shut down")
-        channel = Channel(asyncio.get_running_loop())
         frozen = tuple(turns)
-        request = Request(lambda: self._text.prompt(frozen), params, channel.put, slot)
-        self._engine.submit(request)  # bound to the adapter slot_lora(slot) names now
-        try:
-            while (piece := await channel.piece()) is not None:
+        # Bound to the adapter slot_lora(slot) names now; tokenized on the engine thread.
+        pieces = reply_pieces(self._engine.submit, lambda: self._text.prompt(frozen), params, slot)
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
                 yield piece
-        finally:
-            request.cancel()  # a no-op when finished; stops the engine's work when abandoned
 
     async def swap_lora(self, path: Path | None, *, slot: str = DEFAULT_SLOT) -> None:
         """Serve ``slot`` with the PEFT adapter at ``path`` from the next request on (None: the
