@@ -27,7 +27,7 @@ from transformers import (
 
 from bot.engine.kv_cache import RowCache
 from bot.engine.slots import LoraRouter
-from bot.generation.channel import deliver
+from bot.generation.channel import ReplyOut
 from bot.generation.inbox import Request
 from bot.types import GenerationParams
 
@@ -105,8 +105,7 @@ class SequenceState:
     ) -> None:
         self.request = request
         self.adapter: str | None = None  # the pooled peft adapter it decodes with (None: none)
-        self.tokens = list(prompt_ids)  # prompt + reply: the repetition penalty sees both
-        self.limit = limit  # most tokens (prompt + reply) this sequence may reach
+        self.out = ReplyOut(request, prompt_ids, limit, IncrementalDecoder(decode))
         self.pending = -1  # the last sampled token, fed to the model in the next step
         self.processors = _processors(request.params)
         self.rng: torch.Generator | None = None
@@ -116,7 +115,11 @@ class SequenceState:
                 self.rng.seed()
             else:
                 self.rng.manual_seed(request.params.seed)
-        self.text = IncrementalDecoder(decode)
+
+    @property
+    def tokens(self) -> list[int]:
+        """Prompt + reply so far: the repetition penalty sees both."""
+        return self.out.tokens
 
     def advance(self, logits: torch.Tensor, stop_ids: frozenset[int]) -> bool:
         """Sample the next token from float CPU ``logits`` (1 × vocab); return whether done."""
@@ -129,20 +132,11 @@ class SequenceState:
         else:
             probs = torch.softmax(scores, dim=-1)
             token = int(torch.multinomial(probs, 1, generator=self.rng))
-        if token in stop_ids:
-            return True
-        self.tokens.append(token)
-        self.pending = token
-        piece = self.text.push(token)
-        if piece:
-            deliver(self.request, piece)
-        return len(self.tokens) >= self.limit
+        self.pending = token  # a stop token ends the sequence: it is never fed
+        return self.out.take(token, stop_ids)
 
     def finish(self) -> None:
-        rest = self.text.flush()
-        if rest:
-            deliver(self.request, rest)
-        deliver(self.request, None)
+        self.out.finish()
 
 
 class Batch:

@@ -81,3 +81,41 @@ def as_generation_error(exc: Exception) -> GenerationError:
     if isinstance(exc, GenerationError):
         return exc
     return GenerationError(f"the model failed to generate ({type(exc).__name__}: {exc})")
+
+
+class TextOut(Protocol):
+    """A reply's incremental detokenizer: text for each token (held back while a character is
+    incomplete), and at the end what is still held back."""
+
+    def push(self, token: int) -> str: ...
+
+    def flush(self) -> str: ...
+
+
+class ReplyOut:
+    """A reply's tokens (the prompt first: a repetition penalty sees both) and its way out to
+    the consumer, for either engine's row."""
+
+    def __init__(self, request: Receiver, prompt: list[int], limit: int, text: TextOut) -> None:
+        self.request = request
+        self.tokens = list(prompt)
+        self.limit = limit  # most tokens (prompt + reply) it may reach
+        self.text = text
+
+    def take(self, token: int, stop_ids: frozenset[int]) -> bool:
+        """A sampled token: its text goes out; whether the reply is complete (a stop token,
+        which is not kept, or the limit)."""
+        if token in stop_ids:
+            return True
+        self.tokens.append(token)
+        piece = self.text.push(token)
+        if piece:
+            deliver(self.request, piece)
+        return len(self.tokens) >= self.limit
+
+    def finish(self) -> None:
+        """End the reply: the text still held back (an incomplete character), then None."""
+        rest = self.text.flush()
+        if rest:
+            deliver(self.request, rest)
+        deliver(self.request, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.generation.channel import deliver
+from bot.generation.channel import ReplyOut
 from bot.generation.inbox import Request as InboxRequest
 from bot.ggml.llama import Adapter, Context, ContextShape
 from bot.ggml.sampling import Sampler
@@ -26,15 +26,18 @@ class Row:
         self, request: Request, prompt: list[int], limit: int, seq_id: int, text: TextStream
     ) -> None:
         self.request = request
-        self.tokens = list(prompt)  # prompt + reply: the repetition penalty sees both
+        self.out = ReplyOut(request, prompt, limit, text)
         self.fed = 0  # tokens already in the KV cache (the rest are fed in the next steps)
-        self.limit = limit  # most tokens (prompt + reply) it may reach
         self.reserved = limit  # KV cells it may still take (less what a shared prefix holds)
         self.seq_id = seq_id
         self.prefix: Prefix | None = None  # the shared prefix whose cells it reads
         self.publish: tuple[int, ...] = ()  # its system turn, to share once it is computed
         self.sampler = Sampler(request.params)
-        self.text = text
+
+    @property
+    def tokens(self) -> list[int]:
+        """Prompt + reply so far."""
+        return self.out.tokens
 
     @property
     def waiting(self) -> int:
@@ -43,20 +46,11 @@ class Row:
 
     def advance(self, token: int, stop_ids: frozenset[int]) -> bool:
         """Take a sampled token; return whether the reply is complete."""
-        if token in stop_ids:
-            return True
-        self.tokens.append(token)
-        piece = self.text.push(token)
-        if piece:
-            deliver(self.request, piece)
-        return len(self.tokens) >= self.limit
+        return self.out.take(token, stop_ids)
 
     def finish(self) -> None:
-        """End the reply: the text still held back (an incomplete character), then None."""
-        rest = self.text.flush()
-        if rest:
-            deliver(self.request, rest)
-        deliver(self.request, None)
+        """End the reply: the text still held back, then None."""
+        self.out.finish()
 
 
 @dataclass
