@@ -13,7 +13,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,15 +43,14 @@ from bot.generation import Generator
 from bot.generation import source as model_source
 from bot.settings import LoraSettings, ModelSettings
 from bot.types import GenerationParams, Turn
-
-GREEDY = GenerationParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
-HELLO = [Turn("user", "Hello! Tell me about the sea.")]
-PROMPTS = [
-    [Turn("user", "Hi")],
-    [Turn("system", "Be brief."), Turn("user", "What is a whale?")],
-    [Turn("user", "Tell me a long story about the deep blue sea and a small boat " * 3)],
-    [Turn("user", "why"), Turn("assistant", "because"), Turn("user", "why not?")],
-]
+from tests.support.generation import (
+    GREEDY,
+    HELLO,
+    PROMPTS,
+    eventually,
+    reply,
+    slot_lora_is_what_serves_the_next_stream,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -96,18 +95,6 @@ def make_adapter(model_dir: Path, out: Path, lora: LoraSettings, *, scale: float
                 param.normal_(0.0, scale)
     model.save_pretrained(out)
     return out
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = 2.0) -> None:
-    for _ in range(int(within_s / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not met in time")
-
-
-async def reply(gen: Generator, turns: Sequence[Turn], params: GenerationParams = GREEDY) -> str:
-    return "".join([piece async for piece in gen.stream(turns, params)])
 
 
 def test_generator_matches_protocol(generator: TransformersGenerator) -> None:
@@ -732,19 +719,9 @@ async def test_slot_lora_names_the_adapter_of_the_next_stream_under_load(
             step(self)
 
         monkeypatch.setattr(DecodeEngine, "_step", slow)
-        running = gen.stream(HELLO, GenerationParams(max_new_tokens=150, temperature=0.0))
-        await anext(running)  # the only row is taken for ~3 s
-        waiting = asyncio.create_task(reply(gen, HELLO))
-        await eventually(lambda: gen.stats.waiting == 1)
-        swap = asyncio.create_task(gen.swap_lora(random_adapter))
-        await asyncio.sleep(0.3)  # the swap is done, or not yet: either way, slot_lora is right
-        recorded = gen.slot_lora("default")
-        after = asyncio.create_task(reply(gen, HELLO))
-        await running.aclose()
-        await swap
-        assert await after == (tuned if recorded == random_adapter else base)
-        assert await waiting == base  # submitted before the swap
-        assert gen.slot_lora("default") == random_adapter
+        await slot_lora_is_what_serves_the_next_stream(
+            gen, random_adapter, base=base, tuned=tuned, busy_tokens=150
+        )
 
 
 async def test_a_queued_request_keeps_its_adapter_weights_across_swaps(

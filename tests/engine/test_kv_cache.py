@@ -13,7 +13,8 @@ from bot.engine.generator import TransformersGenerator, cpu_bf16_supported
 from bot.engine.kv_cache import BLOCK, RowCache
 from bot.settings import LoraSettings
 from bot.types import GenerationParams, Turn
-from tests.engine.test_generator import PROMPTS, loaded, make_adapter
+from tests.engine.test_generator import loaded, make_adapter
+from tests.support.generation import PROMPTS
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
 SYSTEM = Turn("system", "You are a sailor who loves the deep blue sea and small boats.")

@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM
 from bot.engine.lora import wrap_lora
 from bot.engine.packed import _PackedForward, pack_linears, packing_supported
 from bot.settings import LoraSettings
-from tests.engine.test_generator import HELLO, PROMPTS, loaded, make_adapter, reply
+from tests.engine.test_generator import loaded, make_adapter
+from tests.support.generation import HELLO, PROMPTS, reply
 
 CPU = torch.device("cpu")
 

@@ -19,7 +19,8 @@ from bot.errors import LoraError
 from bot.generation import DEFAULT_SLOT, ScriptedGenerator
 from bot.settings import LoraSettings, ModelSettings
 from bot.types import GenerationParams, Turn
-from tests.engine.test_generator import HELLO, PROMPTS, eventually, loaded, make_adapter
+from tests.engine.test_generator import loaded, make_adapter
+from tests.support.generation import HELLO, PROMPTS, eventually
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
 CANDIDATE = "candidate"

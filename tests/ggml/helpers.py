@@ -3,9 +3,8 @@ a random adapter, replies and polling."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bot.engine.lora import wrap_lora
-from bot.generation import Generator
 from bot.ggml.generator import LlamaCppGenerator
 from bot.settings import LoraSettings, ModelSettings
-from bot.types import GenerationParams, Turn
-
-GREEDY = GenerationParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
-HELLO = [Turn("user", "Hello! Tell me about the sea.")]
-PROMPTS = [
-    [Turn("user", "Hi")],
-    [Turn("system", "Be brief."), Turn("user", "What is a whale?")],
-    [Turn("user", "Tell me a long story about the deep blue sea and a small boat " * 3)],
-    [Turn("user", "why"), Turn("assistant", "because"), Turn("user", "why not?")],
-]
 
 
 def make_adapter(model_dir: Path, out: Path, *, seed: int) -> Path:
@@ -62,17 +50,3 @@ async def loaded(
         yield gen
     finally:
         await gen.aclose()
-
-
-async def reply(
-    gen: Generator, turns: Sequence[Turn], params: GenerationParams = GREEDY, slot: str = "default"
-) -> str:
-    return "".join([piece async for piece in gen.stream(turns, params, slot=slot)])
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = 5.0) -> None:
-    for _ in range(int(within_s / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not met in time")

@@ -25,7 +25,14 @@ from bot.ggml.rows import Lane, Prefix, Request, Row
 from bot.ggml.text import ChatText, Prompt
 from bot.settings import LoraSettings, Settings
 from bot.types import GenerationParams, Turn
-from tests.ggml.helpers import GREEDY, HELLO, eventually, loaded, make_adapter, reply, tiny_settings
+from tests.ggml.helpers import loaded, make_adapter, tiny_settings
+from tests.support.generation import (
+    GREEDY,
+    HELLO,
+    eventually,
+    reply,
+    slot_lora_is_what_serves_the_next_stream,
+)
 
 
 def slow_decoding(monkeypatch: pytest.MonkeyPatch, seconds: float = 0.01) -> None:
@@ -50,19 +57,9 @@ async def test_slot_lora_names_the_adapter_of_the_next_stream_under_load(
         tuned = await reply(gen, HELLO)
         await gen.swap_lora(None)
         slow_decoding(monkeypatch, 0.02)
-        running = gen.stream(HELLO, GenerationParams(max_new_tokens=200, temperature=0.0))
-        await anext(aiter(running))  # the only row is taken for ~4 s
-        waiting = asyncio.create_task(reply(gen, HELLO))
-        await eventually(lambda: gen.stats.waiting == 1)
-        swap = asyncio.create_task(gen.swap_lora(adapter_dir))
-        await asyncio.sleep(0.3)  # the swap is done, or not yet: either way, slot_lora is right
-        recorded = gen.slot_lora("default")
-        after = asyncio.create_task(reply(gen, HELLO))
-        await running.aclose()
-        await swap
-        assert await after == (tuned if recorded == adapter_dir else base)
-        assert await waiting == base  # submitted before the swap: the adapter it was sent to
-        assert gen.slot_lora("default") == adapter_dir
+        await slot_lora_is_what_serves_the_next_stream(
+            gen, adapter_dir, base=base, tuned=tuned, busy_tokens=200
+        )
 
 
 async def test_ending_an_ab_test_frees_the_candidate_context(

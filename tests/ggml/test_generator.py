@@ -21,15 +21,8 @@ from bot.ggml.generator import LlamaCppGenerator
 from bot.settings import LoraSettings, ModelSettings, Settings
 from bot.startup import load_generator
 from bot.types import GenerationParams, Turn
-from tests.ggml.helpers import (
-    GREEDY,
-    HELLO,
-    PROMPTS,
-    eventually,
-    loaded,
-    reply,
-    tiny_settings,
-)
+from tests.ggml.helpers import loaded, tiny_settings
+from tests.support.generation import GREEDY, HELLO, PROMPTS, eventually, reply
 
 
 def test_generator_matches_protocol(generator: LlamaCppGenerator) -> None:
