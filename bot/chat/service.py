@@ -73,14 +73,7 @@ class ChatService:
 
     def default_params(self) -> GenerationParams:
         """The configured sampling parameters of a reply."""
-        g = self.settings.generation
-        return GenerationParams(
-            max_new_tokens=g.max_new_tokens,
-            temperature=g.temperature,
-            top_p=g.top_p,
-            top_k=g.top_k,
-            repetition_penalty=g.repetition_penalty,
-        )
+        return self.settings.generation.params()
 
     @property
     def admins(self) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from bot.settings.base import DEFAULT_MODEL, Section, known_device, xdg
+from bot.types import GenerationParams
 
 # What ``model.device`` may name; torch's own parser is only met at load time, after the data
 # dir and the database were made, and then lists every device type it has ever heard of.
@@ -224,6 +225,16 @@ class GenerationSettings(Section):
     repetition_penalty: float = Field(
         1.1, ge=1.0, le=3.0, description="Penalty on tokens already in the text (1 = none)."
     )
+
+    def params(self) -> GenerationParams:
+        """A reply's sampling parameters as configured (for users, and for the gate's samples)."""
+        return GenerationParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+        )
 
 
 class ChatSettings(Section):
