@@ -7,7 +7,12 @@ from bot.learning.evaluation import GATE_METRICS, gate_metric
 from bot.types import AdapterVersion
 
 _TRAINER_TIME = "duration_s"  # the trainer's own time, shown with the run's (``_took``)
-_NAMES = {"train_loss": "train loss"}  # other numbers than the gate's, as shown; rest as recorded
+_NAMES = {  # other numbers than the gate's, as shown; rest as recorded
+    "train_loss": "train loss",
+    "liked_share": "predicted 👍 share of its replies",
+    "sample_nll": "NLL of the serving adapter's replies",
+    "reward_auc": "reward model AUC",
+}
 _GATE_METRICS = tuple(m.name for m in GATE_METRICS)  # the default first
 _PREFIXES = ("serving.", "base.")
 _FIRST_IDS = 10  # exchange ids the detail view lists

@@ -207,6 +207,11 @@ def decide(
         return GateDecision("undecided", "no gate metric can be computed on the held-out slice")
     now, new = current[metric.name], candidate[metric.name]
     comparison = f"{metric.label} {new:.3f} vs {now:.3f} serving now, on {heldout} held-out ratings"
+    if "liked_share" in current and "liked_share" in candidate:
+        comparison += (
+            f"; its sampled replies {candidate['liked_share']:.0%} predicted 👍 vs "
+            f"{current['liked_share']:.0%} of the serving adapter's"
+        )
     problem = _problem(metric, current, candidate, base or {}, gate)
     if problem:
         return GateDecision("fail", f"{comparison}: {problem}", metric.name, now, new)
@@ -236,5 +241,37 @@ def _problem(
         return (
             f"liked NLL {nll_new:.3f} vs {nll_now:.3f} serving now: up more than "
             f"gate.max_nll_rise = {gate.max_nll_rise:.0%}"
+        )
+    return _visible_problem(current, candidate, gate)
+
+
+def _visible_problem(
+    current: Mapping[str, float], candidate: Mapping[str, float], gate: GateSettings
+) -> str | None:
+    """Why what the candidate writes fails (bot.trainer.visible), or None: the reward model
+    learned from the ratings does not predict its sampled replies liked more often than the
+    serving adapter's replies to the same prompts, or its own greedy replies became much less
+    likely."""
+    share_now, share_new = current.get("liked_share"), candidate.get("liked_share")
+    if (
+        share_now is not None
+        and share_new is not None
+        and share_new < share_now + gate.min_share_gain
+    ):
+        return (
+            f"users would not see it write what they like: the reward model learned from "
+            f"the ratings predicts {share_new:.0%} of its sampled replies liked vs "
+            f"{share_now:.0%} of the serving adapter's, not gate.min_share_gain = "
+            f"{gate.min_share_gain:.0%} more"
+        )
+    said_now, said_new = current.get("sample_nll"), candidate.get("sample_nll")
+    if (
+        said_now is not None
+        and said_new is not None
+        and said_new > said_now * (1 + gate.max_nll_rise)
+    ):
+        return (
+            f"the serving adapter's own greedy replies have NLL {said_new:.3f} under it vs "
+            f"{said_now:.3f}: up more than gate.max_nll_rise = {gate.max_nll_rise:.0%}"
         )
     return None

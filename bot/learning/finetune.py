@@ -36,7 +36,7 @@ from bot.learning.dataset import write_jsonl_file
 from bot.learning.evaluation import GateDecision
 from bot.learning.pair_curation import curate_pairs
 from bot.learning.progress import reporter
-from bot.learning.protocol import Event, Method, TrainingSpec, TrainResult
+from bot.learning.protocol import Event, Method, SampleSpec, TrainingSpec, TrainResult
 from bot.learning.release import Releaser, Trained
 from bot.learning.repeat import repeats_last
 from bot.learning.trainer_process import ProgressFn, SubprocessTrainer, Trainer
@@ -397,9 +397,18 @@ class Finetuner:
             serving_version=serving.version if serving else None,
             lm_dataset=lm_dataset,
             pairs_dataset=pairs_dataset,
+            samples=self._samples(),
         )
         (work / "spec.json").write_text(spec.to_json(), encoding="utf-8")
         return spec
+
+    def _samples(self) -> SampleSpec | None:
+        """What the trainer samples for the gate's look at the candidate's replies."""
+        gate = self._settings.gate
+        if not gate.enabled or gate.sample_prompts == 0:
+            return None
+        params = self._settings.generation.params()
+        return SampleSpec(gate.sample_prompts, gate.samples_per_prompt, params, gate.min_reward_auc)
 
     async def _end(self, run_id: int, status: RunStatus, message: str, output: Path) -> None:
         partial = output.with_name(output.name + ".partial")

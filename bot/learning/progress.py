@@ -14,6 +14,7 @@ _PHASES = {
     "reference": "scoring the {examples} examples under the base model (KTO's reference)…",
     "baseline": "scoring {heldout} held-out ratings under the base and the serving adapter…",
     "evaluation": "training done; scoring the new adapter on {heldout} held-out ratings…",
+    "samples": "sampling the new adapter's replies to held-out prompts for the gate…",
 }
 
 

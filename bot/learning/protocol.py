@@ -22,14 +22,51 @@ from pydantic import BaseModel, ValidationError
 from bot.errors import TrainingError
 from bot.learning.evaluation import Evaluation
 from bot.settings import LoraSettings, TrainingSettings
+from bot.types import GenerationParams
 
 Method = Literal["sft", "kto"]  # "sft" (👍 only) or "kto" (👍 and 👎); resolved by the parent
-PhaseName = Literal["baseline", "reference", "training", "evaluation"]
+PhaseName = Literal["baseline", "reference", "training", "evaluation", "samples"]
 _PHASES = get_args(PhaseName)
 _S = TypeVar("_S", bound=BaseModel)
 
 
 # --- the spec ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What the trainer samples for the gate's look at what a candidate writes
+    (bot.trainer.visible): how many held-out prompts, replies to each, how they are drawn, and
+    how well the reward model must rank the held-out ratings to be believed."""
+
+    prompts: int = 16
+    per_prompt: int = 3
+    params: GenerationParams = field(default_factory=GenerationParams)  # as users are served
+    min_auc: float = 0.7
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SampleSpec:
+        """Raises KeyError naming the missing entry as ``samples.<key>``."""
+        try:
+            return cls._read(data)
+        except KeyError as exc:
+            raise KeyError(f"samples.{exc.args[0]}") from None
+
+    @classmethod
+    def _read(cls, data: Mapping[str, Any]) -> SampleSpec:
+        params = data["params"]
+        return cls(
+            prompts=int(data["prompts"]),
+            per_prompt=int(data["per_prompt"]),
+            params=GenerationParams(
+                max_new_tokens=int(params["max_new_tokens"]),
+                temperature=float(params["temperature"]),
+                top_p=float(params["top_p"]),
+                top_k=int(params["top_k"]),
+                repetition_penalty=float(params["repetition_penalty"]),
+            ),
+            min_auc=float(data["min_auc"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -48,6 +85,7 @@ class TrainingSpec:
     lm_dataset: Path | None = None  # unrated exchanges for the self-supervised term
     # preference pairs in TRL's format: {"prompt": [...], "chosen": [...], "rejected": [...]}
     pairs_dataset: Path | None = None
+    samples: SampleSpec | None = None  # sample the candidate's replies for the gate (or not)
 
     def to_json(self) -> str:
         """The SPEC.json text."""
@@ -63,6 +101,7 @@ class TrainingSpec:
             "lora": self.lora.model_dump(),
             "training": self.training.model_dump(),
             "threads": self.threads,
+            "samples": asdict(self.samples) if self.samples is not None else None,
         }
         return json.dumps(data, indent=2)
 
@@ -87,6 +126,7 @@ class TrainingSpec:
                 serving_version=int(version) if version is not None else None,
                 lm_dataset=_path(data.get("lm_dataset")),
                 pairs_dataset=_path(data.get("pairs_dataset")),
+                samples=SampleSpec.from_dict(data["samples"]) if data.get("samples") else None,
             )
         except KeyError as exc:
             raise TrainingError(f"the training spec lacks {exc.args[0]!r}") from None

@@ -174,6 +174,30 @@ class GateSettings(Section):
         "of its rated replies, at least this many, so its first runs can be judged and go "
         "live; 0 = no young gate: runs wait for /activate until min_heldout is reached.",
     )
+    sample_prompts: int = Field(
+        16,
+        ge=0,
+        description="Held-out prompts the serving adapter (before training) and the candidate "
+        "answer, sampled as users are served (generation.temperature, top_p, max_new_tokens): "
+        "a reward model learned from the run's ratings predicts the 👍 share of each one's "
+        "replies, and the candidate's must be min_share_gain above; the serving adapter's "
+        "greedy replies to them must not become max_nll_rise less likely. 0 = off.",
+    )
+    samples_per_prompt: int = Field(3, ge=1, description="Sampled replies per such prompt.")
+    min_share_gain: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="How much higher the reward model's predicted 👍 share of the candidate's "
+        "sampled replies must be than of the serving adapter's (0.05 = 5 points; 0 = not lower).",
+    )
+    min_reward_auc: float = Field(
+        0.7,
+        ge=0.5,
+        le=1.0,
+        description="How well the reward model must rank the held-out ratings (AUC) for its "
+        "prediction to count; below, the look at the replies decides nothing.",
+    )
     when_undecided: Literal["activate", "keep"] = Field(
         "keep",
         description="When the gate cannot judge (too few held-out rows): serve the candidate "

@@ -17,7 +17,7 @@ that the loss equals TRL's on the same numbers.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,18 +104,23 @@ def reference_items(
     rt: Runtime,
     emit: Emit,
     anchor: bool = False,
+    see: Callable[[Forward], None] | None = None,
 ) -> list[KtoItem]:
     """Pair the examples and score both under the base model (adapter layers off); with
-    ``anchor``, keep the base's top-K per reply token from the same pass."""
+    ``anchor``, keep the base's top-K per reply token from the same pass; ``see`` sees the
+    examples' passes too (the gate's reward model takes its features from them)."""
     pairs = mismatched_pairs(examples, max_length, seed)
     emit(Phase("reference", examples=len(examples)))
     tops: list[RefTopK] = []
 
     def keep(out: Forward) -> None:
-        tops.extend(top_k(out))
+        if anchor:
+            tops.extend(top_k(out))
+        if see is not None:
+            see(out)
 
     with model.disable_adapter():
-        ref = score(model, examples, rt, keep if anchor else None)
+        ref = score(model, examples, rt, keep if anchor or see is not None else None)
         ref_pairs = score(model, pairs, rt)
     anchors: list[RefTopK | None] = list(tops) if anchor else [None] * len(examples)
     return [

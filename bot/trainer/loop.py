@@ -151,6 +151,7 @@ class Forward:
     logits: torch.Tensor  # [labelled positions, vocab], float32
     labelled: torch.Tensor  # [rows, width - 1] bool
     nll: torch.Tensor  # [rows, width - 1]
+    hidden: torch.Tensor | None = None  # [labelled positions, d]: the body's last states there
 
 
 def forward(model: Any, group: Sequence[Example], rt: Runtime) -> Forward:
@@ -173,12 +174,13 @@ def forward(model: Any, group: Sequence[Example], rt: Runtime) -> Forward:
     with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
         body = getattr(causal, causal.base_model_prefix)
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
-        logits = causal.get_output_embeddings()(hidden[labelled])
+        states = hidden[labelled]
+        logits = causal.get_output_embeddings()(states)
     logits = logits.float()
     picked = F.cross_entropy(logits, targets[labelled], reduction="none")
     nll = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
     nll = nll.masked_scatter(labelled, picked)
-    return Forward(logits, labelled, nll)
+    return Forward(logits, labelled, nll, states.detach())
 
 
 def token_nll(

@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,10 +43,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bot.engine.lora import wrap_lora
 from bot.engine.runtime import pick_device
 from bot.errors import TrainingError
+from bot.generation.template import stop_ids
 from bot.learning.evaluation import Evaluation
 from bot.learning.protocol import Done, Error, Event, Phase, Start, TrainingSpec
 from bot.settings import TrainingSettings
-from bot.trainer.examples import NO_LIKED, Example, build_examples, load_rows
+from bot.trainer.examples import NO_LIKED, Example, build_examples, end_of_turn_id, load_rows
 from bot.trainer.flops import bf16_peak, head_weights, linear_weights, utilisation
 from bot.trainer.inputs import Prepared, data_report, prepare
 from bot.trainer.kto import kto_step, kto_weights, reference_items
@@ -63,6 +64,7 @@ from bot.trainer.loop import (
 )
 from bot.trainer.pairs import pair_term, reference_pairs
 from bot.trainer.scoring import Baseline, baseline, evaluation
+from bot.trainer.visible import Ends, VisibleCheck
 
 __all__ = [
     "NO_LIKED",
@@ -114,10 +116,11 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rt = Runtime(device, pad_id, use_bf16(spec.training.dtype, device))
     before: Baseline | None = None
+    check = _visible_check(spec, data, tokenizer, model, rt)
     if data.heldout:
         emit(Phase("baseline", heldout=len(data.heldout)))
-        before = baseline(model, data.heldout, rt, spec.serving_lora)
-    losses, extra = _fit(model, data, spec, total, rt, emit)
+        before = baseline(model, data.heldout, rt, spec.serving_lora, check)
+    losses, extra = _fit(model, data, spec, total, rt, emit, check)
     metrics = {"train_loss": sum(losses) / len(losses), "final_loss": losses[-1]} | {
         "steps": float(total),
         "examples": float(len(data.train)),
@@ -130,16 +133,55 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
         metrics, data=data_report(spec, data) | trained | {"losses": [round(x, 6) for x in losses]}
     )
     if before is not None:
-        emit(Phase("evaluation", heldout=len(data.heldout)))
-        candidate = score(model, data.heldout, rt)
-        result.evaluation = evaluation(data.heldout, before, candidate, spec.training.beta)
+        result.evaluation = _evaluate(model, data, before, check, spec, rt, emit, metrics)
     metrics["duration_s"] = round(time.monotonic() - started, 3)
     save_record(partial, spec, result, data)
     return result
 
 
+def _evaluate(
+    model: Any,
+    data: Prepared,
+    before: Baseline,
+    check: VisibleCheck | None,
+    spec: TrainingSpec,
+    rt: Runtime,
+    emit: Emit,
+    metrics: dict[str, float],
+) -> Evaluation:
+    """The candidate on the held-out rows, and (``check``) what it writes to their prompts; the
+    reward model's numbers join ``metrics``."""
+    emit(Phase("evaluation", heldout=len(data.heldout)))
+    candidate = score(model, data.heldout, rt)
+    scored = evaluation(data.heldout, before, candidate, spec.training.beta)
+    if check is None:
+        return scored
+    emit(Phase("samples", heldout=len(data.heldout)))
+    serving, sampled, numbers = check.numbers(model, data.heldout, data.train)
+    metrics.update(numbers)
+    return replace(scored, serving=scored.serving | serving, candidate=scored.candidate | sampled)
+
+
+def _visible_check(
+    spec: TrainingSpec, data: Prepared, tokenizer: Any, model: Any, rt: Runtime
+) -> VisibleCheck | None:
+    """The gate's look at the candidate's replies (bot.trainer.visible), when the spec asks for
+    it and the run can make it: KTO (👍 and 👎 to learn a reward model from) and rows held out."""
+    end = end_of_turn_id(tokenizer)
+    if spec.samples is None or spec.method != "kto" or not data.heldout or end is None:
+        return None
+    stop = stop_ids(tokenizer, model.generation_config.eos_token_id) | {end}
+    return VisibleCheck(spec.samples, Ends(stop, end), rt, spec.training.seed)
+
+
 def _fit(
-    model: Any, data: Prepared, spec: TrainingSpec, total: int, rt: Runtime, emit: Emit
+    model: Any,
+    data: Prepared,
+    spec: TrainingSpec,
+    total: int,
+    rt: Runtime,
+    emit: Emit,
+    check: VisibleCheck | None = None,
 ) -> tuple[list[float], dict[str, float]]:
     """Run the chosen objective on the rows its steps use (plus the optional self-supervised
     and pairwise terms); report the steps' share of the bf16 peak."""
@@ -151,7 +193,8 @@ def _fit(
         liked = sum(1 for ex in data.train if ex.label)
         weights = kto_weights(liked, len(data.train) - liked)
         anchor = cfg.anchor_weight > 0
-        items = reference_items(model, data.train, cfg.max_length, cfg.seed, rt, emit, anchor)
+        see = check.train if check is not None else None
+        items = reference_items(model, data.train, cfg.max_length, cfg.seed, rt, emit, anchor, see)
         step = kto_step(model, rt, cfg.beta, weights, cfg.sft_weight, cfg.anchor_weight)
         numbers = {"desirable_weight": weights[0], "undesirable_weight": weights[1]}
     else:

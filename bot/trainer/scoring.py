@@ -17,6 +17,7 @@ from bot.errors import TrainingError
 from bot.learning.evaluation import Evaluation, RowScore, metrics
 from bot.trainer.examples import Example
 from bot.trainer.loop import Runtime, score
+from bot.trainer.visible import VisibleCheck
 
 SERVING = "serving"  # peft's name for the serving LoRA while it is evaluated
 Scores = list[tuple[float, int]]
@@ -30,10 +31,19 @@ class Baseline:
     serving: Scores
 
 
-def baseline(model: Any, heldout: Sequence[Example], rt: Runtime, serving: Path | None) -> Baseline:
-    """Scores of the base model and of the LoRA serving now (the base if none)."""
+def baseline(
+    model: Any,
+    heldout: Sequence[Example],
+    rt: Runtime,
+    serving: Path | None,
+    check: VisibleCheck | None = None,
+) -> Baseline:
+    """Scores of the base model and of the LoRA serving now (the base if none); ``check``
+    takes the held-out rows' features from the base pass and the serving LoRA's replies."""
     with model.disable_adapter():
-        base = score(model, heldout, rt)
+        base = score(model, heldout, rt, check.heldout if check is not None else None)
+        if serving is None and check is not None:
+            check.serving(model, heldout)
     if serving is None:
         return Baseline(base, base)
     try:
@@ -43,6 +53,8 @@ def baseline(model: Any, heldout: Sequence[Example], rt: Runtime, serving: Path 
     model.set_adapter(SERVING)
     try:
         served = score(model, heldout, rt)
+        if check is not None:
+            check.serving(model, heldout)
     finally:
         model.set_adapter("default")  # the adapter being trained, trainable again
         model.delete_adapter(SERVING)

@@ -159,3 +159,25 @@ def test_the_version_records_only_the_rows_the_trainer_says_it_used() -> None:
     assert run({}) == [1, 7, 2, 3]  # an older trainer: every curated row
     assert run({"trained_exchange_ids": [1, 2]}) == [1, 7, 2]  # merged ratings come along
     assert run({"trained_exchange_ids": [1, 2]}, method="sft") == [1, 7]  # SFT: 👍 only
+
+
+def test_the_gate_fails_a_candidate_that_does_not_visibly_write_what_users_like() -> None:
+    gate = GateSettings(min_heldout=4, min_share_gain=0.05)
+    current = {"reward_margin": 0.0, "liked_share": 0.12, "sample_nll": 1.0}
+    moved = {"reward_margin": 1.5, "liked_share": 0.40, "sample_nll": 1.05}
+    passed = decide(current, moved, 10, gate)
+    assert passed.verdict == "pass"
+    assert "its sampled replies 40% predicted 👍 vs 12% of the serving adapter's" in passed.reason
+    # The bench's "bulleted list" run: a good reward margin, fewer lists written.
+    fewer = decide(current, moved | {"liked_share": 0.04}, 10, gate)
+    assert fewer.verdict == "fail" and "users would not see it write what they like" in fewer.reason
+    assert decide(current, moved | {"liked_share": 0.15}, 10, gate).verdict == "fail"  # < 5 points
+    assert GateSettings().min_share_gain == 0.0  # by default: not lower than serving's
+    same = decide(current, moved | {"liked_share": 0.12}, 10, GateSettings(min_heldout=4))
+    assert same.verdict == "pass"
+    # The bot's own replies became much less likely: damage, whatever the taste did.
+    damaged = decide(current, moved | {"sample_nll": 1.2}, 10, gate)
+    assert damaged.verdict == "fail" and "own greedy replies have NLL 1.200" in damaged.reason
+    # Without the reward model's numbers (it could not rank the held-out ratings) the look
+    # at the replies decides nothing.
+    assert decide({"reward_margin": 0.0}, {"reward_margin": 1.5}, 10, gate).verdict == "pass"

@@ -52,6 +52,10 @@ def _assert_first_spec_and_data(
     spec = trainer.specs[0]
     assert spec.model_dir == Path("/m") and spec.lora.r == settings.lora.r
     assert spec.method == "sft" and spec.serving_lora is None
+    # The gate's look at the replies samples as users are served (bot.trainer.visible).
+    assert spec.samples is not None
+    assert (spec.samples.prompts, spec.samples.per_prompt) == (16, 3)
+    assert spec.samples.params == settings.generation.params()  # as users are served
     rows = trainer.datasets[0]
     assert {r["exchange_id"]: r["label"] for r in rows} == {liked: True, disliked: False}
     assert all(r["split"] == "train" for r in rows)

@@ -16,6 +16,7 @@ from bot.learning.protocol import (
     Event,
     MalformedEvent,
     Phase,
+    SampleSpec,
     Start,
     Step,
     TrainingSpec,
@@ -23,6 +24,7 @@ from bot.learning.protocol import (
     parse,
 )
 from bot.settings import LoraSettings, TrainingSettings
+from bot.types import GenerationParams
 
 EVALUATION = Evaluation(
     base={"liked_nll": 2.5, "reward_margin": 0.0},
@@ -138,13 +140,17 @@ def test_the_spec_reads_what_it_writes(tmp_path: Path) -> None:
         serving_version=1,
         lm_dataset=tmp_path / "unrated.jsonl",
         pairs_dataset=tmp_path / "pairs.jsonl",
+        samples=SampleSpec(5, 2, GenerationParams(max_new_tokens=9, temperature=0.0), 0.8),
     )
     path = tmp_path / "spec.json"
     path.write_text(spec.to_json())
     assert TrainingSpec.load(path) == spec
     bare = TrainingSpec(tmp_path / "m", tmp_path / "d", tmp_path / "o")
     path.write_text(bare.to_json())
-    assert TrainingSpec.load(path) == bare
+    assert TrainingSpec.load(path) == bare and bare.samples is None
+    partial = {"samples": {"prompts": 5, "params": {}}}
+    with pytest.raises(TrainingError, match=r"lacks 'samples\.per_prompt'"):
+        TrainingSpec.from_dict(json.loads(spec.to_json()) | partial)
 
 
 def test_a_spec_written_before_the_rename_still_reads(tmp_path: Path) -> None:

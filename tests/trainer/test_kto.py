@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from bot.trainer.kto import (
 from bot.trainer.lm import build_lm_examples
 from bot.trainer.loop import Runtime, forward, optimize, score, sequence_logps
 from bot.trainer.run import main, train
+from bot.types import GenerationParams
 from tests.trainer.test_run import ROWS, row, run_trainer, write_spec
 
 CPU = torch.device("cpu")
@@ -280,6 +282,19 @@ def _assert_the_candidate_left_out_heldout_and_serving(
     assert all(".serving." not in key for key in weights)  # only the candidate's own tensors
 
 
+def _assert_the_gate_saw_what_the_candidate_writes(done: Done) -> None:
+    """bot.trainer.visible: the reward model learned from the 16 training ratings ranks the 8
+    held-out ones right, so its prediction of the sampled replies' 👍 share counts."""
+    evaluation = done.evaluation
+    assert evaluation is not None
+    scored = {"preference_accuracy", "liked_nll", "reward_margin"}
+    assert set(evaluation.base) == scored
+    assert done.metrics["reward_auc"] == 1.0 and done.metrics["sampled_replies"] == 4 * 2
+    for metrics in (evaluation.serving, evaluation.candidate):
+        assert set(metrics) == scored | {"liked_share", "sample_nll"}
+        assert 0.0 <= metrics["liked_share"] <= 1.0 and metrics["sample_nll"] > 0
+
+
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 def test_kto_subprocess_evaluates_base_serving_and_candidate(
     tiny_model_dir: Path, tmp_path: Path
@@ -292,7 +307,9 @@ def test_kto_subprocess_evaluates_base_serving_and_candidate(
     rows = rated_rows(24)
     # 8 steps of 2: every one of the 16 training rows is used
     spec_path = write_spec(tmp_path, tiny_model_dir, rows, learning_rate=2e-2, max_steps=8)
-    with_spec(spec_path, method="kto", serving_lora=str(serving.output_dir))
+    params = asdict(GenerationParams(max_new_tokens=6, temperature=0.8))
+    samples = {"prompts": 4, "per_prompt": 2, "params": params, "min_auc": 0.7}
+    with_spec(spec_path, method="kto", serving_lora=str(serving.output_dir), samples=samples)
     code, events, stderr = run_trainer(spec_path)
 
     assert code == 0, stderr
@@ -301,14 +318,13 @@ def test_kto_subprocess_evaluates_base_serving_and_candidate(
     assert (start.method, start.liked, start.disliked) == ("kto", 8, 8)
     assert (start.heldout_liked, start.heldout_disliked) == (4, 4)
     phases = [e.phase for e in events if isinstance(e, Phase)]
-    assert phases == ["baseline", "reference", "training", "evaluation"]
+    assert phases == ["baseline", "reference", "training", "evaluation", "samples"]
     done = events[-1]
     assert isinstance(done, Done) and done.data["method"] == "kto"
     assert done.metrics["desirable_weight"] == done.metrics["undesirable_weight"] == 1.0
     evaluation = done.evaluation
     assert evaluation is not None and (evaluation.liked, evaluation.disliked) == (4, 4)
-    for metrics in (evaluation.base, evaluation.serving, evaluation.candidate):
-        assert set(metrics) == {"preference_accuracy", "liked_nll", "reward_margin"}
+    _assert_the_gate_saw_what_the_candidate_writes(done)
     assert evaluation.base["reward_margin"] == 0.0
     assert evaluation.serving != evaluation.base  # the serving LoRA was loaded
     # Trained on 👍 and 👎, the candidate ranks the held-out liked replies first.
