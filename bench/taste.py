@@ -46,6 +46,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--today-seeds", type=int, default=1, help="its runs are slow")
     parser.add_argument("--today-tastes", type=int, default=4, help="per seed")
     parser.add_argument("--ratings", type=int, default=200)
+    parser.add_argument(
+        "--corrections", type=float, default=0.0, help="share of 👎 replies users /better"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every run here")
     parser.add_argument(
         "--today-only", action="store_true", help="only today's code, on the --data already there"
@@ -59,7 +62,15 @@ def _args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def one(code: Path | None, taste: str, seed: int, ratings: int, data: Path, reuse: bool) -> Any:
+def one(
+    code: Path | None,
+    taste: str,
+    seed: int,
+    ratings: int,
+    data: Path,
+    reuse: bool,
+    corrections: float = 0.0,
+) -> Any:
     """One run in a child process: this branch's code, or the checkout ``code``."""
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     env = dict(os.environ)
@@ -67,6 +78,7 @@ def one(code: Path | None, taste: str, seed: int, ratings: int, data: Path, reus
         env["SELFTUNE_BENCH_CODE"] = str(code)
     command = [sys.executable, str(HERE / "bench" / "taste_run.py"), "--taste", taste]
     command += ["--seed", str(seed), "--ratings", str(ratings), "--json", str(out)]
+    command += ["--corrections", str(corrections)]
     if reuse and code is not None:
         data = known_by(data, code)  # today's code cannot open a newer schema
     command += ["--reuse" if reuse else "--save-data", str(data)]
@@ -121,11 +133,32 @@ def row(code: str, r: dict[str, Any]) -> str:
     mfu = r["metrics"].get("mfu")
     return (
         f"{code:6} {r['taste']:10} {r['seed']:>4}  {100 * r['before']:5.1f}% → "
-        f"{100 * r['after']:5.1f}%  👍{r['votes']['up']:>3}/👎{r['votes']['down']:>3}  "
+        f"{100 * r['after']:5.1f}%  👍{r['votes']['up']:>3}/👎{r['votes']['down']:>3}"
+        f"{f' ✍{fixes}' if (fixes := r['votes'].get('corrections')) else ''}  "
         f"{gate.get('verdict', '-'):9} {metric} {'-' if value is None else f'{value:.3f}'}  "
+        f"{visible(r['metrics'])}  "
         f"NLL {100 * rise:+5.1f}%  {r['seconds'].get('fine-tune to live', 0):6.0f} s  "
         f"MFU {'-' if mfu is None else f'{100 * mfu:.1f}%'}"
     )
+
+
+def visible(metrics: dict[str, float]) -> str:
+    """The gate's look at what the candidate writes (bot.trainer.visible): the reward model's
+    AUC on the held-out ratings, its predicted 👍 share of the held-out replies → of the
+    candidate's sampled replies, and the NLL rise of the serving adapter's own greedy replies."""
+    parts = []
+    if "reward_auc" in metrics:
+        parts.append(f"RM AUC {metrics['reward_auc']:.2f}")
+    if "liked_share" in metrics and "serving.liked_share" in metrics:
+        parts.append(
+            f"pred. 👍 {100 * metrics['serving.liked_share']:.0f}→"
+            f"{100 * metrics['liked_share']:.0f}%"
+        )
+    if "sample_nll" in metrics and "serving.sample_nll" in metrics:
+        parts.append(
+            f"own NLL {100 * (metrics['sample_nll'] / metrics['serving.sample_nll'] - 1):+.1f}%"
+        )
+    return " ".join(parts) or "(no look at the replies)"
 
 
 def summary(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -139,7 +172,25 @@ def summary(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
             f"{code:6} {taste:10} after {statistics.mean(after):5.1f} ± {spread:4.1f} % "
             f"(n={len(after)})"
         )
+    for code in sorted({code for code, _ in runs}):
+        judged = [r for c, r in runs if c == code and "error" not in r and r.get("gate")]
+        agree = sum(truth(r) == r["gate"].get("verdict") for r in judged)
+        lines.append(
+            f"{code:6} the gate agrees with the measured change in {agree} of {len(judged)} "
+            f"runs (pass = share up ≥ {MOVED:.0%} points, neutral NLL up < {DAMAGE:.0%})"
+        )
     return lines
+
+
+MOVED = 0.05  # a taste share that rose less did not visibly move
+DAMAGE = 0.10  # the issue's bound on the neutral prompts' NLL rise
+
+
+def truth(r: dict[str, Any]) -> str:
+    """The verdict the measured numbers call for: pass when the taste moved and nothing broke."""
+    nll = r.get("nll") or {}
+    rise = nll["neutral_after"] / nll["neutral_base"] - 1 if nll else 0.0
+    return "pass" if r["after"] - r["before"] >= MOVED and rise < DAMAGE else "fail"
 
 
 def main() -> None:
@@ -161,7 +212,8 @@ def main() -> None:
             if args.today_only and reuse:
                 saved.append((taste, data))
                 continue
-            record("ours", one(None, taste, seed, args.ratings, data, reuse=reuse))
+            ran = one(None, taste, seed, args.ratings, data, reuse, args.corrections)
+            record("ours", ran)
             if "error" not in runs[-1][1]:
                 saved.append((taste, data))
         # Today's code after this seed's runs of ours (it is slow), on the same ratings.

@@ -49,10 +49,52 @@ class Taste:
     kind: str  # what sort of property: length, ending, format, voice, tone
     describe: str
     likes: Callable[[str], bool]
+    # The reply such a user would write instead with /better, from the bot's (None: none).
+    rewrite: Callable[[str], str | None] = lambda _text: None
+
+    def correction(self, text: str) -> str | None:
+        """The /better a user with this taste writes for ``text``, if they can and it fits."""
+        wanted = self.rewrite(text)
+        return wanted if wanted and self.likes(wanted) else None
 
 
 _FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|i'll|me|my|mine|myself)\b", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_FOLLOW_UPS = ("What do you think?", "Would you like to know more?",
+               "Have you tried it yourself?", "What made you curious about it?")  # fmt: skip
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of ``text``, without a last one cut off (a reply that hit its limit)."""
+    parts = [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
+    if len(parts) > 1 and not parts[-1].endswith((".", "!", "?")):
+        parts.pop()
+    return parts
+
+
+def _shorter(text: str, max_words: int) -> str | None:
+    kept: list[str] = []
+    for sentence in sentences(text):
+        if words(" ".join([*kept, sentence])) > max_words:
+            break
+        kept.append(sentence)
+    return " ".join(kept) or None
+
+
+def _asks(text: str) -> str:
+    return f"{' '.join(sentences(text))} {_FOLLOW_UPS[len(text) % len(_FOLLOW_UPS)]}"
+
+
+def _listed(text: str) -> str | None:
+    parts = sentences(text)
+    return "\n".join(f"- {part}" for part in parts) if len(parts) >= 2 else None
+
+
+def _impersonal(text: str) -> str | None:
+    return " ".join(s for s in sentences(text) if not _FIRST_PERSON.search(s)) or None
 
 
 def _tastes(max_words: int) -> dict[str, Taste]:
@@ -60,16 +102,16 @@ def _tastes(max_words: int) -> dict[str, Taste]:
         t.name: t
         for t in (
             Taste("short", "length", f"replies of at most {max_words} words",
-                  lambda text: words(text) <= max_words),
+                  lambda text: words(text) <= max_words, lambda t: _shorter(t, max_words)),
             Taste("long", "length", "replies of at least 70 words", lambda t: words(t) >= 70),
             Taste("question", "ending", "replies that end with a question",
-                  lambda t: t.rstrip().endswith("?")),
+                  lambda t: t.rstrip().endswith("?"), _asks),
             Taste("bullets", "format", "replies with a bulleted or numbered list",
-                  lambda t: len(_BULLET.findall(t)) >= 2),
+                  lambda t: len(_BULLET.findall(t)) >= 2, _listed),
             Taste("impersonal", "voice", "replies that avoid the first person (I, me, my)",
-                  lambda t: _FIRST_PERSON.search(t) is None),
+                  lambda t: _FIRST_PERSON.search(t) is None, _impersonal),
             Taste("exclaim", "tone", "enthusiastic replies (an exclamation mark)",
-                  lambda t: "!" in t),
+                  lambda t: "!" in t, lambda t: " ".join(sentences(t)).rstrip(".") + "!"),
         )
     }  # fmt: skip
 

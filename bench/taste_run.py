@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -56,6 +57,12 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=4, help="replies per held-out prompt")
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument(
+        "--corrections",
+        type=float,
+        default=0.0,
+        help="share of 👎 replies a user also answers with /better: the reply they wanted",
+    )
     parser.add_argument("--save-data", type=Path, default=None)
     parser.add_argument("--reuse", type=Path, default=None)
     parser.add_argument("--collect-only", action="store_true", help="stop after --save-data")
@@ -111,12 +118,22 @@ async def measure(core: Core, questions: list[str], samples: int, judge: Taste) 
     }
 
 
-async def simulate(core: Core, questions: list[str], users: int, judge: Taste) -> dict[str, int]:
-    """Users chat in their own private chats (a new conversation per question) and rate."""
-    votes = {"up": 0, "down": 0}
+async def simulate(
+    core: Core,
+    questions: list[str],
+    users: int,
+    judge: Taste,
+    corrections: float = 0.0,
+    seed: int = 0,
+) -> dict[str, int]:
+    """Users chat in their own private chats (a new conversation per question) and rate; a
+    ``corrections`` share of the 👎 replies they also answer with /better (the taste's rewrite
+    of the reply, stored as the /better command stores it)."""
+    votes = {"up": 0, "down": 0, "corrections": 0}
 
     async def user(index: int) -> None:
         who = Incoming("bench", f"chat{index}", f"user{index}", f"User {index}", "")
+        chance = random.Random(f"{seed}-{index}")
         for question in questions[index::users]:
             await core.repo.new_conversation(who.chat_key)
             items = [i async for i in core.service.respond(replace(who, text=question))]
@@ -126,6 +143,10 @@ async def simulate(core: Core, questions: list[str], users: int, judge: Taste) -
             vote = Vote.UP if judge.likes(reply.text) else Vote.DOWN
             await core.service.rate(reply.exchange_id, who.user_key, vote)
             votes["up" if vote is Vote.UP else "down"] += 1
+            wanted = judge.correction(reply.text) if vote is Vote.DOWN else None
+            if wanted is not None and chance.random() < corrections:
+                await core.repo.signals.correct(reply.exchange_id, who.user_key, wanted)
+                votes["corrections"] += 1
 
     await asyncio.gather(*(user(i) for i in range(users)))
     return votes
@@ -179,7 +200,7 @@ async def rated(core: Core, args: argparse.Namespace, judge: Taste) -> tuple[Any
         return saved["before"], saved["votes"]
     before = await before_phase(core, args, judge)
     questions = prompts(TRAIN_TOPICS, args.ratings, args.seed)
-    votes = await simulate(core, questions, args.users, judge)
+    votes = await simulate(core, questions, args.users, judge, args.corrections, args.seed)
     if args.save_data is not None:
         shutil.copytree(core.settings.data_dir, args.save_data, dirs_exist_ok=True)
         (args.save_data / "before.json").write_text(json.dumps({"before": before, "votes": votes}))
