@@ -161,14 +161,16 @@ def generate(
     width = max(len(p) for p in batch)
     ids = torch.tensor([[rt.pad_id] * (width - len(p)) + p for p in batch], device=rt.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=rt.device)
-    torch.manual_seed(seed)
     was_training = model.training  # type: ignore[attr-defined]
     model.eval()  # type: ignore[attr-defined]
     try:
+        # A random stream of its own: training draws the same dropout with the check or without.
         with (
+            torch.random.fork_rng(devices=[]),
             torch.no_grad(),
             torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16),
         ):
+            torch.manual_seed(seed)
             out = model.generate(  # type: ignore[attr-defined]
                 input_ids=ids,
                 attention_mask=mask,

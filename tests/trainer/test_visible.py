@@ -80,7 +80,9 @@ def test_sampled_replies_are_examples_that_end_their_turn(tokenizer: Any, model:
     ]
     spec = SampleSpec(2, 3, GenerationParams(max_new_tokens=5, temperature=1.0))
     ends = _ends(tokenizer, model)
+    drawn = torch.random.get_rng_state()
     sampled = generate(model, prompts, spec, ends, rt, greedy=False, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), drawn)  # training draws what it would have
     assert [ex.input_ids[: ex.prompt_len] for ex in sampled] == [prompts[0]] * 3 + [prompts[1]] * 3
     for example in sampled:
         reply = example.reply_ids
