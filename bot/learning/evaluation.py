@@ -209,8 +209,8 @@ def decide(
     comparison = f"{metric.label} {new:.3f} vs {now:.3f} serving now, on {heldout} held-out ratings"
     if "liked_share" in current and "liked_share" in candidate:
         comparison += (
-            f"; its sampled replies {candidate['liked_share']:.0%} predicted 👍 vs "
-            f"{current['liked_share']:.0%} of the serving adapter's"
+            f"; its sampled replies {candidate['liked_share']:.1%} predicted 👍 vs "
+            f"{current['liked_share']:.1%} of the serving adapter's"
         )
     problem = _problem(metric, current, candidate, base or {}, gate)
     if problem:
@@ -260,8 +260,8 @@ def _visible_problem(
     ):
         return (
             f"users would not see it write what they like: the reward model learned from "
-            f"the ratings predicts {share_new:.0%} of its sampled replies liked vs "
-            f"{share_now:.0%} of the serving adapter's, not gate.min_share_gain = "
+            f"the ratings predicts {share_new:.1%} of its sampled replies liked vs "
+            f"{share_now:.1%} of the serving adapter's, not gate.min_share_gain = "
             f"{gate.min_share_gain:.0%} more"
         )
     said_now, said_new = current.get("sample_nll"), candidate.get("sample_nll")

@@ -189,14 +189,17 @@ class GateSettings(Section):
         ge=0.0,
         le=1.0,
         description="How much higher the reward model's predicted 👍 share of the candidate's "
-        "sampled replies must be than of the serving adapter's (0.05 = 5 points; 0 = not lower).",
+        "sampled replies must be than of the serving adapter's (0.05 = 5 points; 0 = not lower: "
+        "a candidate that writes as before then fails about half the time, by chance — it has "
+        "not shown a visible change).",
     )
     min_reward_auc: float = Field(
         0.7,
         ge=0.5,
         le=1.0,
         description="How well the reward model must rank the held-out ratings (AUC) for its "
-        "prediction to count; below, the look at the replies decides nothing.",
+        "prediction to count; below, or without 👍 and 👎 to learn from, only the serving "
+        "adapter's greedy replies' NLL is checked.",
     )
     when_undecided: Literal["activate", "keep"] = Field(
         "keep",

@@ -28,6 +28,7 @@ The gate (bot.learning.evaluation.decide) reads the numbers as ``liked_share`` a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -164,9 +165,10 @@ def generate(
     was_training = model.training  # type: ignore[attr-defined]
     model.eval()  # type: ignore[attr-defined]
     try:
-        # A random stream of its own: training draws the same dropout with the check or without.
+        # A random stream of its own (the CPU's and the model's device's): training draws the
+        # same dropout with the check or without.
         with (
-            torch.random.fork_rng(devices=[]),
+            _own_random(rt.device),
             torch.no_grad(),
             torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16),
         ):
@@ -196,6 +198,15 @@ def generate(
         labels = [IGNORE] * len(prompt) + reply
         examples.append(Example(prompt + reply, labels, prompt_len=len(prompt)))
     return examples
+
+
+def _own_random(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Restore the CPU's random state on exit, and that of ``device`` when it is an accelerator
+    (``torch.manual_seed`` reseeds every device)."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    index = device.index if device.index is not None else 0
+    return torch.random.fork_rng(devices=[index], device_type=device.type)
 
 
 def nll_per_token(scores: Sequence[tuple[float, int]]) -> float | None:

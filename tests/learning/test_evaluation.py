@@ -167,7 +167,8 @@ def test_the_gate_fails_a_candidate_that_does_not_visibly_write_what_users_like(
     moved = {"reward_margin": 1.5, "liked_share": 0.40, "sample_nll": 1.05}
     passed = decide(current, moved, 10, gate)
     assert passed.verdict == "pass"
-    assert "its sampled replies 40% predicted 👍 vs 12% of the serving adapter's" in passed.reason
+    said = "its sampled replies 40.0% predicted 👍 vs 12.0% of the serving adapter's"
+    assert said in passed.reason
     # The bench's "bulleted list" run: a good reward margin, fewer lists written.
     fewer = decide(current, moved | {"liked_share": 0.04}, 10, gate)
     assert fewer.verdict == "fail" and "users would not see it write what they like" in fewer.reason
@@ -178,6 +179,9 @@ def test_the_gate_fails_a_candidate_that_does_not_visibly_write_what_users_like(
     # The bot's own replies became much less likely: damage, whatever the taste did.
     damaged = decide(current, moved | {"sample_nll": 1.2}, 10, gate)
     assert damaged.verdict == "fail" and "own greedy replies have NLL 1.200" in damaged.reason
-    # Without the reward model's numbers (it could not rank the held-out ratings) the look
-    # at the replies decides nothing.
+    # Without a reward model (no 👍 to learn from, or it could not rank the held-out ratings)
+    # the trainer sends only the own replies' NLL: it alone decides, then.
+    alone = {"reward_margin": 0.0, "sample_nll": 1.0}
+    assert decide(alone, {"reward_margin": 2.6, "sample_nll": 1.05}, 10, gate).verdict == "pass"
+    assert decide(alone, {"reward_margin": 2.6, "sample_nll": 1.19}, 10, gate).verdict == "fail"
     assert decide({"reward_margin": 0.0}, {"reward_margin": 1.5}, 10, gate).verdict == "pass"

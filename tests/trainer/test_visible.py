@@ -16,9 +16,11 @@ from bot.learning.protocol import SampleSpec
 from bot.settings import LoraSettings
 from bot.trainer.examples import IGNORE, Example, end_of_turn_id
 from bot.trainer.loop import Runtime, forward
+from bot.trainer.scoring import baseline
 from bot.trainer.visible import (
     Ends,
     RewardModel,
+    VisibleCheck,
     auc,
     base_features,
     generate,
@@ -101,3 +103,29 @@ def test_sampled_replies_are_examples_that_end_their_turn(tokenizer: Any, model:
     assert len(features) == 6 and features[0].shape == (3 * model.config.hidden_size,)
     passed = forward(model, sampled[:2], rt)
     assert reply_features(passed).shape == (2, 3 * model.config.hidden_size)
+
+
+def test_the_look_before_training_leaves_the_fresh_adapter_on_and_trainable(
+    tokenizer: Any, model: Any
+) -> None:
+    """A young bot's first run (no serving LoRA): the base answers inside the baseline's own
+    ``disable_adapter``, whose nested uses (the reward model's features) must not switch the
+    adapter being trained on early or leave it off or frozen afterwards."""
+    rt = Runtime(torch.device("cpu"), tokenizer.pad_token_id or 0, bf16=False)
+    prompts = [
+        chat_ids(tokenizer, [{"role": "user", "content": t}], add_generation_prompt=True)
+        for t in ("Tell me about the sea.", "Hi", "Where is the boat?", "Sing.")
+    ]
+    heldout = [
+        Example([*ids, 9, 10], [IGNORE] * len(ids) + [9, 10], label=i % 2 == 0, prompt_len=len(ids))
+        for i, ids in enumerate(prompts)
+    ]
+    spec = SampleSpec(2, 2, GenerationParams(max_new_tokens=4, temperature=1.0))
+    check = VisibleCheck(spec, _ends(tokenizer, model), rt, seed=0)
+    model.train()
+    before = baseline(model, heldout, rt, None, check)
+    assert len(before.base) == 4 and len(check.heldout.features()) == 4
+    assert model.get_model_status().enabled is True
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and ".default." in n for n in trainable)
+    assert model.training  # back in training mode for the steps
