@@ -11,7 +11,7 @@ of lists fell from 18.8 % to 8.3 %). So the trainer also:
   final hidden states of each reply (their mean, and the states at the reply's last two tokens),
   the linear probe of the reward-modelling literature on a frozen model, which costs no extra pass
   (the states come from the base pass the trainer makes anyway). On bench/taste.py's ratings it
-  ranks held-out ratings with AUC 0.80–0.98 (bench/taste_reward.py);
+  ranks held-out ratings with AUC 0.80–1.00 (``reward_auc``, printed per run by bench/taste.py);
 - checks it on the held-out ratings (its AUC); a reward model that cannot rank them says nothing,
   and its numbers are left out;
 - samples replies to the held-out prompts from the serving adapter before training and from
