@@ -16,7 +16,11 @@ class LoraSettings(Section):
 
     r: int = Field(16, ge=1, le=256, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA scaling (alpha / r multiplies the update).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout while training.")
+    # Off by default: on the reference CPU its random masks (one per LoRA layer and pass) took
+    # 28 % of a training step (3.47 -> 2.49 s, SmolLM2-135M, batch 8, bf16 autocast).
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="LoRA dropout while training (0 = off: faster)."
+    )
     # Every linear layer of a Llama-style block (issue 10): a taste shows in what is said (the
     # MLPs) as much as in what is attended to. A deployment that changes this shape can no
     # longer hot-swap the adapters trained before.
