@@ -37,7 +37,7 @@ class RefTopK:
 
 def top_k(out: Forward) -> list[RefTopK]:
     """Each row's reference top-K at its labelled positions (call under no_grad, base model)."""
-    values, ids = out.logits.log_softmax(-1).topk(min(TOP_K, out.logits.shape[-1]), dim=-1)
+    values, ids = out.logp.topk(min(TOP_K, out.logp.shape[-1]), dim=-1)
     counts = out.labelled.sum(-1).tolist()
     return [
         RefTopK(i.cpu(), v.cpu())
@@ -47,8 +47,8 @@ def top_k(out: Forward) -> list[RefTopK]:
 
 def anchor_kl(out: Forward, refs: Sequence[RefTopK]) -> torch.Tensor:
     """Summed KL(base top-K ‖ π) over every labelled token of the group's rows."""
-    device = out.logits.device
+    device = out.logp.device
     ids = torch.cat([ref.ids for ref in refs]).to(device)
     ref_logp = torch.cat([ref.logp for ref in refs]).to(device)
-    logp = out.logits.log_softmax(-1).gather(-1, ids)
+    logp = out.logp.gather(-1, ids)
     return (ref_logp.exp() * (ref_logp - logp)).sum()
