@@ -145,7 +145,8 @@ def row(code: str, r: dict[str, Any]) -> str:
 def visible(metrics: dict[str, float]) -> str:
     """The gate's look at what the candidate writes (bot.trainer.visible): the reward model's
     AUC on the held-out ratings, its predicted 👍 share of the held-out replies → of the
-    candidate's sampled replies, and the NLL rise of the serving adapter's own greedy replies."""
+    candidate's sampled replies, and the NLL rise of the base's greedy replies to the gate's
+    general prompts (gate.general_prompts, not the bench's neutral ones)."""
     parts = []
     if "reward_auc" in metrics:
         parts.append(f"RM AUC {metrics['reward_auc']:.2f}")
@@ -154,10 +155,9 @@ def visible(metrics: dict[str, float]) -> str:
             f"pred. 👍 {100 * metrics['serving.liked_share']:.0f}→"
             f"{100 * metrics['liked_share']:.0f}%"
         )
-    if "sample_nll" in metrics and "serving.sample_nll" in metrics:
-        parts.append(
-            f"own NLL {100 * (metrics['sample_nll'] / metrics['serving.sample_nll'] - 1):+.1f}%"
-        )
+    if "general_nll" in metrics and "base.general_nll" in metrics:
+        rise = metrics["general_nll"] / metrics["base.general_nll"] - 1
+        parts.append(f"general NLL {100 * rise:+.1f}%")
     return " ".join(parts) or "(no look at the replies)"
 
 

@@ -1,4 +1,4 @@
-"""Seconds per KTO step: selftune's loop (bot/training_kto.py) vs TRL's KTOTrainer, on the real
+"""Seconds per KTO step: selftune's loop (bot/trainer/kto.py) vs TRL's KTOTrainer, on the real
 default model, the same rows, batch size, length cap and precision; both precompute the
 reference log-probabilities (the base model) first. tests/trainer/test_kto.py checks the two compute
 the same loss. Then what each keeps of rows whose stored context is longer than max_length
@@ -33,6 +33,7 @@ from bot.trainer.examples import build_examples
 from bot.trainer.flops import bf16_peak, head_weights, linear_weights, utilisation
 from bot.trainer.kto import kto_step, kto_weights, reference_items
 from bot.trainer.loop import Runtime, optimize
+from bot.trainer.run import frozen_in_bf16
 
 LONG = (
     "Here is a careful answer. First consider the context and what you want to achieve; then "
@@ -62,6 +63,8 @@ def ours(model_dir: Path, data: list[dict[str, Any]], args: argparse.Namespace) 
     model = wrap_lora(
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), LoraSettings()
     )
+    if args.bf16:
+        frozen_in_bf16(model)  # as the product's trainer does (bot.trainer.run.load_trainable)
     model.train()
     rt = Runtime(torch.device("cpu"), tokenizer.pad_token_id, args.bf16)
     started = time.perf_counter()

@@ -10,7 +10,7 @@ _TRAINER_TIME = "duration_s"  # the trainer's own time, shown with the run's (``
 _NAMES = {  # other numbers than the gate's, as shown; rest as recorded
     "train_loss": "train loss",
     "liked_share": "predicted 👍 share of its replies",
-    "sample_nll": "NLL of the serving adapter's replies",
+    "general_nll": "NLL of the base's replies to general prompts",
     "reward_auc": "reward model AUC",
 }
 _GATE_METRICS = tuple(m.name for m in GATE_METRICS)  # the default first

@@ -242,16 +242,19 @@ def _problem(
             f"liked NLL {nll_new:.3f} vs {nll_now:.3f} serving now: up more than "
             f"gate.max_nll_rise = {gate.max_nll_rise:.0%}"
         )
-    return _visible_problem(current, candidate, gate)
+    return _visible_problem(current, candidate, base, gate)
 
 
 def _visible_problem(
-    current: Mapping[str, float], candidate: Mapping[str, float], gate: GateSettings
+    current: Mapping[str, float],
+    candidate: Mapping[str, float],
+    base: Mapping[str, float],
+    gate: GateSettings,
 ) -> str | None:
     """Why what the candidate writes fails (bot.trainer.visible), or None: the reward model
     learned from the ratings does not predict its sampled replies liked more often than the
-    serving adapter's replies to the same prompts, or its own greedy replies became much less
-    likely."""
+    serving adapter's replies to the same prompts, or the base model's greedy replies to
+    general prompts became much less likely (damage)."""
     share_now, share_new = current.get("liked_share"), candidate.get("liked_share")
     if (
         share_now is not None
@@ -264,14 +267,15 @@ def _visible_problem(
             f"{share_now:.1%} of the serving adapter's, not gate.min_share_gain = "
             f"{gate.min_share_gain:.0%} more"
         )
-    said_now, said_new = current.get("sample_nll"), candidate.get("sample_nll")
+    said_base, said_new = base.get("general_nll"), candidate.get("general_nll")
     if (
-        said_now is not None
+        said_base is not None
         and said_new is not None
-        and said_new > said_now * (1 + gate.max_nll_rise)
+        and said_new > said_base * (1 + gate.max_nll_rise)
     ):
         return (
-            f"the serving adapter's own greedy replies have NLL {said_new:.3f} under it vs "
-            f"{said_now:.3f}: up more than gate.max_nll_rise = {gate.max_nll_rise:.0%}"
+            f"the base model's greedy replies to gate.general_prompts have NLL {said_new:.3f} "
+            f"under it vs {said_base:.3f} under the base: up more than gate.max_nll_rise = "
+            f"{gate.max_nll_rise:.0%} (damage to what the bot says in general)"
         )
     return None

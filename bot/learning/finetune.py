@@ -408,7 +408,12 @@ class Finetuner:
         if not gate.enabled or gate.sample_prompts == 0:
             return None
         params = self._settings.generation.params()
-        return SampleSpec(gate.sample_prompts, gate.samples_per_prompt, params, gate.min_reward_auc)
+        system = self._settings.chat.system_prompt
+        head = [{"role": "system", "content": system}] if system else []
+        general = [[*head, {"role": "user", "content": text}] for text in gate.general_prompts]
+        return SampleSpec(
+            gate.sample_prompts, gate.samples_per_prompt, params, gate.min_reward_auc, general
+        )
 
     async def _end(self, run_id: int, status: RunStatus, message: str, output: Path) -> None:
         partial = output.with_name(output.name + ".partial")

@@ -43,6 +43,9 @@ class SampleSpec:
     per_prompt: int = 3
     params: GenerationParams = field(default_factory=GenerationParams)  # as users are served
     min_auc: float = 0.7
+    # chat messages (system, user) no taste is about: the base's greedy replies to them must
+    # not become much less likely under the candidate (the gate's damage check)
+    general: list[list[dict[str, str]]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SampleSpec:
@@ -66,7 +69,15 @@ class SampleSpec:
                 repetition_penalty=float(params["repetition_penalty"]),
             ),
             min_auc=float(data["min_auc"]),
+            general=[_messages(m) for m in data.get("general", [])],
         )
+
+
+def _messages(raw: Any) -> list[dict[str, str]]:
+    """A prompt's chat messages as read from JSON: role and content strings."""
+    if not isinstance(raw, list):
+        raise ValueError(f"samples.general: a prompt must be a list of messages, not {raw!r}")
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in raw]
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,26 @@ class TrainingSettings(Section):
 GateMetricName = Literal["preference_accuracy", "liked_nll", "reward_margin"]
 
 
+# Everyday requests no user's taste is about. The damage check runs on these, not on the users'
+# own prompts: there the replies the bot writes now are what the ratings ask to change (a "short
+# replies" taste made the serving adapter's long greedy replies 11-13 % less likely while the
+# base's replies to neutral prompts rose 7 %, bench/taste.py). Not the bench's neutral prompts.
+GENERAL_PROMPTS = (
+    "What is the boiling point of water?",
+    "Can you recommend a book for a long train ride?",
+    "How do plants make their food?",
+    "What is a healthy breakfast?",
+    "Explain what a computer does.",
+    "How many days are in a leap year?",
+    "What should I pack for a weekend trip?",
+    "Tell me something interesting about the ocean.",
+    "How can I get better at remembering names?",
+    "What is the difference between weather and climate?",
+    "Thanks for your help!",
+    "Write one sentence about autumn.",
+)
+
+
 class GateSettings(Section):
     """A new adapter goes live only if the held-out ratings say it is not worse."""
 
@@ -184,8 +204,13 @@ class GateSettings(Section):
         description="Held-out prompts the serving adapter (before training) and the candidate "
         "answer, sampled as users are served (generation.temperature, top_p, max_new_tokens): "
         "a reward model learned from the run's ratings predicts the 👍 share of each one's "
-        "replies, and the candidate's must be min_share_gain above; the serving adapter's "
-        "greedy replies to them must not become max_nll_rise less likely. 0 = off.",
+        "replies, and the candidate's must be min_share_gain above. 0 = off.",
+    )
+    general_prompts: list[str] = Field(
+        default_factory=lambda: list(GENERAL_PROMPTS),
+        description="Prompts no taste is about, asked with chat.system_prompt: the base "
+        "model's greedy replies to them must not become more than max_nll_rise less likely "
+        "under the candidate (damage to what the bot says in general). [] = not checked.",
     )
     samples_per_prompt: int = Field(3, ge=1, description="Sampled replies per such prompt.")
     min_share_gain: float = Field(
@@ -202,8 +227,8 @@ class GateSettings(Section):
         ge=0.5,
         le=1.0,
         description="How well the reward model must rank the held-out ratings (AUC) for its "
-        "prediction to count; below, or without 👍 and 👎 to learn from, only the serving "
-        "adapter's greedy replies' NLL is checked.",
+        "prediction to count; below, or without 👍 and 👎 to learn from, only the damage "
+        "on general_prompts is checked.",
     )
     when_undecided: Literal["activate", "keep"] = Field(
         "keep",

@@ -43,7 +43,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bot.engine.lora import wrap_lora
 from bot.engine.runtime import pick_device
 from bot.errors import TrainingError
-from bot.generation.template import stop_ids
+from bot.generation.template import chat_ids, stop_ids
 from bot.learning.evaluation import Evaluation
 from bot.learning.protocol import Done, Error, Event, Phase, Start, TrainingSpec
 from bot.settings import TrainingSettings
@@ -73,6 +73,7 @@ __all__ = [
     "TrainingError",
     "TrainingSpec",
     "build_examples",
+    "frozen_in_bf16",
     "load_rows",
     "load_trainable",
     "main",
@@ -158,9 +159,14 @@ def _evaluate(
     if check is None:
         return scored
     emit(Phase("samples", heldout=len(data.heldout)))
-    serving, sampled, numbers = check.numbers(model, data.heldout, data.train)
-    metrics.update(numbers)
-    return replace(scored, serving=scored.serving | serving, candidate=scored.candidate | sampled)
+    found = check.numbers(model, data.heldout, data.train)
+    metrics.update(found.info)
+    return replace(
+        scored,
+        base=scored.base | found.base,
+        serving=scored.serving | found.serving,
+        candidate=scored.candidate | found.candidate,
+    )
 
 
 def _visible_check(
@@ -172,7 +178,8 @@ def _visible_check(
     if spec.samples is None or spec.method != "kto" or not data.heldout or end is None:
         return None
     stop = stop_ids(tokenizer, model.generation_config.eos_token_id) | {end}
-    return VisibleCheck(spec.samples, Ends(stop, end), rt, spec.training.seed)
+    general = [chat_ids(tokenizer, m, add_generation_prompt=True) for m in spec.samples.general]
+    return VisibleCheck(spec.samples, Ends(stop, end), rt, spec.training.seed, general)
 
 
 def _fit(
@@ -243,14 +250,21 @@ def load_trainable(spec: TrainingSpec, device: torch.device, bf16: bool = False)
     base = _load(AutoModelForCausalLM, spec.model_dir, dtype=torch.float32)
     model = wrap_lora(base.to(device), spec.lora)
     if bf16:
-        embeddings = model.get_input_embeddings().weight
-        for module in model.modules():
-            if not isinstance(module, torch.nn.Linear) or module.weight is embeddings:
-                continue
-            if not module.weight.requires_grad:
-                module.weight.data = module.weight.data.to(torch.bfloat16)
+        frozen_in_bf16(model)
     model.train()
     return model
+
+
+def frozen_in_bf16(model: Any) -> None:
+    """Store the frozen linear weights of a LoRA-wrapped ``model`` in bfloat16 (for bf16
+    autocast: the same values it would round them to on every pass), but not a head tied to
+    the input embeddings."""
+    embeddings = model.get_input_embeddings().weight
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear) or module.weight is embeddings:
+            continue
+        if not module.weight.requires_grad:
+            module.weight.data = module.weight.data.to(torch.bfloat16)
 
 
 def _prepare_output(output_dir: Path) -> Path:

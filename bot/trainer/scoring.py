@@ -39,11 +39,14 @@ def baseline(
     check: VisibleCheck | None = None,
 ) -> Baseline:
     """Scores of the base model and of the LoRA serving now (the base if none); ``check``
-    takes the held-out rows' features from the base pass and the serving LoRA's replies."""
+    takes the held-out rows' features from the base pass, the base's replies to its general
+    prompts and the serving LoRA's sampled replies."""
     with model.disable_adapter():
         base = score(model, heldout, rt, check.heldout if check is not None else None)
-        if serving is None and check is not None:
-            check.serving(model, heldout)
+        if check is not None:
+            check.base(model)
+            if serving is None:
+                check.serving(model, heldout)
     if serving is None:
         return Baseline(base, base)
     try:

@@ -19,11 +19,15 @@ of lists fell from 18.8 % to 8.3 %). So the trainer also:
   share of each: the stored replies would not do as the other side, as they were written under
   other settings (their predicted share sits at another level; measured on bench/taste.py's
   "bulleted list" ratings);
-- keeps the serving adapter's greedy replies to the same prompts and scores them under the
-  candidate: their NLL rise is the damage to what the bot said before (the bench's check).
+- keeps the base model's greedy replies to general prompts no taste is about
+  (``gate.general_prompts``) and scores them under the candidate: their NLL rise is the damage
+  to what the bot says in general (the bench's check, on prompts of its own). Not on the users'
+  prompts: there the replies the bot writes now are what the ratings ask to change (a "short
+  replies" candidate made the serving adapter's own long replies 11-13 % less likely, and the
+  check failed it, while the base's replies to neutral prompts rose 7 %).
 
-The gate (bot.learning.evaluation.decide) reads the numbers as ``liked_share`` and
-``sample_nll`` in the serving and candidate metrics.
+The gate (bot.learning.evaluation.decide) reads the numbers as ``liked_share`` (serving and
+candidate metrics) and ``general_nll`` (base and candidate metrics).
 """
 
 from __future__ import annotations
@@ -215,25 +219,50 @@ def nll_per_token(scores: Sequence[tuple[float, int]]) -> float | None:
     return -sum(logp for logp, _ in scores) / tokens if tokens else None
 
 
+@dataclass(frozen=True)
+class Numbers:
+    """The check's numbers, for the base's, the serving adapter's and the candidate's metrics,
+    and about the reward model."""
+
+    base: dict[str, float]
+    serving: dict[str, float]
+    candidate: dict[str, float]
+    info: dict[str, float]
+
+
 class VisibleCheck:
     """The check's state through a run: features of the rated rows as the base passes see them,
-    the serving adapter's greedy replies, then the candidate's samples and the numbers."""
+    the base's greedy replies to general prompts, then the candidate's samples and the
+    numbers. ``general``: those prompts' token ids (chat template applied)."""
 
-    def __init__(self, spec: SampleSpec, ends: Ends, rt: Runtime, seed: int) -> None:
+    def __init__(
+        self,
+        spec: SampleSpec,
+        ends: Ends,
+        rt: Runtime,
+        seed: int,
+        general: Sequence[list[int]] = (),
+    ) -> None:
         self.spec, self.ends, self.rt, self.seed = spec, ends, rt, seed
+        self.general = list(general)
         self.train = FeatureSink()  # the training rows under the base (KTO's reference pass)
         self.heldout = FeatureSink()  # the held-out rows under the base (the baseline pass)
-        self._said: list[Example] = []  # the serving adapter's greedy replies
+        self._said: list[Example] = []  # the base's greedy replies to the general prompts
         self._said_nll: float | None = None
         self._sampled = torch.zeros(0, 0)  # features of the serving adapter's sampled replies
 
+    def base(self, model: object) -> None:
+        """Call with the adapters off: keep the base's greedy replies to the general prompts
+        and their NLL under it."""
+        if not self.general:
+            return
+        said = generate(model, self.general, self.spec, self.ends, self.rt, greedy=True, seed=0)
+        self._said, self._said_nll = said, nll_per_token(score(model, said, self.rt))
+
     def serving(self, model: object, heldout: Sequence[Example]) -> None:
         """Call with the serving adapter active (or the adapters off when none serves): keep
-        its greedy replies to the held-out prompts and their NLL under it, and the features of
-        replies sampled from it as the candidate's will be (same prompts, settings and seed)."""
-        prompts = prompts_of(heldout, self.spec.prompts)
-        self._said = generate(model, prompts, self.spec, self.ends, self.rt, greedy=True, seed=0)
-        self._said_nll = nll_per_token(score(model, self._said, self.rt)) if self._said else None
+        the features of replies sampled from it as the candidate's will be (same prompts,
+        settings and seed)."""
         self._sampled = self._sample(model, heldout)
 
     def _sample(self, model: object, heldout: Sequence[Example]) -> torch.Tensor:
@@ -249,23 +278,22 @@ class VisibleCheck:
         model: object,
         heldout: Sequence[Example],
         train: Sequence[Example],
-    ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-        """With the candidate active: (serving's, candidate's, the reward model's) numbers."""
-        serving: dict[str, float] = {}
-        candidate: dict[str, float] = {}
-        info: dict[str, float] = {}
+    ) -> Numbers:
+        """With the candidate active: the numbers of the base, serving and candidate, and the
+        reward model's."""
+        found = Numbers({}, {}, {}, {})
         if self._said and self._said_nll is not None:
-            serving["sample_nll"] = self._said_nll
             drift = nll_per_token(score(model, self._said, self.rt))
             if drift is not None:
-                candidate["sample_nll"] = drift
-        judge = self._judge(heldout, train, info)
+                found.base["general_nll"] = self._said_nll
+                found.candidate["general_nll"] = drift
+        judge = self._judge(heldout, train, found.info)
         if judge is not None and len(self._sampled):
             sampled = self._sample(model, heldout)
-            serving["liked_share"] = float(judge.predict(self._sampled).mean())
-            candidate["liked_share"] = float(judge.predict(sampled).mean())
-            info["sampled_replies"] = float(len(sampled))
-        return serving, candidate, info
+            found.serving["liked_share"] = float(judge.predict(self._sampled).mean())
+            found.candidate["liked_share"] = float(judge.predict(sampled).mean())
+            found.info["sampled_replies"] = float(len(sampled))
+        return found
 
     def _judge(
         self, heldout: Sequence[Example], train: Sequence[Example], info: dict[str, float]

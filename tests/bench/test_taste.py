@@ -44,8 +44,8 @@ def test_the_summary_counts_the_runs_where_the_gate_agrees() -> None:
 
 def test_each_row_shows_the_look_at_the_replies() -> None:
     seen = {"reward_auc": 0.8, "serving.liked_share": 0.037, "liked_share": 0.004}
-    seen |= {"serving.sample_nll": 1.0, "sample_nll": 0.94}
-    assert visible(seen) == "RM AUC 0.80 pred. 👍 4→0% own NLL -6.0%"
+    seen |= {"base.general_nll": 1.0, "general_nll": 0.94}
+    assert visible(seen) == "RM AUC 0.80 pred. 👍 4→0% general NLL -6.0%"
     assert visible({}) == "(no look at the replies)"
     line = row("ours", run(0.188, 0.042, -0.02, "fail", **seen))
     assert "18.8% →   4.2%" in line and "fail" in line and "pred. 👍 4→0%" in line

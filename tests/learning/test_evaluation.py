@@ -163,25 +163,31 @@ def test_the_version_records_only_the_rows_the_trainer_says_it_used() -> None:
 
 def test_the_gate_fails_a_candidate_that_does_not_visibly_write_what_users_like() -> None:
     gate = GateSettings(min_heldout=4, min_share_gain=0.05)
-    current = {"reward_margin": 0.0, "liked_share": 0.12, "sample_nll": 1.0}
-    moved = {"reward_margin": 1.5, "liked_share": 0.40, "sample_nll": 1.05}
-    passed = decide(current, moved, 10, gate)
+    current = {"reward_margin": 0.0, "liked_share": 0.12}
+    moved = {"reward_margin": 1.5, "liked_share": 0.40, "general_nll": 1.05}
+    base = {"reward_margin": 0.0, "general_nll": 1.0}
+    passed = decide(current, moved, 10, gate, base=base)
     assert passed.verdict == "pass"
     said = "its sampled replies 40.0% predicted 👍 vs 12.0% of the serving adapter's"
     assert said in passed.reason
     # The bench's "bulleted list" run: a good reward margin, fewer lists written.
-    fewer = decide(current, moved | {"liked_share": 0.04}, 10, gate)
+    fewer = decide(current, moved | {"liked_share": 0.04}, 10, gate, base=base)
     assert fewer.verdict == "fail" and "users would not see it write what they like" in fewer.reason
-    assert decide(current, moved | {"liked_share": 0.15}, 10, gate).verdict == "fail"  # < 5 points
+    less = decide(current, moved | {"liked_share": 0.15}, 10, gate, base=base)
+    assert less.verdict == "fail"  # < 5 points
     assert GateSettings().min_share_gain == 0.0  # by default: not lower than serving's
     same = decide(current, moved | {"liked_share": 0.12}, 10, GateSettings(min_heldout=4))
     assert same.verdict == "pass"
-    # The bot's own replies became much less likely: damage, whatever the taste did.
-    damaged = decide(current, moved | {"sample_nll": 1.2}, 10, gate)
-    assert damaged.verdict == "fail" and "own greedy replies have NLL 1.200" in damaged.reason
+    # The base's replies to general prompts became much less likely: damage, whatever the
+    # taste did; measured against the base, whatever the serving adapter's number.
+    worse = moved | {"general_nll": 1.2}
+    damaged = decide(current | {"general_nll": 1.2}, worse, 10, gate, base=base)
+    assert damaged.verdict == "fail" and "gate.general_prompts have NLL 1.200" in damaged.reason
     # Without a reward model (no 👍 to learn from, or it could not rank the held-out ratings)
-    # the trainer sends only the own replies' NLL: it alone decides, then.
-    alone = {"reward_margin": 0.0, "sample_nll": 1.0}
-    assert decide(alone, {"reward_margin": 2.6, "sample_nll": 1.05}, 10, gate).verdict == "pass"
-    assert decide(alone, {"reward_margin": 2.6, "sample_nll": 1.19}, 10, gate).verdict == "fail"
+    # the trainer sends only the general replies' NLL: it alone decides, then.
+    alone = {"reward_margin": 0.0}
+    kept = decide(alone, {"reward_margin": 2.6, "general_nll": 1.05}, 10, gate, base=base)
+    assert kept.verdict == "pass"
+    broke = decide(alone, {"reward_margin": 2.6, "general_nll": 1.19}, 10, gate, base=base)
+    assert broke.verdict == "fail"
     assert decide({"reward_margin": 0.0}, {"reward_margin": 1.5}, 10, gate).verdict == "pass"

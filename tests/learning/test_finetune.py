@@ -20,6 +20,7 @@ from bot.errors import NothingToTrain, TrainingAlreadyRunning
 from bot.learning.finetune import FinetuneOutcome, choose_method
 from bot.learning.protocol import Done, Event, Phase, Start, Step, TrainingSpec, TrainResult
 from bot.settings import Settings
+from bot.settings.learning import GENERAL_PROMPTS
 from bot.types import AdapterStatus, AdapterVersion, Incoming, RunStatus, Vote
 from tests.support.records import rated, say
 from tests.support.trainers import GOOD, FakeTrainer, trainer_core
@@ -56,6 +57,9 @@ def _assert_first_spec_and_data(
     assert spec.samples is not None
     assert (spec.samples.prompts, spec.samples.per_prompt) == (16, 3)
     assert spec.samples.params == settings.generation.params()  # as users are served
+    system = {"role": "system", "content": settings.chat.system_prompt}
+    asked = [[system, {"role": "user", "content": text}] for text in GENERAL_PROMPTS]
+    assert spec.samples.general == asked
     rows = trainer.datasets[0]
     assert {r["exchange_id"]: r["label"] for r in rows} == {liked: True, disliked: False}
     assert all(r["split"] == "train" for r in rows)

@@ -140,7 +140,13 @@ def test_the_spec_reads_what_it_writes(tmp_path: Path) -> None:
         serving_version=1,
         lm_dataset=tmp_path / "unrated.jsonl",
         pairs_dataset=tmp_path / "pairs.jsonl",
-        samples=SampleSpec(5, 2, GenerationParams(max_new_tokens=9, temperature=0.0), 0.8),
+        samples=SampleSpec(
+            5,
+            2,
+            GenerationParams(max_new_tokens=9, temperature=0.0),
+            0.8,
+            [[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]],
+        ),
     )
     path = tmp_path / "spec.json"
     path.write_text(spec.to_json())
@@ -151,6 +157,10 @@ def test_the_spec_reads_what_it_writes(tmp_path: Path) -> None:
     partial = {"samples": {"prompts": 5, "params": {}}}
     with pytest.raises(TrainingError, match=r"lacks 'samples\.per_prompt'"):
         TrainingSpec.from_dict(json.loads(spec.to_json()) | partial)
+    written = json.loads(spec.to_json())
+    written["samples"]["general"] = ["Hi"]  # a prompt is a list of messages
+    with pytest.raises(TrainingError, match="a prompt must be a list of messages"):
+        TrainingSpec.from_dict(written)
 
 
 def test_a_spec_written_before_the_rename_still_reads(tmp_path: Path) -> None:

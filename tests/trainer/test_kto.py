@@ -288,11 +288,13 @@ def _assert_the_gate_saw_what_the_candidate_writes(done: Done) -> None:
     evaluation = done.evaluation
     assert evaluation is not None
     scored = {"preference_accuracy", "liked_nll", "reward_margin"}
-    assert set(evaluation.base) == scored
+    assert set(evaluation.base) == scored | {"general_nll"}
     assert done.metrics["reward_auc"] == 1.0 and done.metrics["sampled_replies"] == 4 * 2
+    assert set(evaluation.serving) == scored | {"liked_share"}
+    assert set(evaluation.candidate) == scored | {"liked_share", "general_nll"}
     for metrics in (evaluation.serving, evaluation.candidate):
-        assert set(metrics) == scored | {"liked_share", "sample_nll"}
-        assert 0.0 <= metrics["liked_share"] <= 1.0 and metrics["sample_nll"] > 0
+        assert 0.0 <= metrics["liked_share"] <= 1.0
+    assert evaluation.base["general_nll"] > 0 and evaluation.candidate["general_nll"] > 0
 
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -308,7 +310,9 @@ def test_kto_subprocess_evaluates_base_serving_and_candidate(
     # 8 steps of 2: every one of the 16 training rows is used
     spec_path = write_spec(tmp_path, tiny_model_dir, rows, learning_rate=2e-2, max_steps=8)
     params = asdict(GenerationParams(max_new_tokens=6, temperature=0.8))
+    general = [[{"role": "user", "content": text}] for text in ("Hello!", "Sing a song.")]
     samples = {"prompts": 4, "per_prompt": 2, "params": params, "min_auc": 0.7}
+    samples |= {"general": general}
     with_spec(spec_path, method="kto", serving_lora=str(serving.output_dir), samples=samples)
     code, events, stderr = run_trainer(spec_path)
 

@@ -20,11 +20,20 @@ from bot.engine.generator import TransformersGenerator, chat_ids
 from bot.learning.protocol import Done, Error, Event, Phase, Start, Step, TrainingSpec, parse
 from bot.settings import LoraSettings, ModelSettings, TrainingSettings
 from bot.trainer.examples import IGNORE
-from bot.trainer.loop import Runtime, optimize, sft_step, use_bf16
+from bot.trainer.loop import (
+    EAGER_ATTENTION_WIDTH,
+    Runtime,
+    attention_for,
+    forward,
+    optimize,
+    sft_step,
+    use_bf16,
+)
 from bot.trainer.run import (
     NO_LIKED,
     TrainingError,
     build_examples,
+    frozen_in_bf16,
     load_trainable,
     main,
     total_steps,
@@ -186,6 +195,55 @@ def test_training_changes_lora_weights_only(
             assert not torch.equal(param, before[name]), name
         else:
             assert torch.equal(param, before[name]), name
+
+
+def test_frozen_weights_in_bf16_compute_what_autocast_computes(
+    tiny_model_dir: Path, tokenizer: Any, tmp_path: Path
+) -> None:
+    """Storing the frozen linears in bf16 saves autocast's copies, not a single bit of the
+    result; the trainable LoRA weights, norms and the tied embeddings stay float32."""
+    spec = TrainingSpec.load(write_spec(tmp_path, tiny_model_dir, ROWS))
+    cpu = torch.device("cpu")
+    model = load_trainable(spec, cpu)
+    with torch.no_grad():  # a LoRA that does something (B starts at zero)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    examples, _ = build_examples(tokenizer, ROWS, max_length=64, liked_only=False)
+    rt = Runtime(cpu, tokenizer.pad_token_id, bf16=True)
+    before = forward(model, examples, rt)
+    frozen_in_bf16(model)
+    after = forward(model, examples, rt)
+    assert torch.equal(before.nll, after.nll) and torch.equal(before.logp, after.logp)
+    for name, param in model.named_parameters():
+        stored_bf16 = "base_layer" in name
+        assert param.dtype == (torch.bfloat16 if stored_bf16 else torch.float32), name
+        assert param.requires_grad == ("lora_" in name), name
+    assert model.get_output_embeddings().weight.dtype == torch.float32  # tied: embeddings
+    assert load_trainable(spec, cpu, bf16=True).base_model.model.lm_head.weight.dtype == (
+        torch.float32
+    )
+
+
+def test_short_cpu_passes_use_eager_attention_with_the_same_result(
+    tiny_model_dir: Path, tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu = torch.device("cpu")
+    assert attention_for(EAGER_ATTENTION_WIDTH, cpu) == "eager"
+    assert attention_for(EAGER_ATTENTION_WIDTH + 1, cpu) == "sdpa"
+    assert attention_for(8, torch.device("cuda")) == "sdpa"  # never eager off the CPU
+    spec = TrainingSpec.load(write_spec(tmp_path, tiny_model_dir, ROWS))
+    model = load_trainable(spec, cpu)
+    examples, _ = build_examples(tokenizer, ROWS, max_length=64, liked_only=False)
+    assert len({len(ex.input_ids) for ex in examples}) > 1  # right padding in the pass
+    rt = Runtime(cpu, tokenizer.pad_token_id, bf16=False)
+    eager = forward(model, examples, rt)
+    assert model.config._attn_implementation == "eager"
+    monkeypatch.setattr("bot.trainer.loop.EAGER_ATTENTION_WIDTH", 0)
+    sdpa = forward(model, examples, rt)
+    assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(eager.nll, sdpa.nll, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(eager.logp, sdpa.logp, rtol=1e-4, atol=1e-5)
 
 
 def test_training_is_deterministic(tiny_model_dir: Path, tmp_path: Path) -> None:

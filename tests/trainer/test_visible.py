@@ -121,7 +121,7 @@ def test_the_look_before_training_leaves_the_fresh_adapter_on_and_trainable(
         for i, ids in enumerate(prompts)
     ]
     spec = SampleSpec(2, 2, GenerationParams(max_new_tokens=4, temperature=1.0))
-    check = VisibleCheck(spec, _ends(tokenizer, model), rt, seed=0)
+    check = VisibleCheck(spec, _ends(tokenizer, model), rt, seed=0, general=prompts[:2])
     model.train()
     before = baseline(model, heldout, rt, None, check)
     assert len(before.base) == 4 and len(check.heldout.features()) == 4
@@ -129,3 +129,14 @@ def test_the_look_before_training_leaves_the_fresh_adapter_on_and_trainable(
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and ".default." in n for n in trainable)
     assert model.training  # back in training mode for the steps
+    # The damage check: the base's greedy replies to the general prompts, scored again under
+    # the candidate. A fresh LoRA (B = 0) is the base: no rise at all.
+    found = check.numbers(model, heldout, heldout)
+    assert found.base["general_nll"] > 0
+    assert found.candidate["general_nll"] == pytest.approx(found.base["general_nll"], rel=1e-6)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    moved = check.numbers(model, heldout, heldout)
+    assert moved.base == found.base and moved.candidate["general_nll"] != found.base["general_nll"]
