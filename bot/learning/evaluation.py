@@ -271,11 +271,12 @@ def _visible_problem(
     if (
         said_base is not None
         and said_new is not None
-        and said_new > said_base * (1 + gate.max_nll_rise)
+        and said_new > said_base * (1 + gate.max_general_nll_rise)
     ):
         return (
             f"the base model's greedy replies to gate.general_prompts have NLL {said_new:.3f} "
-            f"under it vs {said_base:.3f} under the base: up more than gate.max_nll_rise = "
-            f"{gate.max_nll_rise:.0%} (damage to what the bot says in general)"
+            f"under it vs {said_base:.3f} under the base: up more than "
+            f"gate.max_general_nll_rise = {gate.max_general_nll_rise:.0%} (damage to what the "
+            "bot says in general)"
         )
     return None

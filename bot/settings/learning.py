@@ -209,8 +209,17 @@ class GateSettings(Section):
     general_prompts: list[str] = Field(
         default_factory=lambda: list(GENERAL_PROMPTS),
         description="Prompts no taste is about, asked with chat.system_prompt: the base "
-        "model's greedy replies to them must not become more than max_nll_rise less likely "
-        "under the candidate (damage to what the bot says in general). [] = not checked.",
+        "model's greedy replies to them must not become more than max_general_nll_rise less "
+        "likely under the candidate (damage to what the bot says in general). [] = not checked.",
+    )
+    # Calibrated against the taste bench's damage check (its own 8 neutral prompts, bound 10 %):
+    # on the same 12 candidates these longer replies read 1-5.5 points higher (+12.7 % here for
+    # +7.2 % there; +19.7 % for +15.4 %), so 15 % here is about the bench's 10 %.
+    max_general_nll_rise: float = Field(
+        0.15,
+        ge=0.0,
+        description="Most the NLL per token of the base's replies to general_prompts may rise "
+        "under the candidate (a share: 0.15 = 15 %): more is damage, and the candidate fails.",
     )
     samples_per_prompt: int = Field(3, ge=1, description="Sampled replies per such prompt.")
     min_share_gain: float = Field(

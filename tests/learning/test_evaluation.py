@@ -183,6 +183,11 @@ def test_the_gate_fails_a_candidate_that_does_not_visibly_write_what_users_like(
     worse = moved | {"general_nll": 1.2}
     damaged = decide(current | {"general_nll": 1.2}, worse, 10, gate, base=base)
     assert damaged.verdict == "fail" and "gate.general_prompts have NLL 1.200" in damaged.reason
+    assert "gate.max_general_nll_rise = 15%" in damaged.reason
+    # Its own bound (15 %), not the liked replies' (10 %): a length taste's +12.7 % passes.
+    assert decide(current, moved | {"general_nll": 1.127}, 10, gate, base=base).verdict == "pass"
+    strict = gate.model_copy(update={"max_general_nll_rise": 0.10})
+    assert decide(current, moved | {"general_nll": 1.127}, 10, strict, base=base).verdict == "fail"
     # Without a reward model (no 👍 to learn from, or it could not rank the held-out ratings)
     # the trainer sends only the general replies' NLL: it alone decides, then.
     alone = {"reward_margin": 0.0}
