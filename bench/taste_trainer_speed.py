@@ -4,18 +4,21 @@ reference log-probabilities (the base model) first. tests/trainer/test_kto.py ch
 the same loss. Then what each keeps of rows whose stored context is longer than max_length
 (group chats with long histories): TRL truncates on the right, selftune drops old turns.
 
-    flock /tmp/selftune-bench.lock .venv/bin/python bench/taste_trainer_speed.py [--steps 4]
+    flock /tmp/selftune-bench.lock .venv/bin/python bench/taste_trainer_speed.py [--steps 4] \\
+        [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +78,16 @@ def ours(model_dir: Path, data: list[dict[str, Any]], args: argparse.Namespace) 
     step = kto_step(model, rt, 0.1, kto_weights(len(items) // 2, len(items) - len(items) // 2))
     stamps.append(time.perf_counter())
     rt.work.grad_tokens = rt.work.nograd_tokens = 0
-    optimize(
-        model,
-        items,
-        settings,
-        args.steps + 1,
-        step,
-        lambda e: stamps.append(time.perf_counter()),
-        work=rt.work,
-    )
+    with _profiled(args.profile):
+        optimize(
+            model,
+            items,
+            settings,
+            args.steps + 1,
+            step,
+            lambda e: stamps.append(time.perf_counter()),
+            work=rt.work,
+        )
     weights = linear_weights(model), head_weights(model)
     numbers = utilisation(*weights, rt.work, bf16_peak(torch.device("cpu")))
     print(
@@ -92,6 +96,20 @@ def ours(model_dir: Path, data: list[dict[str, Any]], args: argparse.Namespace) 
         flush=True,
     )
     return [b - a for a, b in itertools.pairwise(stamps[1:])]  # the first step is a warm-up
+
+
+@contextlib.contextmanager
+def _profiled(enabled: bool) -> Iterator[None]:
+    """With ``enabled``: torch's profiler around the steps, then its table of operators by
+    their own CPU time (where a step's time goes)."""
+    if not enabled:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        yield
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
 
 
 class _Stamps(TrainerCallback):
@@ -213,6 +231,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--fp32", dest="bf16", action="store_false", help="no bf16 autocast")
     parser.add_argument("--only-truncation", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="torch's profiler on our steps")
     parser.add_argument(
         "--only-ours", action="store_true", help="selftune's loop in bf16 and fp32, no TRL"
     )

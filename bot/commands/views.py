@@ -11,6 +11,7 @@ _NAMES = {  # other numbers than the gate's, as shown; rest as recorded
     "train_loss": "train loss",
     "liked_share": "predicted 👍 share of its replies",
     "general_nll": "NLL of the base's replies to general prompts",
+    "sample_nll": "NLL of the serving adapter's replies",  # versions trained before 2026-12-07
     "reward_auc": "reward model AUC",
 }
 _GATE_METRICS = tuple(m.name for m in GATE_METRICS)  # the default first

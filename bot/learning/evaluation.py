@@ -182,8 +182,11 @@ def decide(
     """Pass a candidate that has learned something and broken nothing: not worse than the
     serving adapter by more than ``gate.margin``; better than the base model by at least
     ``gate.min_gain`` (when the base's numbers are given): a candidate that does not move the
-    held-out ratings is not called better; and its liked NLL not ``gate.max_nll_rise`` (a
-    share) above the serving adapter's: a candidate that damages the language is not either.
+    held-out ratings is not called better; its liked NLL not ``gate.max_nll_rise`` (a share)
+    above the serving adapter's: a candidate that damages the language is not either; and,
+    when the trainer looked at what it writes (bot.trainer.visible), its sampled replies not
+    predicted liked less often than the serving adapter's and the base's replies to general
+    prompts not ``gate.max_general_nll_rise`` less likely (``_visible_problem``).
 
     ``min_heldout``: the held-out rows this run needs (fewer for a young bot,
     bot.learning.heldout); default ``gate.min_heldout``.

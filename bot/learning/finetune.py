@@ -405,7 +405,7 @@ class Finetuner:
     def _samples(self) -> SampleSpec | None:
         """What the trainer samples for the gate's look at the candidate's replies."""
         gate = self._settings.gate
-        if not gate.enabled or gate.sample_prompts == 0:
+        if not gate.enabled or (gate.sample_prompts == 0 and not gate.general_prompts):
             return None
         params = self._settings.generation.params()
         system = self._settings.chat.system_prompt

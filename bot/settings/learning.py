@@ -137,7 +137,7 @@ GateMetricName = Literal["preference_accuracy", "liked_nll", "reward_margin"]
 
 # Everyday requests no user's taste is about. The damage check runs on these, not on the users'
 # own prompts: there the replies the bot writes now are what the ratings ask to change (a "short
-# replies" taste made the serving adapter's long greedy replies 11-13 % less likely while the
+# replies" taste made the serving adapter's long greedy replies 11.8-13.4 % less likely while the
 # base's replies to neutral prompts rose 7 %, bench/taste.py). Not the bench's neutral prompts.
 GENERAL_PROMPTS = (
     "What is the boiling point of water?",
@@ -210,7 +210,8 @@ class GateSettings(Section):
         default_factory=lambda: list(GENERAL_PROMPTS),
         description="Prompts no taste is about, asked with chat.system_prompt: the base "
         "model's greedy replies to them must not become more than max_general_nll_rise less "
-        "likely under the candidate (damage to what the bot says in general). [] = not checked.",
+        "likely under the candidate (damage to what the bot says in general), in every run the "
+        "gate judges. [] = not checked.",
     )
     # Calibrated against the taste bench's damage check (its own 8 neutral prompts, bound 10 %):
     # on the same 12 candidates these longer replies read 1-5.5 points higher (+12.7 % here for

@@ -55,6 +55,7 @@ class Runtime:
     device: torch.device
     pad_id: int
     bf16: bool  # bfloat16 autocast (trainable weights stay float32)
+    attention: str = "sdpa"  # the model's own attention: off the CPU and for long passes
     work: Work = field(default_factory=Work, compare=False)
 
 
@@ -174,8 +175,7 @@ def forward(model: Any, group: Sequence[Example], rt: Runtime) -> Forward:
     else:
         rt.work.nograd_tokens += ids.numel()
         rt.work.nograd_headless += headless
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    causal.set_attn_implementation(attention_for(ids.shape[1], rt.device))
+    causal = use_attention(model, ids.shape[1], rt)
     with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
         body = getattr(causal, causal.base_model_prefix)
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
@@ -190,10 +190,22 @@ def forward(model: Any, group: Sequence[Example], rt: Runtime) -> Forward:
     return Forward(logp, labelled, nll, states.detach())
 
 
-def attention_for(width: int, device: torch.device) -> str:
-    """The attention implementation a forward pass of ``width`` padded tokens runs fastest with
-    (see EAGER_ATTENTION_WIDTH); SDPA off the CPU."""
-    return "eager" if device.type == "cpu" and width <= EAGER_ATTENTION_WIDTH else "sdpa"
+def attention_for(width: int, rt: Runtime) -> str:
+    """The attention implementation a pass over ``width`` padded tokens runs fastest with
+    (see EAGER_ATTENTION_WIDTH): eager for short passes on a CPU, else the model's own."""
+    short = rt.device.type == "cpu" and width <= EAGER_ATTENTION_WIDTH
+    return "eager" if short else rt.attention
+
+
+def use_attention(model: Any, width: int, rt: Runtime) -> Any:
+    """Set the attention for a pass (or a generation) over ``width`` tokens, every time: the
+    model's config is shared by every caller, so none may inherit the last one's choice.
+    Returns the causal LM (the model under a peft wrapper)."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    wanted = attention_for(width, rt)
+    if causal.config._attn_implementation != wanted:
+        causal.set_attn_implementation(wanted)
+    return causal
 
 
 def token_nll(

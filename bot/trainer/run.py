@@ -116,7 +116,7 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
     bf16 = use_bf16(spec.training.dtype, device)
     model = load_trainable(spec, device, bf16)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rt = Runtime(device, pad_id, bf16)
+    rt = Runtime(device, pad_id, bf16, model.config._attn_implementation)
     before: Baseline | None = None
     check = _visible_check(spec, data, tokenizer, model, rt)
     if data.heldout:
@@ -173,13 +173,15 @@ def _visible_check(
     spec: TrainingSpec, data: Prepared, tokenizer: Any, model: Any, rt: Runtime
 ) -> VisibleCheck | None:
     """The gate's look at the candidate's replies (bot.trainer.visible), when the spec asks for
-    it and the run can make it: KTO (👍 and 👎 to learn a reward model from) and rows held out."""
+    it and the run is judged (rows held out): the damage on the general prompts for any run;
+    the reward model's look at sampled replies for KTO (👍 and 👎 to learn it from)."""
     end = end_of_turn_id(tokenizer)
-    if spec.samples is None or spec.method != "kto" or not data.heldout or end is None:
+    if spec.samples is None or not data.heldout or end is None:
         return None
     stop = stop_ids(tokenizer, model.generation_config.eos_token_id) | {end}
     general = [chat_ids(tokenizer, m, add_generation_prompt=True) for m in spec.samples.general]
-    return VisibleCheck(spec.samples, Ends(stop, end), rt, spec.training.seed, general)
+    rated = spec.method == "kto"
+    return VisibleCheck(spec.samples, Ends(stop, end), rt, spec.training.seed, general, rated)
 
 
 def _fit(

@@ -120,7 +120,7 @@ async def test_adapters_lists_compactly_and_shows_one_version_in_full(settings: 
             "; the run took ",
             "Tainted: no",
             "Method: KTO",
-            "LoRA: r 16, alpha 32, dropout 0.0",
+            "LoRA: r 16, alpha 32, dropout 0,",
             "learning_rate 0.001",
             "epochs 2",
             "beta ",

@@ -47,7 +47,12 @@ def _settings(settings: Settings, model_dir: Path) -> Settings:
             # The log-probability gate alone: the tiny model's replies are not language, so the
             # look at what it writes (tests/trainer/test_kto.py) would judge noise here.
             "gate": settings.gate.model_copy(
-                update={"heldout_fraction": 0.3, "min_heldout": 4, "sample_prompts": 0}
+                update={
+                    "heldout_fraction": 0.3,
+                    "min_heldout": 4,
+                    "sample_prompts": 0,
+                    "general_prompts": [],
+                }
             ),
         }
     )

@@ -229,14 +229,15 @@ def test_short_cpu_passes_use_eager_attention_with_the_same_result(
     tiny_model_dir: Path, tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cpu = torch.device("cpu")
-    assert attention_for(EAGER_ATTENTION_WIDTH, cpu) == "eager"
-    assert attention_for(EAGER_ATTENTION_WIDTH + 1, cpu) == "sdpa"
-    assert attention_for(8, torch.device("cuda")) == "sdpa"  # never eager off the CPU
+    rt = Runtime(cpu, tokenizer.pad_token_id, bf16=False)
+    assert attention_for(EAGER_ATTENTION_WIDTH, rt) == "eager"
+    assert attention_for(EAGER_ATTENTION_WIDTH + 1, rt) == "sdpa"
+    own = Runtime(torch.device("cuda"), 0, bf16=False, attention="flash_attention_2")
+    assert attention_for(8, own) == "flash_attention_2"  # off the CPU: the model's own, always
     spec = TrainingSpec.load(write_spec(tmp_path, tiny_model_dir, ROWS))
     model = load_trainable(spec, cpu)
     examples, _ = build_examples(tokenizer, ROWS, max_length=64, liked_only=False)
     assert len({len(ex.input_ids) for ex in examples}) > 1  # right padding in the pass
-    rt = Runtime(cpu, tokenizer.pad_token_id, bf16=False)
     eager = forward(model, examples, rt)
     assert model.config._attn_implementation == "eager"
     monkeypatch.setattr("bot.trainer.loop.EAGER_ATTENTION_WIDTH", 0)

@@ -3,6 +3,7 @@ from ratings, and the replies sampled from the adapter (the tiny model)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,9 @@ def test_sampled_replies_are_examples_that_end_their_turn(tokenizer: Any, model:
     spec = SampleSpec(2, 3, GenerationParams(max_new_tokens=5, temperature=1.0))
     ends = _ends(tokenizer, model)
     drawn = torch.random.get_rng_state()
+    model.set_attn_implementation("sdpa")  # as a long pass before it may leave it
     sampled = generate(model, prompts, spec, ends, rt, greedy=False, seed=1)
+    assert model.config._attn_implementation == "eager"  # its own choice, on either side
     assert torch.equal(torch.random.get_rng_state(), drawn)  # training draws what it would have
     assert [ex.input_ids[: ex.prompt_len] for ex in sampled] == [prompts[0]] * 3 + [prompts[1]] * 3
     for example in sampled:
@@ -140,3 +143,26 @@ def test_the_look_before_training_leaves_the_fresh_adapter_on_and_trainable(
                 param.normal_(std=0.5)
     moved = check.numbers(model, heldout, heldout)
     assert moved.base == found.base and moved.candidate["general_nll"] != found.base["general_nll"]
+
+
+def test_an_sft_run_is_checked_for_damage_without_sampling(tokenizer: Any, model: Any) -> None:
+    """No 👎 to learn a reward model from (SFT), or gate.sample_prompts = 0: nothing is
+    sampled, but the base's replies to the general prompts are still checked."""
+    rt = Runtime(torch.device("cpu"), tokenizer.pad_token_id or 0, bf16=False)
+    prompts = [
+        chat_ids(tokenizer, [{"role": "user", "content": t}], add_generation_prompt=True)
+        for t in ("Tell me about the sea.", "Hi")
+    ]
+    heldout = [
+        Example([*ids, 9, 10], [IGNORE] * len(ids) + [9, 10], label=True, prompt_len=len(ids))
+        for ids in prompts
+    ]
+    spec = SampleSpec(2, 2, GenerationParams(max_new_tokens=4, temperature=1.0))
+    for check in (
+        VisibleCheck(spec, _ends(tokenizer, model), rt, seed=0, general=prompts, rated=False),
+        VisibleCheck(replace(spec, prompts=0), _ends(tokenizer, model), rt, 0, prompts),
+    ):
+        baseline(model, heldout, rt, None, check)
+        found = check.numbers(model, heldout, heldout)
+        assert not check.sampling and set(found.candidate) == {"general_nll"}
+        assert set(found.base) == {"general_nll"} and not found.serving and not found.info
