@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import platform
 import sys
@@ -40,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from bench import serving_gguf, serving_llama_server
+from bench import serving_gguf, serving_llama_engine, serving_llama_server
 from bench.serving_chats import PeakMemory
 from bench.serving_perf import Perf
 from bench.serving_report import (
@@ -55,29 +54,24 @@ from bench.serving_systems import (
     engine_stream,
     generator_stream,
     http_stream,
-    llama_engine_stream,
 )
 from bench.serving_workloads import (
-    StreamFn,
     Summary,
     Workload,
     measure,
-    median_summary,
-    summarize,
+    run_system,
     workload,
 )
 from bot.engine.generator import TransformersGenerator
 from bot.engine.runtime import default_threads
 from bot.generation.openai_api import OpenAIGenerator
 from bot.generation.source import default_gguf_path, resolve_model
-from bot.ggml.generator import LlamaCppGenerator
-from bot.ggml.generator import default_threads as llama_default_threads
 from bot.settings import BackendSettings, LoraSettings, ModelSettings
 from bot.settings.serving import ChatSettings
 
 ENGINE = "selftune engine (Generator)"
-LLAMA_ENGINE = "selftune engine (llama.cpp)"
-PROFILED = "fixed-16"  # the workload the profiles run
+LLAMA_ENGINE = serving_llama_engine.LLAMA_ENGINE
+PROFILED = serving_llama_engine.PROFILED
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -132,25 +126,6 @@ def workloads(args: argparse.Namespace) -> dict[str, Workload]:
     }
 
 
-async def run_system(
-    name: str, stream: StreamFn, loads: dict[str, Workload], runs: int, count: Counter
-) -> dict[str, Summary]:
-    """Each workload ``runs`` times on one system (after one warm-up request); the medians."""
-    first = next(iter(loads.values()))
-    await measure(stream, Workload(first.kind, first.requests[:1], first.params, 1))
-    summaries: dict[str, list[Summary]] = {key: [] for key in loads}
-    for run in range(runs):
-        for key, load in loads.items():
-            result = await measure(stream, load)
-            summary = summarize(load, result, count)
-            summaries[key].append(summary)
-            errors = f", {len(result.errors)} errors: {result.errors[:2]}" if result.errors else ""
-            print(
-                f"  ... {name} run {run + 1} {key}: {summary.total:.1f} tok/s{errors}", flush=True
-            )
-    return {key: median_summary(values) for key, values in summaries.items() if values}
-
-
 async def bench_engine(
     args: argparse.Namespace, loads: dict[str, Workload], count: Counter
 ) -> tuple[SystemResult, int, str]:
@@ -180,60 +155,6 @@ async def bench_engine(
         return result, bf16_weight_bytes(gen._model), profile
     finally:
         await gen.aclose()
-
-
-async def bench_llama_engine(
-    args: argparse.Namespace, loads: dict[str, Workload], count: Counter, logs: Path
-) -> tuple[SystemResult, str]:
-    """The in-process llama.cpp engine, on the same requests and token accounting; and the
-    profile of its 16-row steps."""
-    settings = ModelSettings(
-        engine="llama.cpp",
-        gguf_weights=args.engine_gguf,
-        threads=args.threads,
-        max_batch_size=32,
-    )
-    gen = await LlamaCppGenerator.load(settings, LoraSettings())
-    threads = settings.threads or llama_default_threads()
-    result = SystemResult(LLAMA_ENGINE, anchor=False)
-    result.note = f"{args.engine_gguf} GGUF, {threads} thread(s), max batch 32"
-    try:
-        with PeakMemory() as memory:
-            stream = llama_engine_stream(gen)
-            result.summaries = await run_system(LLAMA_ENGINE, stream, loads, args.runs, count)
-        result.peak_mb = memory.peak_mb
-        profile = ""
-        if not args.no_profile and PROFILED in loads:
-            profile = await llama_engine_profile(gen, stream, loads[PROFILED], logs)
-        return result, profile
-    finally:
-        await gen.aclose()
-
-
-async def llama_engine_profile(gen: Any, stream: StreamFn, load: Workload, logs: Path) -> str:
-    """Two more runs of ``load``: the engine's step time split into llama_decode and the rest
-    (perf slows a step down, so without it), then perf's samples of the whole process (the
-    event loop's thread too)."""
-    before = dataclasses.replace(gen.stats)
-    await measure(stream, load)
-    await asyncio.sleep(0.2)  # the last step's time is counted just after its pieces go out
-    after = dataclasses.replace(gen.stats)
-    with Perf(os.getpid(), logs / "perf-engine.data") as perf:
-        await measure(stream, load)
-    steps = after.steps - before.steps
-    step = (after.step_seconds - before.step_seconds) / max(steps, 1) * 1000
-    decode = (after.decode_seconds - before.decode_seconds) / max(steps, 1) * 1000
-    split = (
-        f"llama_decode {decode:.1f} ms ({decode / step:.0%}), the rest {step - decode:.1f} ms "
-        "(admitting, filling the batch, sampling, text, handing pieces on)"
-        if step > 0
-        else "no step ran"
-    )
-    return (
-        f"{LLAMA_ENGINE}, {load.concurrency} fixed rows: {steps} steps (llama_decode calls, "
-        f"the prompts' included) of {step:.1f} ms: {split}\n\n"
-        f"perf, the whole process:\n{perf.table()}"
-    )
 
 
 async def bench_llama(
@@ -363,9 +284,9 @@ async def run_systems(
     weight_bytes = 0
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
-        if not args.skip_llama_engine:  # first: its peak memory is not the torch engine's
-            llama_engine, profiles[LLAMA_ENGINE] = await bench_llama_engine(
-                args, loads, count, logs
+        if not args.skip_llama_engine:  # in a process without torch, as the bot runs it
+            llama_engine, profiles[LLAMA_ENGINE] = await asyncio.to_thread(
+                serving_llama_engine.in_own_process, args, loads, logs
             )
             systems.append(llama_engine)
         if not args.skip_engine:

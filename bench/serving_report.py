@@ -12,7 +12,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoTokenizer
+# The tokenizer class alone: AutoTokenizer would import torch, and the llama.cpp engine's bench
+# process must not (bench/serving_llama_engine.py).
+from transformers import PreTrainedTokenizerFast
 
 from bench.serving_workloads import Summary
 
@@ -21,7 +23,7 @@ class Counter:
     """Reply tokens by the model's own tokenizer (the bench never trusts text length)."""
 
     def __init__(self, model_dir: Path) -> None:
-        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
 
     def __call__(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))

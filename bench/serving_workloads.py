@@ -179,3 +179,22 @@ def decode_rate(result: Measured, tokens: int) -> float:
     after it, best reply (``tokens`` made by each)."""
     rates = [(tokens - 1) / (s.seconds - s.ttft) for s in result.served if s.seconds > s.ttft]
     return max(rates) if rates else float("nan")
+
+
+async def run_system(
+    name: str, stream: StreamFn, loads: dict[str, Workload], runs: int, count: Callable[[str], int]
+) -> dict[str, Summary]:
+    """Each workload ``runs`` times on one system (after one warm-up request); the medians."""
+    first = next(iter(loads.values()))
+    await measure(stream, Workload(first.kind, first.requests[:1], first.params, 1))
+    summaries: dict[str, list[Summary]] = {key: [] for key in loads}
+    for run in range(runs):
+        for key, load in loads.items():
+            result = await measure(stream, load)
+            summary = summarize(load, result, count)
+            summaries[key].append(summary)
+            errors = f", {len(result.errors)} errors: {result.errors[:2]}" if result.errors else ""
+            print(
+                f"  ... {name} run {run + 1} {key}: {summary.total:.1f} tok/s{errors}", flush=True
+            )
+    return {key: median_summary(values) for key, values in summaries.items() if values}
