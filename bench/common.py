@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -9,6 +10,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from storage.repository import Repository
+
+
+def tried_settings() -> dict[str, str]:
+    """``SELFTUNE_TRAINING__*``, ``SELFTUNE_GATE__*`` and ``SELFTUNE_LORA__*`` from the
+    environment: a learning bench tries other settings with them (load_settings' overrides)."""
+    tried = ("SELFTUNE_TRAINING__", "SELFTUNE_GATE__", "SELFTUNE_LORA__")
+    return {k: v for k, v in os.environ.items() if k.startswith(tried)}
+
 
 PROMPTS = (
     "Hello! How are you today?",

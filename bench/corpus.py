@@ -36,6 +36,7 @@ import yaml  # type: ignore[import-untyped]  # PyYAML, no stubs installed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.common import tried_settings
 from bot.app import Core, build_core
 from bot.engine.generator import resolve_model
 from bot.generation import ScriptedGenerator
@@ -84,7 +85,7 @@ def rate(pairs: list[tuple[str, str]], seed: int) -> tuple[list[Rated], list[Rat
 
 
 def _settings(data_dir: Path, max_steps: int | None) -> Settings:
-    base, _ = load_settings(None, {"SELFTUNE_DATA_DIR": str(data_dir)})
+    base, _ = load_settings(None, tried_settings() | {"SELFTUNE_DATA_DIR": str(data_dir)})
     training = base.training.model_copy(update={"max_steps": max_steps, "max_examples": 5000})
     return base.model_copy(
         update={
@@ -171,6 +172,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     after = accuracy(held, heldout_scores(model_dir, record.path, system, held)) if record else {}
     return {
         "rows": {"train": len(train_rows), "heldout": len(held)},
+        "settings tried": tried_settings(),
         "before": before,
         "after": after,
         "status": str(outcome.status),

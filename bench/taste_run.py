@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))  # this checkout's bench package
 
+from bench.common import tried_settings  # noqa: E402
 from bench.taste_data import HELDOUT_TOPICS, TRAIN_TOPICS, Taste, prompts, taste, words  # noqa: E402
 
 # The code under test: the checkout SELFTUNE_BENCH_CODE names (today's code), else this one.
@@ -70,17 +71,8 @@ def _args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-TRIED = ("SELFTUNE_TRAINING__", "SELFTUNE_GATE__", "SELFTUNE_LORA__")
-
-
 def _settings(args: argparse.Namespace, data_dir: Path) -> Settings:
-    # SELFTUNE_TRAINING__* / SELFTUNE_GATE__* from the environment try other settings.
-    tried = {
-        k: v
-        for k, v in os.environ.items()
-        if k.startswith(("SELFTUNE_TRAINING__", "SELFTUNE_GATE__", "SELFTUNE_LORA__"))
-    }
-    base, _ = load_settings(None, tried | {"SELFTUNE_DATA_DIR": str(data_dir)})
+    base, _ = load_settings(None, tried_settings() | {"SELFTUNE_DATA_DIR": str(data_dir)})
     generation = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
     training = base.training.model_copy(update={"seed": args.seed})
     return base.model_copy(
