@@ -107,14 +107,21 @@ def build_tiny_model(path: Path, *, seed: int = 0) -> Path:
 def tiny_settings(
     settings: Settings, model_dir: Path, *, max_new_tokens: int, **training: Any
 ) -> Settings:
-    """``settings`` for the tiny model at ``model_dir``: float32, a 256-token context, greedy
-    replies of at most ``max_new_tokens`` tokens, training in batches of 2 with ``training``'s
-    other values (epochs, max_length, ...), and a gate that serves a candidate it cannot judge
-    (a few ratings are too few for it)."""
+    """``settings`` for the tiny model at ``model_dir`` (its conversions cached beside it, in the
+    test's temp dirs): float32, a 256-token context, greedy replies of at most
+    ``max_new_tokens`` tokens, training in batches of 2 with ``training``'s other values
+    (epochs, max_length, ...), and a gate that serves a candidate it cannot judge (a few ratings
+    are too few for it)."""
     return settings.model_copy(
         update={
             "model": settings.model.model_copy(
-                update={"name": str(model_dir), "dtype": "float32", "max_context_tokens": 256}
+                update={
+                    "name": str(model_dir),
+                    "dtype": "float32",
+                    "max_context_tokens": 256,
+                    # its GGUF (the llama.cpp engine) beside it, not in the user's cache
+                    "cache_dir": model_dir.parent / "converted",
+                }
             ),
             "generation": settings.generation.model_copy(
                 update={"temperature": 0.0, "max_new_tokens": max_new_tokens}
