@@ -121,6 +121,7 @@ def test_db_upgrade_then_a_piped_chat_outside_the_checkout(
     assert "database at revision" in upgrade.stdout
     (tmp_path / "selftune.toml").write_text(
         f'[model]\nname = "{tiny_model_dir}"\ndtype = "float32"\nmax_context_tokens = 256\n'
+        f'cache_dir = "{tmp_path / "converted"}"\n'  # not the user's ~/.cache/selftune
         "[generation]\nmax_new_tokens = 8\n",
         encoding="utf-8",
     )
