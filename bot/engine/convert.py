@@ -17,13 +17,14 @@ from bot.errors import ModelLoadError
 
 
 def convert_gguf(source: str, gguf_file: str, dest: Path, *, progress: bool = True) -> None:
-    """Dequantize a GGUF model to float32 safetensors with its tokenizer and generation config."""
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    stages = tqdm(total=3, desc=f"Preparing {gguf_file}", disable=not progress, file=sys.stderr)
+    """Dequantize a GGUF model to float32 safetensors with its tokenizer and generation config.
+    Any failure (a damaged file, a broken install) is a ModelLoadError."""
     try:
+        import torch
+        from tqdm.auto import tqdm
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        stages = tqdm(total=3, desc=f"Preparing {gguf_file}", disable=not progress, file=sys.stderr)
         # One bar on the first start: ours, by stage; transformers' own (dequantizing, loading,
         # writing shards) would nest three more under it.
         with stages, transformers_progress(False), _quiet_gguf_tensors():
@@ -80,3 +81,20 @@ def transformers_progress(enabled: bool) -> Iterator[None]:
     finally:
         if was_enabled and not enabled:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bot.engine.convert SOURCE GGUF_FILE DEST [--quiet]``: what
+    :mod:`bot.generation.source` runs in a child process. The bar goes to stderr; a
+    ModelLoadError's message to stdout, for the parent to raise, and the exit code is 1."""
+    source, gguf_file, dest = argv[:3]
+    try:
+        convert_gguf(source, gguf_file, Path(dest), progress="--quiet" not in argv[3:])
+    except ModelLoadError as exc:
+        print(exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

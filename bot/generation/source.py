@@ -16,14 +16,14 @@ Sources:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import fcntl
 import importlib.util
 import logging
-import multiprocessing
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,25 +122,27 @@ def _cached_conversion(source: str, gguf_file: str, target: Path, progress: bool
 
 
 def _convert_elsewhere(source: str, gguf_file: str, dest: Path, progress: bool) -> None:
-    """Run :func:`bot.engine.convert.convert_gguf` in a child process (its bar on the same
-    terminal, its ModelLoadError raised here).
+    """Run :func:`bot.engine.convert.convert_gguf` in a child interpreter
+    (``python -m bot.engine.convert``): its bar on the same terminal, its ModelLoadError raised
+    here.
 
-    The conversion runs torch with its OpenMP threads. In the serving process that would stay
+    The conversion runs torch with its OpenMP threads. In the serving process they would stay
     for good: llama.cpp's engine uses OpenMP too, and with a second pool of OpenMP threads in the
     process its 2-thread decoding fell from 126 to 68-74 tok/s for a lone reply, and from 393 to
     347 tok/s for 16 (measured on the 2-core reference machine, the default model). A first
     start would have served that way until restarted.
     """
-    from bot.engine.convert import convert_gguf  # imports nothing heavy until it is called
-
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of threads
-    try:
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            pool.submit(convert_gguf, source, gguf_file, dest, progress=progress).result()
-    except concurrent.futures.process.BrokenProcessPool as exc:
+    command = [sys.executable, "-m", "bot.engine.convert", source, gguf_file, str(dest)]
+    if not progress:
+        command.append("--quiet")
+    # stdout carries the child's error message; stderr (its bar, warnings) stays the caller's.
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
         raise ModelLoadError(
-            f"the process converting {source}/{gguf_file} died ({exc}); out of memory?"
-        ) from None
+            done.stdout.strip()
+            or f"the process converting {source}/{gguf_file} exited with {done.returncode} "
+            "(its output is above)"
+        )
 
 
 @contextlib.contextmanager
