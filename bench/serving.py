@@ -7,8 +7,9 @@ Run it alone on the machine (other benchmarks take the same lock)::
 Systems, each on the same requests with the same greedy settings and token accounting (see
 :mod:`bench.serving_workloads`):
 
-- selftune's local engines through the Generator contract: torch, and llama.cpp in process
-  (``model.engine = "llama.cpp"``, the same GGUF precision as ``--engine-gguf``);
+- selftune's local engines through the Generator contract: torch in this process, and
+  llama.cpp (``model.engine = "llama.cpp"``, the GGUF precision of ``--engine-gguf``) in a
+  process of its own without torch, as the bot runs it (:mod:`bench.serving_llama_engine`);
 - ``llama-server`` built from llama.cpp's source with native CPU flags (built once into
   ``~/.cache/selftune/llama.cpp``, see :mod:`bench.serving_llama_server`), with BF16, Q8_0 and
   the shipped Q4_1 GGUF, 1 and 2 threads, ``-np 16`` (``-np 32`` for 32 chats): anchors;
