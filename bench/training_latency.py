@@ -4,7 +4,8 @@ Replies go through the ChatService (as a platform adapter would call it), one at
 and of a fixed length; first idle, then while a fine-tuning run is in its training loop (the
 trainer subprocess at ``training.nice``), which is then cancelled.
 
-    flock /tmp/selftune-bench.lock .venv/bin/python bench/training_latency.py [--nice 10]
+    flock /tmp/selftune-bench.lock .venv/bin/python bench/training_latency.py [--nice N]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ def _settings(args: argparse.Namespace, data_dir: Path) -> Settings:
                 update={"temperature": 0.0, "max_new_tokens": args.tokens}
             ),
             "chat": base.chat.model_copy(update={"user_messages_per_minute": 0}),
+            "model": base.model.model_copy(update={"threads": args.threads}),
             "training": base.training.model_copy(
-                update={"epochs": 100.0, "nice": args.nice, "max_length": 256}
+                update={"epochs": 100.0, "max_length": 256}
+                | ({"nice": args.nice} if args.nice is not None else {})
             ),
         }
     )
@@ -116,8 +119,9 @@ async def main(args: argparse.Namespace) -> None:
         busy = await replies(core, args.replies, "busy")
         progress = core.finetuner.progress
         step = progress.step if isinstance(progress, Step) else None
+        nice = core.settings.training.nice
         print(
-            f"during training: {summary(busy)} (trainer at step {step}, nice {args.nice})",
+            f"during training: {summary(busy)} (trainer at step {step}, nice {nice})",
             flush=True,
         )
         ratio = statistics.median(b[1] for b in busy) / statistics.median(i[1] for i in idle)
@@ -132,5 +136,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replies", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=48, help="max new tokens per reply")
-    parser.add_argument("--nice", type=int, default=10, help="the trainer's nice value")
+    parser.add_argument(
+        "--nice", type=int, default=None, help="the trainer's nice value (default: the default's)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="the engine's threads (default: the default's)"
+    )
     asyncio.run(main(parser.parse_args()))

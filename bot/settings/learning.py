@@ -44,7 +44,13 @@ class TrainingSettings(Section):
     max_examples: int = Field(2000, ge=1, description="Most recent rated exchanges used.")
     min_examples: int = Field(1, ge=1, description="Liked exchanges needed to train.")
     seed: int = Field(0, description="Random seed of a training run.")
-    nice: int = Field(10, ge=0, le=19, description="Scheduling priority of the trainer.")
+    nice: int = Field(
+        19,
+        ge=0,
+        le=19,
+        description="Scheduling priority of the trainer (19, the lowest: replies first; it "
+        "still gets every idle cycle).",
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Training precision; auto uses bfloat16 autocast where supported."
     )
