@@ -38,7 +38,11 @@ from bench.taste_data import HELDOUT_TOPICS, TRAIN_TOPICS, Taste, prompts, taste
 sys.path.insert(0, os.environ.get("SELFTUNE_BENCH_CODE", str(HERE)))
 from bot.app import Core, build_core  # noqa: E402
 from bot.engine.generator import resolve_model  # noqa: E402
-from bot.generation.template import chat_ids  # noqa: E402
+
+try:
+    from bot.generation.template import chat_ids
+except ModuleNotFoundError:  # today's code (19f157e) kept it in bot.engine.runtime
+    from bot.engine.runtime import chat_ids  # type: ignore[no-redef,attr-defined,unused-ignore]
 from bot.settings import Settings, load_settings  # noqa: E402
 from bot.types import GenerationParams, Incoming, Reply, Turn, Vote  # noqa: E402
 
