@@ -32,7 +32,8 @@ from bench.serving_report import Counter, SystemResult
 from bench.serving_systems import llama_engine_stream
 from bench.serving_workloads import StreamFn, Workload, measure, run_system
 from bot.generation.source import resolve_model
-from bot.ggml.generator import LlamaCppGenerator, default_threads
+from bot.ggml.generator import LlamaCppGenerator
+from bot.ggml.threads import thread_choices, usable_cores
 from bot.settings import LoraSettings, ModelSettings
 
 LLAMA_ENGINE = "selftune engine (llama.cpp)"
@@ -66,16 +67,24 @@ async def bench_llama_engine(
         max_batch_size=32,
     )
     gen = await LlamaCppGenerator.load(settings, LoraSettings())
-    threads = settings.threads or default_threads()
+    choices = thread_choices(settings.threads, usable_cores())
+    threads = "/".join(map(str, choices))
     result = SystemResult(LLAMA_ENGINE, anchor=False)
     result.note = (
-        f"{args.engine_gguf} GGUF, {threads} thread(s), max batch 32, in a process without torch"
+        f"{args.engine_gguf} GGUF, {threads} thread(s)"
+        + (" picked per step by measured speed" if len(choices) > 1 else "")
+        + ", max batch 32, in a process without torch"
     )
     try:
         with PeakMemory() as memory:
             stream = llama_engine_stream(gen)
             result.summaries = await run_system(LLAMA_ENGINE, stream, loads, args.runs, count)
         result.peak_mb = memory.peak_mb
+        if len(choices) > 1:
+            used = gen.stats.thread_steps
+            steps = sum(used.values()) or 1
+            shares = ", ".join(f"{t} threads {n / steps:.0%}" for t, n in sorted(used.items()))
+            result.note += f"; steps on {shares}"
         profile = ""
         if not args.no_profile and PROFILED in loads:
             profile = await llama_engine_profile(gen, stream, loads[PROFILED], logs)

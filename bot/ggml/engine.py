@@ -36,7 +36,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
@@ -66,6 +66,7 @@ class EngineStats:
     prefix_tokens: int = 0  # prompt tokens those rows did not compute
     step_seconds: float = 0.0  # time in steps (admitting, batching, decoding, sampling)
     decode_seconds: float = 0.0  # the part of it inside llama_decode (llama.cpp's kernels)
+    thread_steps: dict[int, int] = field(default_factory=dict)  # steps run per thread count
 
 
 class LlamaEngine:
@@ -265,10 +266,7 @@ class LlamaEngine:
         try:
             outputs = self._fill(lane, batch)
             if batch.size:
-                started = time.perf_counter()
-                lane.context.decode(batch)
-                self.stats.decode_seconds += time.perf_counter() - started
-                self.stats.steps += 1
+                self._decode(lane, batch)
         except Exception as exc:
             log.exception("decoding failed")
             self._fail_lane(lane, exc)
@@ -276,6 +274,19 @@ class LlamaEngine:
             self._sample(lane, outputs)
         if not lane.rows:
             self._collect()
+
+    def _decode(self, lane: Lane, batch: Batch) -> None:
+        """One llama_decode, on the thread count the lane's tuner picks for its size."""
+        threads = lane.tuner.pick(batch.size)
+        lane.context.use_threads(threads)
+        started = time.perf_counter()
+        lane.context.decode(batch)
+        seconds = time.perf_counter() - started
+        lane.tuner.record(batch.size, threads, seconds)
+        self.stats.decode_seconds += seconds
+        self.stats.steps += 1
+        counts = self.stats.thread_steps  # a new dict: copies of the stats keep their own
+        self.stats.thread_steps = counts | {threads: counts.get(threads, 0) + 1}
 
     def _fail_lane(self, lane: Lane, exc: Exception) -> None:
         if lane.rows:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from bot.ggml import convert
 from bot.ggml.engine import EngineStats, LlamaEngine
 from bot.ggml.llama import ContextShape, Model
 from bot.ggml.text import ChatText
+from bot.ggml.threads import thread_choices, usable_cores
 from bot.settings import LoraSettings, ModelSettings
 from bot.types import GenerationParams, Turn
 
@@ -54,11 +54,13 @@ class LlamaCppGenerator:
         window = min(model.n_ctx_train or 1 << 30, settings.max_context_tokens)
         self._swap_lock = asyncio.Lock()
         self._closed = False
+        choices = thread_choices(settings.threads, usable_cores())
         shape = ContextShape(
             kv_tokens=settings.kv_cache_tokens,
             max_rows=settings.max_batch_size,
             batch_tokens=max(BATCH_TOKENS, settings.max_batch_size),
-            threads=settings.threads or default_threads(),
+            threads=max(choices),
+            thread_choices=choices,
             prefixes=PREFIXES if settings.prefix_cache_tokens else 0,
             prefix_tokens=settings.prefix_cache_tokens,
         )
@@ -181,12 +183,6 @@ def model_gguf_path(settings: ModelSettings, model_dir: Path) -> Path:
     """Where the GGUF of ``model_dir`` at the configured precision is cached."""
     name = f"{model_dir.name}-{_digest(model_dir)}-{settings.gguf_weights}.gguf"
     return settings.cache_dir / "gguf" / name
-
-
-def default_threads() -> int:
-    """Threads when ``model.threads`` is unset: every core but one, which runs the event loop
-    (as the torch engine)."""
-    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def _digest(path: Path) -> str:

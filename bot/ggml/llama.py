@@ -99,6 +99,8 @@ class ContextShape:
     threads: int
     prefixes: int = 0
     prefix_tokens: int = 0
+    # the thread counts the engine's tuner picks from per step (bot.ggml.threads); () = threads
+    thread_choices: tuple[int, ...] = ()
 
 
 class Context:
@@ -127,6 +129,7 @@ class Context:
         self.handle: Any = handle
         self.n_vocab = model.n_vocab
         self.capacity = int(llama_cpp.llama_n_ctx(handle))
+        self.threads = shape.threads
         self._memory = llama_cpp.llama_get_memory(handle)
         if adapter is not None:
             adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter.handle)
@@ -142,6 +145,12 @@ class Context:
         if code != 0:
             reason = "the KV cache is full" if code == 1 else f"llama_decode returned {code}"
             raise GenerationError(f"the model failed to generate ({reason})")
+
+    def use_threads(self, threads: int) -> None:
+        """Decode with ``threads`` threads from the next step on."""
+        if threads != self.threads:
+            llama_cpp.llama_set_n_threads(self.handle, threads, threads)
+            self.threads = threads
 
     def logits(self, index: int) -> npt.NDArray[np.float32]:
         """Next-token logits of batch entry ``index``: a view valid until the next decode."""

@@ -3,7 +3,8 @@
 A *row* is one reply being generated: its tokens (prompt + reply), how many of them are in the
 KV cache already, its sampler and its text stream. A *lane* is one llama.cpp context with one
 adapter (or none) and the rows that decode in it; each row has its own ``seq_id`` there, and so
-does each prompt prefix (system turn) the lane keeps for later rows.
+does each prompt prefix (system turn) the lane keeps for later rows. Each lane times its own
+steps to pick their thread count (bot.ggml.threads): an adapter's steps cost more.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from bot.generation.inbox import Request as InboxRequest
 from bot.ggml.llama import Adapter, Context, ContextShape
 from bot.ggml.sampling import Sampler
 from bot.ggml.text import Prompt, TextStream
+from bot.ggml.threads import ThreadTuner
 
 Request = InboxRequest[Prompt]  # prompts with the system turn's length, for the KV prefixes
 
@@ -75,6 +77,7 @@ class Lane:
     def __init__(self, context: Context, adapter: Adapter | None, shape: ContextShape) -> None:
         self.context = context
         self.adapter = adapter
+        self.tuner = ThreadTuner(shape.thread_choices or (shape.threads,))  # per step
         self.rows: list[Row] = []
         self.reserved = 0
         self.prefixes: dict[tuple[int, ...], Prefix] = {}

@@ -60,8 +60,11 @@ class ModelSettings(Section):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads for torch or llama.cpp (default: all cores but one, which "
-        "runs the event loop).",
+        description="CPU threads for torch or llama.cpp. Unset: torch uses all cores but one "
+        "(which runs the event loop); llama.cpp picks per step between all cores but one and "
+        "all cores, whichever decodes faster as the machine's load goes (bot/ggml/threads.py; "
+        "after 512 tokens of context a greedy reply may then change with the load, as it may "
+        "with its batch: 12 of 16 identical on 1 and 2 threads; a number rules that out).",
     )
 
     @field_validator("cache_dir")
