@@ -67,6 +67,7 @@ from bot.engine.generator import TransformersGenerator
 from bot.engine.runtime import default_threads
 from bot.generation.openai_api import OpenAIGenerator
 from bot.generation.source import default_gguf_path, resolve_model
+from bot.ggml.threads import usable_cores
 from bot.settings import BackendSettings, LoraSettings, ModelSettings
 from bot.settings.serving import ChatSettings
 
@@ -260,7 +261,8 @@ async def main(args: argparse.Namespace) -> None:
     print(f"load average before: {load_before}", flush=True)
     if not args.skip_llama:
         serving_llama_server.binary()  # build first (once): not inside anyone's timing
-    decoding = args.threads or default_threads()
+    # Unset, the llama.cpp engine decodes a lone idle reply on every core (bot.ggml.threads).
+    decoding = args.threads or usable_cores()
     band = [bandwidth_gbs(1), bandwidth_gbs(decoding)]
     loads = workloads(args)
     count = Counter(resolve_model(ModelSettings(), progress=False))

@@ -1,5 +1,5 @@
 """The llama.cpp engine's thread count, idle and under load: a lone reply and 16 fixed rows on
-1 thread, on every core, and picked per step by measurement (``model.threads`` unset:
+every core but one, on every core, and picked per step by measurement (``model.threads`` unset:
 bot.ggml.threads), first on an idle machine, then next to one busy process at nice 0 (another
 program on the same cores). The default model, bf16 GGUF, greedy, 64 tokens a row; the engine in
 this process, which never imports torch (its OpenMP threads slow ggml's down).
@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.serving_systems import llama_engine_stream
 from bench.serving_workloads import Workload, measure, workload
 from bot.ggml.generator import LlamaCppGenerator
-from bot.ggml.threads import usable_cores
+from bot.ggml.threads import thread_choices, usable_cores
 from bot.settings import LoraSettings, ModelSettings
 
 SPIN = "while True: pass"
@@ -97,7 +97,7 @@ def main() -> None:
     args = _args()
     cores = usable_cores()
     results = {}
-    for threads in dict.fromkeys((1, cores, None)):
+    for threads in (*thread_choices(None, cores), None):
         name = "tuned" if threads is None else f"{threads} thread(s)"
         results[name] = asyncio.run(setting(threads, args))
     keys = list(next(iter(results.values())))

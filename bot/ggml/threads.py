@@ -2,18 +2,20 @@
 
 ggml's threads wait for one another at every operation of a step (hundreds per token), so one
 thread the OS deschedules stalls them all. On the 2-core reference machine a lone reply decodes
-at about 133 tokens/s on 2 threads and 86 on 1 when nothing else runs, but with one other busy
-process (nice 0) at 34 on 2 threads and 85 on 1: no fixed count is right for both. With
-``model.threads`` unset each lane (llama.cpp context) of the engine has a :class:`ThreadTuner`
-that chooses between every core but one and every core, step by step. It keeps the recent decode
-time of each count per step size (its fastest of the last RECENT steps), uses the faster, and
-tries the other now and then: every ``explore`` steps of that size, twice as seldom after each
-try that loses (up to MAX_GAP), so a steady load costs little, and every ``explore`` steps
-again once a try wins. When the count in
-use slows down for RECENT steps in a row (the load changed) the tuner moves to the other and
-tries the first one again within ``explore`` steps, however long the gap had grown. A try's time
-replaces the count's old figures, which the load may have outdated; so the tuner follows the
-load as it changes. A ``model.threads`` that is set is used as it is.
+at 115-118 tokens/s on 2 threads and 86-89 on 1 when nothing else runs, but with one other busy
+process (nice 0) at 36-37 on 2 threads and 85-95 on 1 (bench/serving_threads.py): no fixed
+count is right for both. With ``model.threads`` unset each lane (llama.cpp context) of the
+engine has a :class:`ThreadTuner` that chooses between every core but one and every core, step
+by step. It keeps the recent decode time per token of each count per step size (its fastest of
+the last RECENT steps), uses the faster, and tries the other now and then: every ``explore``
+steps of that size, twice as seldom after each try that loses (up to MAX_GAP), so a steady load
+costs little, and every ``explore`` steps again once a try wins. When the count in use turns
+SLOWER times slower for RECENT steps in a row (the load changed) the other count is tried at
+once and the gaps start over, however long they had grown. A try's time replaces the count's
+old figures, which the load may have outdated; so the tuner follows the load as it changes.
+Ranking by the fastest of recent steps favours a count that is fast most of the time: under a
+load that stalls about every other step, an average would rank differently. A set
+``model.threads`` is used as it is.
 
 ggml's CPU attention splits a lone row's keys among the threads once its KV cache holds 512
 cells or more, so such a reply's logits differ in the last bits with the thread count, and a
@@ -36,6 +38,7 @@ MAX_GAP = 256  # the longest gap between tries, reached while tries keep losing
 RECENT = 4  # a count's figure is its fastest of this many last steps of a size: a stall
 # (another process took the core for a moment) only ever makes a step slower, so one slow step
 # is no reason to switch, while a load that stays shows in every step
+SLOWER = 1.5  # the count in use is this much slower than it was: the load changed
 SIZES = 16  # step sizes up to this many tokens are told apart one by one, larger ones by 2^k
 
 
@@ -97,18 +100,23 @@ class ThreadTuner:
         # Steps two steps old or more are the last try's: the load may have changed since.
         if self._when.get((key, threads), size.steps) < size.steps - 2:
             recent.clear()
-        recent.append(seconds)
+        was = min(recent, default=None)
+        recent.append(seconds / tokens)  # per token: a bucket of prompt chunks mixes lengths
         self._when[key, threads] = size.steps
         tried, size.tried = size.tried == threads, None
-        switched = self._ranked(key)[0] != best
-        if tried and switched:  # a try that won: the count left behind is tried from scratch
+        if tried and self._ranked(key)[0] != best:  # a try that won: tries start over
             size.gap = self.explore
             size.next_try = size.steps + size.gap
         elif tried:  # a try that lost: the next one twice as late
             size.gap = min(2 * size.gap, MAX_GAP)
             size.next_try = size.steps + size.gap
-        elif switched:  # the count in use slowed down: the load changed
-            size.next_try = min(size.next_try, size.steps + self.explore)  # so try it again soon
+        elif was is not None and min(recent) > SLOWER * was:
+            # The count in use slowed down for RECENT steps: the load changed, and the other
+            # count's figure is old. Tries start over: at once if that figure still looks
+            # worse (it may be a stalled try), else the tuner moves and tries this one soon.
+            size.gap = self.explore
+            stays = self._ranked(key)[0] == threads
+            size.next_try = size.steps if stays else size.steps + size.gap
 
     def _size(self, key: int) -> _Size:
         found = self._sizes.get(key)
@@ -121,7 +129,8 @@ class ThreadTuner:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity, e.g. a container's share)."""
+    """The cores this process may run on (its CPU affinity: a cpuset. A CPU quota, such as
+    Docker's ``--cpus``, leaves every core of the host here: set ``model.threads`` there)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -110,3 +110,25 @@ def test_one_unlucky_step_costs_nothing() -> None:
     after = run(tuner, {1: 0.011, 2: 0.007}, 40)
     assert after.index(2) <= 16  # tried again within explore steps, not 256
     assert after[-20:].count(2) >= 19
+
+
+def test_a_stalled_try_does_not_hide_a_change_of_load() -> None:
+    """A try of 1 thread that stalled leaves a bad figure for it; when the load then slows the
+    2 threads in use, 1 thread is tried again at once instead of 256 steps later."""
+    tuner = ThreadTuner((1, 2), explore=16)
+    run(tuner, {1: 0.011, 2: 0.007}, 600)
+    while (threads := tuner.pick(1)) != 1:  # up to the next try of 1 thread, which stalls
+        tuner.record(1, threads, 0.007)
+    tuner.record(1, 1, 0.060)
+    busy = run(tuner, {1: 0.011, 2: 0.030}, 30)
+    assert busy[: RECENT + 1] == [2] * RECENT + [1]  # RECENT slow steps, then the try
+    assert busy[RECENT:].count(1) >= 30 - RECENT - 1  # and a try of 2 threads 16 steps on
+
+
+def test_prompt_chunks_of_one_bucket_compare_per_token() -> None:
+    """300 and 500 tokens fall in one bucket: their times are compared per token."""
+    tuner = ThreadTuner((1, 2), explore=16)
+    assert step_size(300) == step_size(500)
+    tuner.record(300, tuner.pick(300), 0.48)  # 1 thread: 1.6 ms a token
+    tuner.record(500, tuner.pick(500), 0.50)  # 2 threads: 1.0 ms a token, more in all
+    assert tuner.pick(400) == 2
