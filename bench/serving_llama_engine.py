@@ -30,6 +30,7 @@ from bench.serving_chats import PeakMemory
 from bench.serving_perf import Perf
 from bench.serving_report import Counter, SystemResult
 from bench.serving_systems import llama_engine_stream
+from bench.serving_threads import shares
 from bench.serving_workloads import StreamFn, Workload, measure, run_system
 from bot.generation.source import resolve_model
 from bot.ggml.generator import LlamaCppGenerator
@@ -81,10 +82,7 @@ async def bench_llama_engine(
             result.summaries = await run_system(LLAMA_ENGINE, stream, loads, args.runs, count)
         result.peak_mb = memory.peak_mb
         if len(choices) > 1:
-            used = gen.stats.thread_steps
-            steps = sum(used.values()) or 1
-            shares = ", ".join(f"{t} threads {n / steps:.0%}" for t, n in sorted(used.items()))
-            result.note += f"; steps on {shares}"
+            result.note += f"; steps: {shares(gen.stats.thread_steps)} thread(s)"
         profile = ""
         if not args.no_profile and PROFILED in loads:
             profile = await llama_engine_profile(gen, stream, loads[PROFILED], logs)

@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
@@ -48,7 +49,7 @@ async def tokens_per_s(gen: LlamaCppGenerator, load: Workload) -> float:
     return (gen.stats.tokens - before) / result.wall_s
 
 
-async def setting(threads: int | None, args: argparse.Namespace) -> dict[str, list[str]]:
+async def setting(threads: int | None, args: argparse.Namespace) -> dict[str, str]:
     """Each workload's tokens/s per run, idle and busy, with ``threads`` (None: tuned), and
     the share of its steps on each thread count."""
     settings = ModelSettings(engine="llama.cpp", gguf_weights="bf16", threads=threads)
@@ -83,14 +84,18 @@ async def setting(threads: int | None, args: argparse.Namespace) -> dict[str, li
         await gen.aclose()
     if "torch" in sys.modules:
         raise SystemExit("torch was imported: its OpenMP threads would slow ggml's down")
-    return {key: [_cell(speeds[key], counts[key])] for key in speeds}
+    return {key: _cell(speeds[key], counts[key]) for key in speeds}
+
+
+def shares(steps: Mapping[int, int]) -> str:
+    """The share of ``steps`` (per thread count) run on each count: "4% on 1 / 96% on 2"."""
+    total = sum(steps.values()) or 1
+    return " / ".join(f"{n / total:.0%} on {t}" for t, n in sorted(steps.items()))
 
 
 def _cell(speeds: list[float], steps: Counter[int]) -> str:
     runs = ", ".join(f"{v:.0f}" for v in speeds)
-    total = sum(steps.values()) or 1
-    shares = " / ".join(f"{n / total:.0%} on {t}" for t, n in sorted(steps.items()))
-    return f"{statistics.median(speeds):.1f} ({runs}; {shares})"
+    return f"{statistics.median(speeds):.1f} ({runs}; {shares(steps)})"
 
 
 def main() -> None:
@@ -104,7 +109,7 @@ def main() -> None:
     print("\n| tok/s, median (runs; steps per thread count) | " + " | ".join(keys) + " |")
     print("| --- |" + " ---: |" * len(keys))
     for name, found in results.items():
-        print(f"| {name} | " + " | ".join(found[k][0] for k in keys) + " |")
+        print(f"| {name} | " + " | ".join(found[k] for k in keys) + " |")
 
 
 if __name__ == "__main__":
