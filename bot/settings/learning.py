@@ -80,6 +80,12 @@ class TrainingSettings(Section):
         "distribution to the adapter's, per reply token, so the ratings change what they agree "
         "on and little else (0 = off).",
     )
+    anchor_free: Literal["nothing", "end", "rated"] = Field(
+        "rated",
+        description="What the anchor leaves to the ratings: nothing; the end of turn (how long "
+        "replies are); or that and the tokens 👍 and 👎 replies use at different rates (a "
+        "list's dashes, a question mark, the first person).",
+    )
     pair_weight: float = Field(
         1.0,
         ge=0.0,

@@ -105,17 +105,19 @@ def reference_items(
     emit: Emit,
     anchor: bool = False,
     see: Callable[[Forward], None] | None = None,
+    free: torch.Tensor | None = None,
 ) -> list[KtoItem]:
     """Pair the examples and score both under the base model (adapter layers off); with
     ``anchor``, keep the base's top-K per reply token from the same pass; ``see`` sees the
-    examples' passes too (the gate's reward model takes its features from them)."""
+    examples' passes too (the gate's reward model takes its features from them); ``free``
+    (token ids the anchor leaves to the ratings) keeps the base's probability of those."""
     pairs = mismatched_pairs(examples, max_length, seed)
     emit(Phase("reference", examples=len(examples)))
     tops: list[RefTopK] = []
 
     def keep(out: Forward) -> None:
         if anchor:
-            tops.extend(top_k(out))
+            tops.extend(top_k(out, free))
         if see is not None:
             see(out)
 
@@ -138,6 +140,7 @@ def kto_step(
     weights: tuple[float, float],
     sft_weight: float = 0.0,
     anchor_weight: float = 0.0,
+    free: torch.Tensor | None = None,
 ) -> StepFn:
     """One KTO step over a batch of KtoItems: z first (no grad), then the loss, micro-batched.
 
@@ -145,7 +148,8 @@ def kto_step(
     moves a fresh adapter slowly (its loss saturates at β·r), the NLL imitates what was liked
     directly; KTO still pushes the 👎 replies down relative to the base. ``anchor_weight`` adds
     that times the mean KL to the base per reply token of every example (bot.trainer.anchor;
-    the items must carry their ``anchor``).
+    the items must carry their ``anchor``); the anchor leaves the ``free`` token ids to the
+    ratings (bot.trainer.anchor.anchor_kl).
     """
 
     def step(batch: list[KtoItem]) -> dict[str, float]:
@@ -172,7 +176,7 @@ def kto_step(
             if sft_weight and liked_tokens:
                 loss = loss - sft_weight * (logps * labels).sum() / liked_tokens
             if anchor_weight and all_tokens:
-                away = anchor_kl(out, [_anchor(i) for i in items]) / all_tokens
+                away = anchor_kl(out, [_anchor(i) for i in items], free) / all_tokens
                 loss = loss + anchor_weight * away
                 drift += float(away.detach())
             loss.backward()  # type: ignore[no-untyped-call]

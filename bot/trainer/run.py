@@ -47,6 +47,7 @@ from bot.generation.template import chat_ids, stop_ids
 from bot.learning.evaluation import Evaluation
 from bot.learning.protocol import Done, Error, Event, Phase, Start, TrainingSpec
 from bot.settings import TrainingSettings
+from bot.trainer.anchor import disputed_tokens
 from bot.trainer.examples import NO_LIKED, Example, build_examples, end_of_turn_id, load_rows
 from bot.trainer.flops import bf16_peak, head_weights, linear_weights, utilisation
 from bot.trainer.inputs import Prepared, data_report, prepare
@@ -122,7 +123,8 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
     if data.heldout:
         emit(Phase("baseline", heldout=len(data.heldout)))
         before = baseline(model, data.heldout, rt, spec.serving_lora, check)
-    losses, extra = _fit(model, data, spec, total, rt, emit, check)
+    free = _freed(spec, data.train, tokenizer)
+    losses, extra = _fit(model, data, spec, total, rt, emit, check, free)
     metrics = {"train_loss": sum(losses) / len(losses), "final_loss": losses[-1]} | {
         "steps": float(total),
         "examples": float(len(data.train)),
@@ -130,7 +132,11 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
         **extra,
     }
     model.save_pretrained(partial, save_embedding_layers=False)
-    trained = {"trained_exchange_ids": [ex.exchange_id for ex in data.train]}
+    trained = {
+        "trained_exchange_ids": [ex.exchange_id for ex in data.train],
+        # which tokens the anchor left to the ratings, as the tokenizer spells them
+        "anchor_free": tokenizer.convert_ids_to_tokens(free),
+    }
     result = TrainOutput(
         metrics, data=data_report(spec, data) | trained | {"losses": [round(x, 6) for x in losses]}
     )
@@ -192,9 +198,11 @@ def _fit(
     rt: Runtime,
     emit: Emit,
     check: VisibleCheck | None = None,
+    free: list[int] | None = None,
 ) -> tuple[list[float], dict[str, float]]:
     """Run the chosen objective on the rows its steps use (plus the optional self-supervised
-    and pairwise terms); report the steps' share of the bf16 peak."""
+    and pairwise terms); report the steps' share of the bf16 peak. ``free``: the token ids
+    the anchor leaves to the ratings (``training.anchor_free``)."""
     cfg = spec.training
     extra = _extra_terms(model, data, cfg, total, rt)
     numbers: dict[str, float] = {}
@@ -204,8 +212,11 @@ def _fit(
         weights = kto_weights(liked, len(data.train) - liked)
         anchor = cfg.anchor_weight > 0
         see = check.train if check is not None else None
-        items = reference_items(model, data.train, cfg.max_length, cfg.seed, rt, emit, anchor, see)
-        step = kto_step(model, rt, cfg.beta, weights, cfg.sft_weight, cfg.anchor_weight)
+        ids = torch.tensor(free, dtype=torch.long) if free else None
+        items = reference_items(
+            model, data.train, cfg.max_length, cfg.seed, rt, emit, anchor, see, ids
+        )
+        step = kto_step(model, rt, cfg.beta, weights, cfg.sft_weight, cfg.anchor_weight, ids)
         numbers = {"desirable_weight": weights[0], "undesirable_weight": weights[1]}
     else:
         items, step = list(data.train), sft_step(model, rt)
@@ -216,6 +227,24 @@ def _fit(
     losses = optimize(model, items, cfg, total, step, emit, extra, rt.work)
     weights = linear_weights(model), head_weights(model)
     return losses, numbers | utilisation(*weights, rt.work, peak)
+
+
+def _freed(spec: TrainingSpec, train: Sequence[Example], tokenizer: Any) -> list[int]:
+    """What the anchor of a KTO run leaves to the ratings (nothing under SFT: no anchor)."""
+    if spec.method != "kto":
+        return []
+    return anchor_free(spec.training, train, end_of_turn_id(tokenizer))
+
+
+def anchor_free(cfg: TrainingSettings, train: Sequence[Example], end: int | None) -> list[int]:
+    """The token ids the anchor leaves to the ratings: none, the end of turn (how long replies
+    are), or that and the tokens the 👍 and 👎 replies use at different rates."""
+    if cfg.anchor_free == "nothing" or cfg.anchor_weight == 0:
+        return []
+    ends = [end] if end is not None else []
+    if cfg.anchor_free == "end":
+        return ends
+    return ends + [t for t in disputed_tokens(train) if t not in ends]
 
 
 def _extra_terms(
@@ -292,6 +321,7 @@ def save_record(partial: Path, spec: TrainingSpec, result: TrainOutput, data: Pr
         "exchange_ids": [ex.exchange_id for ex in data.train],
         "heldout_exchange_ids": [ex.exchange_id for ex in data.heldout],
         "dropped": result.data["dropped"],
+        "anchor_free": result.data["anchor_free"],
     }
     (partial / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     # peft writes an empty model-card template here; say what this adapter is instead.

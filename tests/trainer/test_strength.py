@@ -124,3 +124,25 @@ def test_kto_runs_add_the_liked_nll_and_the_anchor_by_default() -> None:
     assert settings.sft_weight == 3.0 and settings.schedule == "constant"
     assert settings.anchor_weight == 1.0
     assert settings.pair_weight > 0
+
+
+@QUIET
+@pytest.mark.parametrize(
+    ("setting", "freed"), [("nothing", []), ("end", ["<|im_end|>"]), ("rated", ["<|im_end|>"])]
+)
+def test_a_kto_run_records_what_its_anchor_left_to_the_ratings(
+    tiny_model_dir: Path, tmp_path: Path, setting: str, freed: list[str]
+) -> None:
+    spec_path = write_spec(
+        tmp_path, tiny_model_dir, rated_rows(24), anchor_free=setting, max_steps=8
+    )
+    result = train(TrainingSpec.load(with_spec(spec_path, method="kto")), lambda event: None)
+    recorded = result.data["anchor_free"]
+    assert recorded[: len(freed)] == freed
+    if setting == "rated":  # and the tokens 👍 and 👎 replies use at different rates
+        assert len(recorded) > 1 and "<|im_end|>" not in recorded[1:]
+    else:
+        assert recorded == freed
+    record = json.loads((tmp_path / "adapters" / "v1" / "training.json").read_text())
+    assert record["hyperparams"]["training"]["anchor_free"] == setting
+    assert record["anchor_free"] == recorded
