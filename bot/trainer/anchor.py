@@ -17,12 +17,14 @@ log-probabilities are computed once, in the same pass as the reference log-proba
 But "only where it happens" is still a cost, and it falls on exactly what the ratings ask to
 change: the anchor held the end of turn where the ratings asked for shorter replies, and a
 list's first dash where they asked for lists. So ``training.anchor_free`` can leave a few
-tokens to the ratings: KL(base ‖ π) splits exactly into the KL of "one of them next, or not"
-and P_base(not) · the KL of the next token *given it is none of them*; a free anchor keeps only
-the second part. "end" frees the end of turn (reply length); "rated" also frees the tokens the
-👍 and 👎 replies of the run use at clearly different rates (``disputed_tokens``: a list's
-newlines and numbers, the first person, a question mark), found from the ratings alone, so no
-taste is named in the code. Measured in bench/taste.py (the README's learning table).
+tokens F to the ratings. KL(base ‖ π) splits exactly into three parts: the KL of "a token of F
+next, or not", P_base(F) · the KL of which token of F, and P_base(not F) · the KL of the next
+token *given it is none of them*. A free anchor keeps only the last part: the ratings decide
+how much mass goes to the free tokens and how it is shared among them. "end" frees the end
+of turn (reply length); "rated" also frees the tokens the 👍 and 👎 replies of the run use at
+clearly different rates (``disputed_tokens``: a list's newlines and numbers, the first person,
+a question mark), found from the ratings alone, so no taste is named in the code. Measured in
+bench/taste.py (the README's learning table).
 """
 
 from __future__ import annotations
@@ -91,8 +93,10 @@ def anchor_kl(
     logp = out.logp.gather(-1, ids)
     if free is None:
         return (ref_logp.exp() * (ref_logp - logp)).sum()
-    # KL(base ‖ π) = KL of a free token or not + P_base(none) · KL(next token | none): the
-    # second term alone, each position weighted by how likely the base is to go on there.
+    # KL(base ‖ π) = KL of a free token or not + P_base(F) · KL(which free token)
+    # + P_base(none) · KL(next token | none): the last term alone, each position weighted by
+    # how likely the base is to go on there. (log(1 - p) is clamped at p = 1 - 1e-6, which
+    # stops an adapter from making a free token surer than that.)
     ref_free = torch.cat([_free_logp(ref) for ref in refs]).to(device)
     ratio = ref_logp - _not(ref_free).unsqueeze(-1) - logp + _not(_any_of(out, free)).unsqueeze(-1)
     kept = ~torch.isin(ids, free.to(device))

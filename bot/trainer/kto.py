@@ -149,7 +149,8 @@ def kto_step(
     directly; KTO still pushes the 👎 replies down relative to the base. ``anchor_weight`` adds
     that times the mean KL to the base per reply token of every example (bot.trainer.anchor;
     the items must carry their ``anchor``); the anchor leaves the ``free`` token ids to the
-    ratings (bot.trainer.anchor.anchor_kl).
+    ratings (bot.trainer.anchor.anchor_kl), and its reported ``anchor_kl`` is then the KL given
+    the next token is none of them (not comparable with a run that frees nothing).
     """
 
     def step(batch: list[KtoItem]) -> dict[str, float]:

@@ -134,8 +134,8 @@ def train(spec: TrainingSpec, emit: Emit) -> TrainOutput:
     model.save_pretrained(partial, save_embedding_layers=False)
     trained = {
         "trained_exchange_ids": [ex.exchange_id for ex in data.train],
-        # which tokens the anchor left to the ratings, as the tokenizer spells them
-        "anchor_free": tokenizer.convert_ids_to_tokens(free),
+        # which tokens the anchor left to the ratings, as text
+        "anchor_free": [tokenizer.decode([token]) for token in free],
     }
     result = TrainOutput(
         metrics, data=data_report(spec, data) | trained | {"losses": [round(x, 6) for x in losses]}

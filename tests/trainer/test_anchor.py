@@ -60,6 +60,19 @@ def test_a_free_end_leaves_where_a_reply_stops_to_the_ratings() -> None:
     assert float(anchor_kl(_forward(moved), refs, FREE)) == pytest.approx(expected, rel=1e-4)
 
 
+def test_free_tokens_outside_the_bases_top_k_are_left_free_too() -> None:
+    base = torch.randn(3, 100, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    free = base[0].argsort()[:2]  # two of the least likely tokens: outside every top 32
+    logits = base.clone()
+    logits[:, free] += 6.0  # the adapter makes them far likelier; the rest keep proportions
+    moved = logits.log_softmax(-1)
+    labelled = torch.ones(1, 3, dtype=torch.bool)
+    refs = top_k(Forward(base, labelled, torch.zeros(1, 3)), free)
+    out = Forward(moved, labelled, torch.zeros(1, 3))
+    assert float(anchor_kl(out, refs, free)) == pytest.approx(0.0, abs=1e-5)
+    assert float(anchor_kl(out, top_k(Forward(base, labelled, torch.zeros(1, 3))))) > 1e-3
+
+
 def test_a_free_end_needs_the_bases_end_probabilities() -> None:
     base = _probs([0.1], seed=0)
     with pytest.raises(ValueError, match="top_k"):

@@ -130,7 +130,7 @@ def test_kto_runs_add_the_liked_nll_and_the_anchor_by_default() -> None:
 @pytest.mark.parametrize(
     ("setting", "freed"), [("nothing", []), ("end", ["<|im_end|>"]), ("rated", ["<|im_end|>"])]
 )
-def test_a_kto_run_records_what_its_anchor_left_to_the_ratings(
+def test_a_kto_run_frees_and_records_what_its_anchor_leaves_to_the_ratings(
     tiny_model_dir: Path, tmp_path: Path, setting: str, freed: list[str]
 ) -> None:
     spec_path = write_spec(
@@ -146,3 +146,14 @@ def test_a_kto_run_records_what_its_anchor_left_to_the_ratings(
     record = json.loads((tmp_path / "adapters" / "v1" / "training.json").read_text())
     assert record["hyperparams"]["training"]["anchor_free"] == setting
     assert record["anchor_free"] == recorded
+    # The freed tokens reach the steps: the same run with the anchor holding everything
+    # trains other weights.
+    held = tmp_path / "held"
+    held.mkdir()
+    spec_path = write_spec(held, tiny_model_dir, rated_rows(24), anchor_free="nothing", max_steps=8)
+    train(TrainingSpec.load(with_spec(spec_path, method="kto")), lambda event: None)
+    weights = [
+        load_file(d / "adapters" / "v1" / "adapter_model.safetensors") for d in (tmp_path, held)
+    ]
+    same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert same == (setting == "nothing")
