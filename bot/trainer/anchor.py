@@ -29,13 +29,13 @@ bench/taste.py (the README's learning table).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from bot.learning.ab_stats import z_test
 from bot.trainer.examples import IGNORE, Example
 from bot.trainer.loop import Forward
 
@@ -110,10 +110,10 @@ def _free_logp(ref: RefTopK) -> torch.Tensor:
 
 
 def disputed_tokens(examples: Sequence[Example], limit: int = DISPUTED) -> list[int]:
-    """The reply tokens whose rate differs most between 👍 and 👎 replies (the A/B tests'
-    two-proportion z-test, |z| ≥ DISPUTED_Z: a bar that chance over a whole vocabulary rarely
-    clears), the ``limit`` strongest: where the ratings say what they are about (a list's
-    dashes, a question mark, the first person)."""
+    """The reply tokens whose rate differs most between 👍 and 👎 replies (a two-proportion
+    z-test, |z| ≥ DISPUTED_Z: a bar that chance over a whole vocabulary rarely clears), the
+    ``limit`` strongest: where the ratings say what they are about (a list's dashes, a
+    question mark, the first person)."""
     counts = [Counter[int](), Counter[int]()]
     for example in examples:
         counts[example.label].update(t for t in example.labels if t != IGNORE)
@@ -123,7 +123,10 @@ def disputed_tokens(examples: Sequence[Example], limit: int = DISPUTED) -> list[
         return []
     scored = []
     for token in liked.keys() | disliked.keys():
-        z, _ = z_test(liked[token], n_liked, disliked[token], n_disliked)
+        a, b = liked[token], disliked[token]
+        p = (a + b) / (n_liked + n_disliked)
+        spread = math.sqrt(p * (1 - p) * (1 / n_liked + 1 / n_disliked))
+        z = (a / n_liked - b / n_disliked) / spread if spread else 0.0
         if abs(z) >= DISPUTED_Z:
             scored.append((abs(z), token))
     return [token for _, token in sorted(scored, reverse=True)[:limit]]
